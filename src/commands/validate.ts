@@ -25,7 +25,7 @@ export default class Validate extends CsCommand {
     const report = await validatePaths({ paths });
 
     for (const issue of report.issues) this.show(formatIssue(issue));
-    const invalidFiles = report.files.filter((f) => !f.ok).length;
+    const invalidFiles = new Set(report.issues.map((i) => i.file)).size;
     const noun = (n: number, word: string) => `${n} ${word}${n === 1 ? '' : 's'}`;
     if (report.ok) {
       this.show(`✓ ${noun(report.files.length, 'definition')} valid`);
@@ -33,7 +33,7 @@ export default class Validate extends CsCommand {
         for (const file of report.files) if (file.ok) this.show(JSON.stringify(file.model, null, 2));
       }
     } else {
-      this.show(`✗ ${noun(report.issues.length, 'problem')} in ${noun(Math.max(invalidFiles, 1), 'file')} (${noun(report.files.length, 'file')} checked)`);
+      this.show(`✗ ${noun(report.issues.length, 'problem')} in ${noun(invalidFiles, 'path')} (${noun(report.files.length, 'file')} checked)`);
     }
 
     const result = {

@@ -135,7 +135,7 @@ function toIssue(parsed: ParsedYaml, error: ErrorObject): DefinitionIssue | unde
       return issueAt(parsed, [...path, field], message, { anchor: 'key' });
     }
     case 'required':
-      return issueAt(parsed, path, `missing required field "${String(params['missingProperty'])}"`);
+      return issueAt(parsed, path, `missing required field "${String(params['missingProperty'])}"`, { anchor: 'key' });
     case 'type':
       return issueAt(parsed, path, `must be ${describeType(params['type'])}, not ${describeValue(error.data)}`);
     case 'enum': {

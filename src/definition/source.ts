@@ -158,7 +158,7 @@ export function decodeDefinition(file: string, bytes: Uint8Array, kind: Definiti
     };
   }
   if (text.trim() === '' || /^(\s*(#[^\n]*)?\n?)*$/.test(text)) {
-    return { ok: false, issue: fileIssue(file, kind === 'manifest' ? 'file is empty' : 'file is empty; a sandbox definition needs at least `workspaces`') };
+    return { ok: false, issue: fileIssue(file, kind === 'manifest' ? 'file is empty' : 'file is empty; a sandbox definition needs at least "workspaces"') };
   }
   return { ok: true, source: { file, kind, text } };
 }

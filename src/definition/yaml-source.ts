@@ -1,4 +1,4 @@
-import { isMap, isPair, isScalar, isSeq, LineCounter, parseAllDocuments, type Document, type Node } from 'yaml';
+import { isMap, isPair, isScalar, isSeq, LineCounter, parseAllDocuments, visit, type Document, type Node } from 'yaml';
 import { formatPath, type DefinitionIssue, type PathSegment } from './issues.js';
 
 /**
@@ -63,14 +63,31 @@ export function parseYaml(file: string, text: string): ParseYamlResult {
     value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
   } catch (error) {
     const message = (error as Error).message;
+    if (/unresolved alias/i.test(message)) {
+      const alias = unresolvedAlias(doc);
+      const name = alias?.source ?? message.split(':').pop()?.trim() ?? '';
+      return { ok: false, issues: [at(alias?.offset ?? 0, `alias "*${name}" has no anchor "&${name}" before it`)] };
+    }
     const why = /alias count/i.test(message)
       ? `aliases expand to too much data (more than ${MAX_ALIAS_COUNT} alias uses)`
-      : /unresolved alias/i.test(message)
-        ? `${lowerFirst(message.split('\n')[0] ?? '')}: an alias (*name) needs an anchor (&name) before it`
-        : `cannot convert YAML: ${lowerFirst(message.split('\n')[0] ?? '')}`;
+      : `cannot convert YAML: ${lowerFirst(message.split('\n')[0] ?? '')}`;
     return { ok: false, issues: [at(0, why)] };
   }
   return { ok: true, parsed: { file, text, doc, lineCounter, value } };
+}
+
+function unresolvedAlias(doc: Document.Parsed): { source: string; offset: number | undefined } | undefined {
+  let found: { source: string; offset: number | undefined } | undefined;
+  visit(doc, {
+    Alias(_, node) {
+      if (node.resolve(doc) === undefined) {
+        found = { source: node.source, offset: node.range?.[0] };
+        return visit.BREAK;
+      }
+      return undefined;
+    },
+  });
+  return found;
 }
 
 function lowerFirst(s: string): string {
