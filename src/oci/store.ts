@@ -1,0 +1,309 @@
+import { randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { InputError, RegistryError } from '../util/errors.js';
+import { syncDir, writeFileAtomic } from '../util/fs.js';
+import { withLock } from '../util/lock.js';
+import { digestOf, DigestingStream, parseDigest } from './digest.js';
+import { childrenOf, parseManifest, type Descriptor, type ImageIndex } from './manifest.js';
+import { isManifestType, MediaType } from './media-types.js';
+
+/**
+ * The local content store: an OCI image layout (image-spec image-layout.md)
+ * that is cs's embedded registry. Blobs are content-addressed files under
+ * `blobs/ALG/HEX`; tags are entries of `index.json` whose
+ * `org.opencontainers.image.ref.name` annotation is the full reference.
+ *
+ * Nothing unverified becomes visible: a blob is written to `ingest/`,
+ * hashed and counted while it streams, and renamed into `blobs/` only when
+ * its digest and size match. index.json changes under a lock, by atomic
+ * replacement. `prune` keeps whatever a running writer may still tag.
+ */
+
+export const REF_NAME = 'org.opencontainers.image.ref.name';
+
+export interface TagEntry {
+  name: string;
+  descriptor: Descriptor;
+}
+
+export interface IngestOptions {
+  /** Called with the bytes received so far. */
+  onProgress?: (bytes: number) => void;
+}
+
+/** A writer's claim that the blobs it adds must survive a concurrent prune. */
+interface Lease {
+  release(): Promise<void>;
+}
+
+export class ContentStore {
+  private constructor(readonly root: string) {}
+
+  static async open(root: string): Promise<ContentStore> {
+    const store = new ContentStore(root);
+    await mkdir(join(root, 'blobs', 'sha256'), { recursive: true });
+    await mkdir(join(root, 'ingest'), { recursive: true });
+    await mkdir(join(root, 'leases'), { recursive: true });
+    const layoutFile = join(root, 'oci-layout');
+    if (!(await exists(layoutFile))) await writeFileAtomic(layoutFile, '{"imageLayoutVersion":"1.0.0"}');
+    if (!(await exists(join(root, 'index.json')))) {
+      await withLock(store.indexLock, { purpose: 'initialise the content store' }, async () => {
+        if (!(await exists(join(root, 'index.json')))) await store.writeIndex({ schemaVersion: 2, mediaType: MediaType.ociIndex, manifests: [] });
+      });
+    }
+    return store;
+  }
+
+  private get indexLock(): string {
+    return join(this.root, 'index.json.lock');
+  }
+
+  blobPath(digest: string): string {
+    const parsed = parseDigest(digest);
+    if (!parsed) throw new InputError(`invalid digest ${JSON.stringify(digest.slice(0, 100))}`);
+    return join(this.root, 'blobs', parsed.algorithm, parsed.hex);
+  }
+
+  /** Size of a stored blob, or undefined when the store does not have it. */
+  async blobSize(digest: string): Promise<number | undefined> {
+    try {
+      return (await stat(this.blobPath(digest))).size;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async has(descriptor: Pick<Descriptor, 'digest' | 'size'>): Promise<boolean> {
+    return (await this.blobSize(descriptor.digest)) === descriptor.size;
+  }
+
+  openBlob(digest: string, start = 0): Readable {
+    return createReadStream(this.blobPath(digest), { start });
+  }
+
+  /** Read a (small) blob whole, rehashing it: bytes on disk can rot. */
+  async readBlob(descriptor: Pick<Descriptor, 'digest' | 'size'>, maxBytes: number): Promise<Buffer> {
+    if (descriptor.size > maxBytes) throw new InputError(`blob ${descriptor.digest} is ${descriptor.size} bytes, more than ${maxBytes}`);
+    const bytes = await readFile(this.blobPath(descriptor.digest));
+    const algorithm = parseDigest(descriptor.digest)?.algorithm ?? 'sha256';
+    if (bytes.length !== descriptor.size || digestOf(bytes, algorithm) !== descriptor.digest) {
+      throw new InputError(`stored blob ${descriptor.digest} is corrupt (its bytes do not match its digest); run \`cs image rm\` on the image and pull it again`, { code: 'CORRUPT_BLOB' });
+    }
+    return bytes;
+  }
+
+  /**
+   * Stream `source` into the store as `expected`. The bytes are verified
+   * (size and digest) before the blob becomes visible; on any mismatch
+   * nothing is kept. Two writers of the same blob both succeed.
+   */
+  async ingest(expected: Pick<Descriptor, 'digest' | 'size'>, source: Readable | AsyncIterable<Uint8Array>, options: IngestOptions = {}): Promise<void> {
+    const target = this.blobPath(expected.digest);
+    if (await this.has(expected)) {
+      if (source instanceof Readable) source.destroy();
+      return;
+    }
+    const temp = join(this.root, 'ingest', `${parseDigest(expected.digest)?.hex ?? 'blob'}.${process.pid}.${randomBytes(6).toString('hex')}`);
+    const hasher = new DigestingStream(parseDigest(expected.digest)?.algorithm ?? 'sha256', expected.size);
+    if (options.onProgress) {
+      const report = options.onProgress;
+      hasher.on('data', () => report(hasher.bytes));
+    }
+    try {
+      const out = createWriteStream(temp, { flags: 'wx', mode: 0o644 });
+      await pipeline(source instanceof Readable ? source : Readable.from(source), hasher, out);
+      verify(expected, hasher.bytes, hasher.digest());
+      await fsyncFile(temp);
+      await rename(temp, target);
+      await syncDir(join(target, '..'));
+    } catch (error) {
+      await rm(temp, { force: true });
+      throw error;
+    }
+  }
+
+  /** Store a small blob held in memory; returns its descriptor. */
+  async putBytes(bytes: Uint8Array, mediaType: string): Promise<Descriptor> {
+    const descriptor = { mediaType, digest: digestOf(bytes), size: bytes.length };
+    await this.ingest(descriptor, Readable.from([Buffer.from(bytes)]));
+    return descriptor;
+  }
+
+  async readIndex(): Promise<ImageIndex> {
+    const bytes = await readFile(join(this.root, 'index.json'));
+    const parsed = parseManifest(bytes, MediaType.ociIndex, `${join(this.root, 'index.json')}`);
+    if (parsed.kind !== 'index') throw new InputError(`${join(this.root, 'index.json')} is not an image index`);
+    return parsed.index;
+  }
+
+  private async writeIndex(index: ImageIndex): Promise<void> {
+    await writeFileAtomic(join(this.root, 'index.json'), `${JSON.stringify(index, null, 2)}\n`);
+  }
+
+  async listTags(): Promise<TagEntry[]> {
+    const index = await this.readIndex();
+    return index.manifests
+      .filter((d) => d.annotations?.[REF_NAME] !== undefined)
+      .map((d) => ({ name: d.annotations?.[REF_NAME] ?? '', descriptor: d }));
+  }
+
+  async resolveTag(name: string): Promise<Descriptor | undefined> {
+    return (await this.listTags()).find((t) => t.name === name)?.descriptor;
+  }
+
+  /** Point `name` at `descriptor` (which must be stored already). */
+  async tag(name: string, descriptor: Descriptor): Promise<void> {
+    if (!(await this.has(descriptor))) throw new InputError(`cannot tag ${name}: ${descriptor.digest} is not in the store`);
+    await withLock(this.indexLock, { purpose: `tag ${name}` }, async () => {
+      const index = await this.readIndex();
+      const { annotations, ...rest } = descriptor;
+      const entry: Descriptor = { ...rest, annotations: { ...annotations, [REF_NAME]: name } };
+      const manifests = index.manifests.filter((d) => d.annotations?.[REF_NAME] !== name);
+      manifests.push(entry);
+      manifests.sort((a, b) => (a.annotations?.[REF_NAME] ?? '').localeCompare(b.annotations?.[REF_NAME] ?? ''));
+      await this.writeIndex({ ...index, manifests });
+    });
+  }
+
+  /** Remove tags; returns the names that existed. */
+  async untag(names: readonly string[]): Promise<string[]> {
+    return withLock(this.indexLock, { purpose: `remove ${names.join(', ')}` }, async () => {
+      const index = await this.readIndex();
+      const removed = index.manifests.filter((d) => names.includes(d.annotations?.[REF_NAME] ?? '\0')).map((d) => d.annotations?.[REF_NAME] ?? '');
+      if (removed.length > 0) {
+        await this.writeIndex({ ...index, manifests: index.manifests.filter((d) => !names.includes(d.annotations?.[REF_NAME] ?? '\0')) });
+      }
+      return removed;
+    });
+  }
+
+  /**
+   * Take a lease: blobs written while it is held survive `prune` even before
+   * they are tagged. Leases of dead processes are ignored.
+   */
+  async lease(): Promise<Lease> {
+    const path = join(this.root, 'leases', `${process.pid}-${randomBytes(6).toString('hex')}`);
+    await writeFileAtomic(path, JSON.stringify({ pid: process.pid, since: Date.now() }));
+    return { release: () => rm(path, { force: true }) };
+  }
+
+  /**
+   * Delete every blob that no tag reaches. Blobs newer than the oldest live
+   * lease are kept: a pull in progress has not tagged them yet.
+   */
+  async prune(): Promise<{ removedBlobs: number; removedBytes: number; keptBlobs: number }> {
+    return withLock(this.indexLock, { purpose: 'prune the content store' }, async () => {
+      const reachable = new Set<string>();
+      const index = await this.readIndex();
+      const queue: Descriptor[] = [...index.manifests];
+      while (queue.length > 0) {
+        const d = queue.pop() as Descriptor;
+        if (reachable.has(d.digest)) continue;
+        reachable.add(d.digest);
+        if (isManifestType(d.mediaType) && (await this.has(d))) {
+          try {
+            queue.push(...childrenOf(parseManifest(await this.readBlob(d, 4 * 1024 * 1024), d.mediaType, d.digest)));
+          } catch {
+            // A corrupt manifest reaches nothing; it stays (it is tagged) for `cs image rm` to deal with.
+          }
+        }
+      }
+      const protectSince = await this.oldestLiveLease();
+      let removedBlobs = 0;
+      let removedBytes = 0;
+      let keptBlobs = 0;
+      for (const algorithm of await readdir(join(this.root, 'blobs'))) {
+        for (const hex of await readdir(join(this.root, 'blobs', algorithm))) {
+          const path = join(this.root, 'blobs', algorithm, hex);
+          if (reachable.has(`${algorithm}:${hex}`)) {
+            keptBlobs++;
+            continue;
+          }
+          const info = await stat(path);
+          if (protectSince !== undefined && info.mtimeMs >= protectSince - 1000) {
+            keptBlobs++;
+            continue;
+          }
+          await rm(path, { force: true });
+          removedBlobs++;
+          removedBytes += info.size;
+        }
+      }
+      await this.cleanIngest();
+      return { removedBlobs, removedBytes, keptBlobs };
+    });
+  }
+
+  private async oldestLiveLease(): Promise<number | undefined> {
+    let oldest: number | undefined;
+    for (const name of await readdir(join(this.root, 'leases'))) {
+      const path = join(this.root, 'leases', name);
+      try {
+        const lease = JSON.parse(await readFile(path, 'utf8')) as { pid?: number; since?: number };
+        if (typeof lease.pid !== 'number' || !isAlive(lease.pid)) {
+          await rm(path, { force: true });
+          continue;
+        }
+        if (typeof lease.since === 'number' && (oldest === undefined || lease.since < oldest)) oldest = lease.since;
+      } catch {
+        // A lease being written right now: treat it as live and recent.
+        oldest = Math.min(oldest ?? Date.now(), Date.now() - 60_000);
+      }
+    }
+    return oldest;
+  }
+
+  /** Remove temporary files of writers that are gone. */
+  private async cleanIngest(): Promise<void> {
+    for (const name of await readdir(join(this.root, 'ingest'))) {
+      const pid = Number(name.split('.')[1]);
+      if (!Number.isInteger(pid) || !isAlive(pid)) await rm(join(this.root, 'ingest', name), { force: true });
+    }
+  }
+
+  /** Mark a blob as used now (so the cache of a layer looks fresh to pruning). */
+  async touch(digest: string): Promise<void> {
+    const now = new Date();
+    await utimes(this.blobPath(digest), now, now).catch(() => undefined);
+  }
+}
+
+function verify(expected: Pick<Descriptor, 'digest' | 'size'>, bytes: number, digest: string): void {
+  if (bytes !== expected.size) {
+    throw new RegistryError(`blob ${expected.digest}: received ${bytes} bytes, expected ${expected.size}`, { code: 'SIZE_MISMATCH' });
+  }
+  if (digest !== expected.digest) {
+    throw new RegistryError(`blob ${expected.digest}: content does not match its digest (got ${digest})`, { code: 'DIGEST_MISMATCH' });
+  }
+}
+
+async function fsyncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as { code?: string }).code === 'EPERM';
+  }
+}

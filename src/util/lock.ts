@@ -1,0 +1,105 @@
+import { hostname } from 'node:os';
+import { open, readFile, rm, stat } from 'node:fs/promises';
+import { CsError, ExitCode } from './errors.js';
+
+/**
+ * Advisory locks between cs processes: a lock file created with O_EXCL that
+ * names its holder. A lock whose holder process is gone (crash, kill -9) is
+ * stale and taken over. Waiting is bounded; the error names the holder.
+ */
+
+export interface LockHolder {
+  pid: number;
+  host: string;
+  since: string;
+  purpose: string;
+}
+
+export class LockedError extends CsError {
+  constructor(message: string, readonly holder: LockHolder | undefined) {
+    super(message, { code: 'LOCKED', exitCode: ExitCode.invalidInput, suggestions: ['wait for the other cs command to finish, then try again'] });
+  }
+}
+
+export interface LockOptions {
+  /** What the lock protects, shown to whoever waits for it. */
+  purpose: string;
+  /** How long to wait for another holder (default 30 s). 0 fails at once. */
+  timeoutMs?: number;
+}
+
+export interface Lock {
+  release(): Promise<void>;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as { code?: string }).code === 'EPERM';
+  }
+}
+
+async function readHolder(path: string): Promise<LockHolder | undefined> {
+  try {
+    const parsed = JSON.parse(await readFile(path, 'utf8')) as Partial<LockHolder>;
+    if (typeof parsed.pid !== 'number') return undefined;
+    return { pid: parsed.pid, host: String(parsed.host ?? ''), since: String(parsed.since ?? ''), purpose: String(parsed.purpose ?? '') };
+  } catch {
+    return undefined;
+  }
+}
+
+async function ageMs(path: string): Promise<number> {
+  try {
+    return Date.now() - (await stat(path)).mtimeMs;
+  } catch {
+    return 0;
+  }
+}
+
+export async function acquireLock(path: string, options: LockOptions): Promise<Lock> {
+  const deadline = Date.now() + (options.timeoutMs ?? 30_000);
+  let delay = 10;
+  const me: LockHolder = { pid: process.pid, host: hostname(), since: new Date().toISOString(), purpose: options.purpose };
+  for (;;) {
+    try {
+      const handle = await open(path, 'wx', 0o644);
+      await handle.writeFile(JSON.stringify(me));
+      await handle.close();
+      let released = false;
+      return {
+        release: async () => {
+          if (released) return;
+          released = true;
+          await rm(path, { force: true });
+        },
+      };
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'EEXIST') throw error;
+    }
+    const holder = await readHolder(path);
+    // A holder on this host whose process is gone left the lock behind.
+    // A lock file still being written (no holder yet) is given a moment.
+    if ((holder && holder.host === me.host && !isAlive(holder.pid)) || (!holder && (await ageMs(path)) > 5_000)) {
+      await rm(path, { force: true });
+      continue;
+    }
+    if (Date.now() >= deadline) {
+      const who = holder ? `process ${holder.pid} (${holder.purpose}, since ${holder.since})` : 'another cs process';
+      throw new LockedError(`${options.purpose}: ${who} holds the lock ${path}`, holder);
+    }
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    delay = Math.min(delay * 2, 250);
+  }
+}
+
+export async function withLock<T>(path: string, options: LockOptions, fn: () => Promise<T>): Promise<T> {
+  const lock = await acquireLock(path, options);
+  try {
+    return await fn();
+  } finally {
+    await lock.release();
+  }
+}
