@@ -16,10 +16,17 @@ const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const BIN = join(ROOT, 'bin', 'run.js');
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
-/** The caller's environment minus anything that changes cs's output (stack traces, colours). */
+/**
+ * A user's environment: the caller's, minus what changes cs's output (stack
+ * traces, colours) and what vitest adds. With NODE_ENV=test (set by vitest)
+ * oclif treats the checkout as a development plugin and tries to load
+ * src/commands through tsx or ts-node instead of dist, which is not what a
+ * user runs (and costs about half a second per start).
+ */
 const ENV: Record<string, string> = {};
 for (const [key, value] of Object.entries(process.env)) {
-  if (value !== undefined && key !== 'CS_DEBUG' && key !== 'FORCE_COLOR') ENV[key] = value;
+  if (value === undefined || /^(CS_DEBUG|FORCE_COLOR|NODE_ENV|NODE_OPTIONS|DEBUG|VITEST.*|TSX.*)$/.test(key)) continue;
+  ENV[key] = value;
 }
 ENV['NO_COLOR'] = '1';
 
@@ -258,10 +265,8 @@ describe('cs validate on the examples', () => {
   it('validates the current directory when no path is given', async () => {
     const copy = join(tmp, 'examples-copy');
     await cp(join(ROOT, 'examples'), copy, { recursive: true });
-    const [human, json] = await Promise.all([cs(['validate'], { cwd: copy }), cs(['validate', '--json'], { cwd: copy })]);
+    const json = await cs(['validate', '--json'], { cwd: copy });
 
-    expect(human.exitCode, human.stderr).toBe(0);
-    expect(lines(human.stdout).at(-1)).toBe('✓ 4 definitions valid');
     expect(json.exitCode, json.stderr).toBe(0);
     // Paths are relative to the folder cs was started in.
     expect(parseJson(json.stdout)).toEqual({
@@ -415,10 +420,8 @@ describe('cs validate on invalid definitions', () => {
     ]);
   });
 
-  // KNOWN BUG (reported, not fixed here): the duplicate-name problem is always
-  // placed at 1:1, not at the `name:` field it is about. When fixed, turn this
-  // `it.fails` into `it`.
-  it.fails('points the duplicate sandbox name at its `name:` line', async () => {
+  // The duplicate-name problem points at the `name:` field it is about.
+  it('points the duplicate sandbox name at its `name:` line', async () => {
     await fixture('twins-late/a.yaml', 'name: late\nworkspaces:\n  - name: a\n');
     const second = await fixture('twins-late/b.yaml', '# the name comes last\nworkspaces:\n  - name: b\nname: late\n');
     const run = await cs(['validate', join(tmp, 'twins-late')]);
@@ -426,10 +429,8 @@ describe('cs validate on invalid definitions', () => {
     expect(lines(run.stdout)[0]).toMatch(new RegExp(`^${escapeRegExp(second)}:4:1 \\[name\\]: `));
   });
 
-  // KNOWN BUG (reported, not fixed here): the same file reached by two
-  // spellings of its path is checked twice and reported as a duplicate of
-  // itself. When fixed, turn this `it.fails` into `it`.
-  it.fails('checks a file named twice (as ./FILE and through its folder) once', async () => {
+  // The same file reached by two spellings of its path is checked once.
+  it('checks a file named twice (as ./FILE and through its folder) once', async () => {
     const run = await cs(['validate', './examples/webapp.yaml', 'examples']);
     expect(run.stdout).not.toMatch(/is also defined in/);
     expect(run.exitCode).toBe(0);

@@ -5,7 +5,7 @@ import { isResourceName, RESOURCE_NAME_RULE } from './names.js';
 import { validateSchema } from './schema.js';
 import { checkManifest, checkSandbox } from './semantic.js';
 import { decodeDefinition, findDefinitionFiles, kindOf, readDefinitionFile, type DefinitionKind } from './source.js';
-import { parseYaml } from './yaml-source.js';
+import { issueAt, parseYaml } from './yaml-source.js';
 
 /**
  * Reading definitions end to end: text, YAML with positions, JSON Schema,
@@ -14,7 +14,7 @@ import { parseYaml } from './yaml-source.js';
  */
 
 export type FileResult =
-  | { file: string; kind: 'sandbox'; ok: true; model: Sandbox; issues: [] }
+  | { file: string; kind: 'sandbox'; ok: true; model: Sandbox; issues: []; namePosition: { line: number; column: number } }
   | { file: string; kind: 'manifest'; ok: true; model: Manifest; issues: [] }
   | { file: string; kind: DefinitionKind; ok: false; issues: DefinitionIssue[] };
 
@@ -59,7 +59,10 @@ export function parseDefinition(options: ParseDefinitionOptions): FileResult {
       message: `the file name "${fallbackName}" cannot be the sandbox's name (a name ${RESOURCE_NAME_RULE.replace(/^must /, 'must ')}); add a top-level "name:" field`,
     });
   }
-  return issues.length > 0 ? fail(issues) : { file, kind, ok: true, model: checked.model, issues: [] };
+  if (issues.length > 0) return fail(issues);
+  // Where the sandbox's name comes from, for messages about it (the `name:` key, else the file).
+  const at = 'name' in value ? issueAt(parsed.parsed, ['name'], '', { anchor: 'key' }) : { line: 1, column: 1 };
+  return { file, kind, ok: true, model: checked.model, issues: [], namePosition: { line: at.line, column: at.column } };
 }
 
 /** Read and validate one file. */
@@ -102,7 +105,7 @@ function duplicateSandboxNames(files: FileResult[]): DefinitionIssue[] {
     if (!result.ok || result.kind !== 'sandbox') continue;
     const earlier = first.get(result.model.name);
     if (earlier === undefined) first.set(result.model.name, result.file);
-    else issues.push({ file: result.file, line: 1, column: 1, path: 'name', message: `sandbox "${result.model.name}" is also defined in ${earlier}` });
+    else issues.push({ file: result.file, ...result.namePosition, path: 'name', message: `sandbox "${result.model.name}" is also defined in ${earlier}` });
   }
   return issues;
 }

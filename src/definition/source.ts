@@ -1,5 +1,5 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { basename, dirname, extname, join } from 'node:path';
+import { basename, dirname, extname, join, resolve } from 'node:path';
 import type { DefinitionIssue } from './issues.js';
 
 /**
@@ -51,10 +51,12 @@ function fileIssue(file: string, message: string): DefinitionIssue {
 export async function findDefinitionFiles(paths: readonly string[]): Promise<FoundFiles> {
   const files: FoundFiles['files'] = [];
   const issues: DefinitionIssue[] = [];
+  // The same file named twice (./a.yaml and through its folder) is read once.
   const seen = new Set<string>();
   const add = (file: string) => {
-    if (!seen.has(file)) {
-      seen.add(file);
+    const key = resolve(file);
+    if (!seen.has(key)) {
+      seen.add(key);
       files.push({ file, kind: kindOf(file) });
     }
   };

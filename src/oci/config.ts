@@ -1,0 +1,125 @@
+import { readFile } from 'node:fs/promises';
+import { parseDocument } from 'yaml';
+import { InputError } from '../util/errors.js';
+import { configFile, type Env } from '../util/paths.js';
+import { hostOf, isLoopbackHost } from './address.js';
+
+/**
+ * Registry settings in cs's config file ($CS_CONFIG, default
+ * ~/.config/cs/config.yaml), after containers' registries.conf where the
+ * ideas fit: per registry, plain HTTP (`insecure`) and pull mirrors; and the
+ * default registry for snapshots.
+ *
+ *   registries:
+ *     - location: registry.internal:5000
+ *       insecure: true
+ *       mirrors:
+ *         - location: mirror.internal:5000
+ *           insecure: true
+ *   snapshot_registry: registry.internal:5000/team/snapshots
+ */
+
+export interface MirrorConfig {
+  location: string;
+  insecure: boolean;
+}
+
+export interface RegistryConfig {
+  location: string;
+  insecure: boolean;
+  mirrors: MirrorConfig[];
+}
+
+export interface CsConfig {
+  file: string;
+  registries: RegistryConfig[];
+  /** `host[:port]/path` under which snapshots are pushed; undefined keeps them local. */
+  snapshotRegistry?: string;
+}
+
+const MAX_CONFIG_BYTES = 1024 * 1024;
+const HOST = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$/;
+
+export async function loadConfig(options: { env?: Env; file?: string } = {}): Promise<CsConfig> {
+  const file = options.file ?? configFile(options.env);
+  let text: string;
+  try {
+    const bytes = await readFile(file);
+    if (bytes.length > MAX_CONFIG_BYTES) throw new InputError(`${file}: config file is larger than 1 MiB`);
+    text = bytes.toString('utf8');
+  } catch (error) {
+    if ((error as { code?: string }).code === 'ENOENT') return { file, registries: [] };
+    if (error instanceof InputError) throw error;
+    throw new InputError(`${file}: cannot read the config file: ${(error as Error).message}`);
+  }
+  const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
+  if (doc.errors.length > 0) throw new InputError(`${file}: invalid YAML: ${doc.errors[0]?.message.split('\n')[0] ?? ''}`);
+  const raw = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  return parseConfig(raw ?? {}, file);
+}
+
+export function parseConfig(raw: unknown, file: string): CsConfig {
+  const problems: string[] = [];
+  const obj = (v: unknown, where: string): Record<string, unknown> => {
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) return v as Record<string, unknown>;
+    problems.push(`${where}: must be a mapping`);
+    return {};
+  };
+  const root = obj(raw, '(top level)');
+  for (const key of Object.keys(root)) if (!['registries', 'snapshot_registry'].includes(key)) problems.push(`${key}: unknown field (expected registries, snapshot_registry)`);
+  const registries: RegistryConfig[] = [];
+  const list = root['registries'] ?? [];
+  if (!Array.isArray(list)) problems.push('registries: must be a list');
+  else {
+    list.forEach((item, i) => {
+      const r = obj(item, `registries.${i}`);
+      for (const key of Object.keys(r)) if (!['location', 'insecure', 'mirrors'].includes(key)) problems.push(`registries.${i}.${key}: unknown field (expected location, insecure, mirrors)`);
+      const location = host(r['location'], `registries.${i}.location`, problems);
+      const mirrors: MirrorConfig[] = [];
+      const rawMirrors = r['mirrors'] ?? [];
+      if (!Array.isArray(rawMirrors)) problems.push(`registries.${i}.mirrors: must be a list`);
+      else {
+        rawMirrors.forEach((m, j) => {
+          const mirror = obj(m, `registries.${i}.mirrors.${j}`);
+          const mirrorLocation = host(mirror['location'], `registries.${i}.mirrors.${j}.location`, problems);
+          if (mirrorLocation) mirrors.push({ location: mirrorLocation, insecure: bool(mirror['insecure'], `registries.${i}.mirrors.${j}.insecure`, problems) });
+        });
+      }
+      if (location) registries.push({ location, insecure: bool(r['insecure'], `registries.${i}.insecure`, problems), mirrors });
+    });
+  }
+  let snapshotRegistry: string | undefined;
+  if (root['snapshot_registry'] !== undefined) {
+    const value = root['snapshot_registry'];
+    if (typeof value !== 'string' || !/^[^/\s]+(\/[a-z0-9._/-]+)?$/.test(value) || !HOST.test(value.split('/')[0] ?? '')) {
+      problems.push('snapshot_registry: must be HOST[:PORT][/PATH], e.g. registry.internal:5000/team');
+    } else snapshotRegistry = value;
+  }
+  if (problems.length > 0) throw new InputError(`${file}: invalid config:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+  return { file, registries, ...(snapshotRegistry === undefined ? {} : { snapshotRegistry }) };
+}
+
+function host(value: unknown, where: string, problems: string[]): string | undefined {
+  if (typeof value !== 'string' || !HOST.test(value)) {
+    problems.push(`${where}: must be a registry HOST[:PORT]`);
+    return undefined;
+  }
+  return value;
+}
+
+function bool(value: unknown, where: string, problems: string[]): boolean {
+  if (value === undefined) return false;
+  if (typeof value !== 'boolean') problems.push(`${where}: must be true or false`);
+  return value === true;
+}
+
+/** Whether plain HTTP is allowed for `registry`: loopback always, others when configured or forced. */
+export function isInsecure(config: CsConfig, registry: string, force = false): boolean {
+  if (force || isLoopbackHost(hostOf(registry))) return true;
+  return config.registries.some((r) => r.location === registry && r.insecure) ||
+    config.registries.some((r) => r.mirrors.some((m) => m.location === registry && m.insecure));
+}
+
+export function mirrorsOf(config: CsConfig, registry: string): MirrorConfig[] {
+  return config.registries.find((r) => r.location === registry)?.mirrors ?? [];
+}
