@@ -126,6 +126,30 @@ export class ContentStore {
     }
   }
 
+  /**
+   * Store a stream whose digest is not known in advance (something cs is
+   * producing, such as a new layer); returns its descriptor.
+   */
+  async write(source: Readable, mediaType: string): Promise<Descriptor> {
+    const temp = join(this.root, 'ingest', `new.${process.pid}.${randomBytes(6).toString('hex')}`);
+    const hasher = new DigestingStream('sha256');
+    try {
+      await pipeline(source, hasher, createWriteStream(temp, { flags: 'wx', mode: 0o644 }));
+      const descriptor = { mediaType, digest: hasher.digest(), size: hasher.bytes };
+      if (await this.has(descriptor)) {
+        await rm(temp, { force: true });
+        return descriptor;
+      }
+      await fsyncFile(temp);
+      await rename(temp, this.blobPath(descriptor.digest));
+      await syncDir(join(this.blobPath(descriptor.digest), '..'));
+      return descriptor;
+    } catch (error) {
+      await rm(temp, { force: true });
+      throw error;
+    }
+  }
+
   /** Store a small blob held in memory; returns its descriptor. */
   async putBytes(bytes: Uint8Array, mediaType: string): Promise<Descriptor> {
     const descriptor = { mediaType, digest: digestOf(bytes), size: bytes.length };
