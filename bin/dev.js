@@ -2,4 +2,4 @@
 // Runs the TypeScript sources directly (no build step) for development.
 import { execute } from '@oclif/core';
 
-await execute({ development: true, dir: import.meta.url });
+await execute({ development: true, dir: import.meta.url, loadOptions: { root: new URL('..', import.meta.url).pathname, ignoreManifest: true } });

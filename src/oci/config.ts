@@ -1,5 +1,4 @@
 import { readFile } from 'node:fs/promises';
-import { parseDocument } from 'yaml';
 import { InputError } from '../util/errors.js';
 import { configFile, type Env } from '../util/paths.js';
 import { hostOf, isLoopbackHost } from './address.js';
@@ -52,6 +51,8 @@ export async function loadConfig(options: { env?: Env; file?: string } = {}): Pr
     if (error instanceof InputError) throw error;
     throw new InputError(`${file}: cannot read the config file: ${(error as Error).message}`);
   }
+  // yaml is loaded only when there is a config file to read (start-up time).
+  const { parseDocument } = await import('yaml');
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) throw new InputError(`${file}: invalid YAML: ${doc.errors[0]?.message.split('\n')[0] ?? ''}`);
   const raw = doc.toJS({ maxAliasCount: 100 }) as unknown;

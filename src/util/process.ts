@@ -1,4 +1,4 @@
-import { execa, type Options } from 'execa';
+import type { Options } from 'execa';
 import { ProcessError } from './errors.js';
 
 /**
@@ -47,6 +47,9 @@ export async function run(file: string, args: readonly string[], options: RunOpt
     ...(options.input === undefined ? { stdin: 'ignore' as const } : { input: options.input }),
     ...(options.timeoutMs === undefined ? {} : { timeout: options.timeoutMs }),
   };
+  // execa is loaded on first use: most cs commands never start a program,
+  // and loading it costs a noticeable part of start-up time.
+  const { execa } = await import('execa');
   let child;
   try {
     child = execa(file, args, execaOptions);

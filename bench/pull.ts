@@ -1,0 +1,90 @@
+import { cp, mkdir, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { startRegistry } from '../test/helpers/registry.js';
+import { cacheDir, cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, timed } from './common.js';
+
+/**
+ * `npm run bench -- pull`: a real multi-layer image (four gzip layers made
+ * by umoci from this machine's own files: docs, locales, Python, binaries)
+ * is pushed to a local docker-registry with skopeo; then, cold, cs pulls it
+ * into an empty store and skopeo copies it into an empty OCI layout, three
+ * times each, alternating. A second cs pull must transfer no blob bytes.
+ */
+
+const SOURCES = ['/usr/share/doc', '/usr/share/locale', '/usr/lib/python3.11', '/usr/bin'];
+const RUNS = 3;
+
+async function buildImage(): Promise<string> {
+  const layout = join(cacheDir, 'pull-image');
+  const marker = join(layout, '.complete');
+  if (await stat(marker).then(() => true, () => false)) return layout;
+  process.stderr.write('building the benchmark image with umoci (once; cached in .bench-cache/)…\n');
+  await removeAll(layout);
+  await mkdir(cacheDir, { recursive: true });
+  const bundle = await tempDir('cs-bench-bundle-');
+  await sh('umoci', ['init', '--layout', layout]);
+  await sh('umoci', ['new', '--image', `${layout}:v1`]);
+  await removeAll(bundle);
+  await sh('umoci', ['unpack', '--rootless', '--image', `${layout}:v1`, bundle]);
+  for (const source of SOURCES) {
+    const present = await stat(source).then(() => true, () => false);
+    if (!present) continue;
+    await cp(source, join(bundle, 'rootfs', source), { recursive: true, verbatimSymlinks: true, errorOnExist: false, force: true });
+    await sh('umoci', ['repack', '--refresh-bundle', '--image', `${layout}:v1`, bundle]);
+  }
+  await removeAll(bundle);
+  await sh('touch', [marker]);
+  return layout;
+}
+
+export async function benchPull(): Promise<void> {
+  await ensureBuilt();
+  const layout = await buildImage();
+  const registry = await startRegistry({ mode: 'open' });
+  const reference = `${registry.host}/bench/pull:v1`;
+  try {
+    await sh('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', `oci:${layout}:v1`, `docker://${reference}`]);
+    const inspect = JSON.parse(await sh('skopeo', ['inspect', '--tls-verify=false', '--raw', `docker://${reference}`])) as { layers: { size: number }[] };
+    const totalBytes = inspect.layers.reduce((sum, l) => sum + l.size, 0);
+    process.stderr.write(`image: ${inspect.layers.length} layers, ${(totalBytes / 1e6).toFixed(1)} MB compressed\n`);
+
+    const csTimes: number[] = [];
+    const skopeoTimes: number[] = [];
+    const warmTimes: number[] = [];
+    let warmBytes = -1;
+    for (let run = 0; run < RUNS; run++) {
+      const home = await tempDir('cs-bench-home-');
+      const out = await tempDir('cs-bench-skopeo-');
+      try {
+        const cs = await timed(() => sh('node', [join(root, 'bin/run.js'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false }));
+        csTimes.push(cs.ms);
+        const sk = await timed(() => sh('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reference}`, `oci:${join(out, 'layout')}:v1`]));
+        skopeoTimes.push(sk.ms);
+        const warm = await timed(() => sh('node', [join(root, 'bin/run.js'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false }));
+        warmTimes.push(warm.ms);
+        const result = JSON.parse(warm.value) as { bytesCopied: number; blobsCopied: number };
+        warmBytes = Math.max(warmBytes, result.bytesCopied);
+        process.stderr.write(`run ${run + 1}: cs cold ${cs.ms.toFixed(0)} ms, skopeo cold ${sk.ms.toFixed(0)} ms, cs warm ${warm.ms.toFixed(0)} ms (${result.blobsCopied} blobs, ${result.bytesCopied} bytes)\n`);
+      } finally {
+        await removeAll(home, out);
+      }
+    }
+    const csMedian = median(csTimes);
+    const skopeoMedian = median(skopeoTimes);
+    const summary = {
+      scenario: 'pull',
+      image: { layers: inspect.layers.length, compressedBytes: totalBytes },
+      runs: RUNS,
+      csColdMs: Math.round(csMedian),
+      skopeoColdMs: Math.round(skopeoMedian),
+      ratioCsToSkopeo: Number((csMedian / skopeoMedian).toFixed(3)),
+      csWarmMs: Math.round(median(warmTimes)),
+      csWarmBytesTransferred: warmBytes,
+      csThroughputMBps: Number((totalBytes / 1e6 / (csMedian / 1000)).toFixed(1)),
+    };
+    process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+    process.stdout.write(`cs/skopeo cold pull ratio: ${summary.ratioCsToSkopeo} (target <= 1.0); warm pull transferred ${warmBytes} bytes (target 0)\n`);
+  } finally {
+    await registry.stop();
+  }
+}

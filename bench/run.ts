@@ -1,0 +1,16 @@
+/**
+ * Benchmarks: `npm run bench -- NAME`. Each measures cs and a peer tool in
+ * the same run, on this machine, and prints the ratio. They are scripts,
+ * not tests: nothing here passes or fails on time.
+ */
+const scenarios: Record<string, () => Promise<void>> = {
+  pull: async () => (await import('./pull.js')).benchPull(),
+};
+
+const name = process.argv[2];
+const scenario = name ? scenarios[name] : undefined;
+if (!scenario) {
+  process.stderr.write(`usage: npm run bench -- ${Object.keys(scenarios).join('|')}\n`);
+  process.exit(2);
+}
+await scenario();
