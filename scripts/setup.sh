@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Set up a Debian 12 machine to build, run and test cs: the system packages
+# it and its tests use, then the npm dependencies (which also builds dist/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# docker-registry: a real OCI registry for tests; skopeo, umoci: peer tools for
+# interop tests and benchmarks; apache2-utils: htpasswd; openssl: test certificates.
+packages=(git ca-certificates openssl docker-registry skopeo umoci apache2-utils)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then sudo=(); else sudo=(sudo); fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get update
+  "${sudo[@]}" apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+npm ci --no-audit --no-fund
