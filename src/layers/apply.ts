@@ -1,0 +1,349 @@
+import {
+  closeSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  chmodSync,
+  lchownSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  symlinkSync,
+  utimesSync,
+  writeSync,
+  type Stats,
+} from 'node:fs';
+import type { Readable } from 'node:stream';
+import { extract, type Header } from 'tar-stream';
+import { LayerError } from '../util/errors.js';
+import { cleanComponents, RootResolver } from './safe-path.js';
+
+/**
+ * Applying one layer (an uncompressed tar stream) onto a folder, with the
+ * semantics of image-spec layer.md:
+ *
+ * - `.wh.NAME` removes NAME from lower layers only; `.wh..wh..opq` hides
+ *   everything the lower layers had in its directory, wherever it appears in
+ *   the tar; other names starting with `.wh.` are refused;
+ * - a later entry replaces an earlier one unless both are directories
+ *   (then only the metadata changes);
+ * - hardlinks may point at files from lower layers;
+ * - modes (with setuid, setgid, sticky), numeric ownership, mtimes
+ *   (directories last, since adding children changes them), xattrs from PAX
+ *   headers.
+ *
+ * Safety: every path is resolved inside the root as if chrooted (see
+ * safe-path.ts); the last component is never followed; hardlink targets are
+ * resolved the same way and must be files inside the root. Limits stop
+ * decompression bombs and absurd headers.
+ *
+ * File system calls are synchronous on purpose: extraction is one writer
+ * doing many tiny operations, and sync calls avoid a thread-pool round trip
+ * per call while decompression runs on the pool in parallel.
+ */
+
+export interface LayerLimits {
+  /** Entries in one layer. */
+  maxEntries: number;
+  /** Bytes of one entry name (the whole path). */
+  maxNameBytes: number;
+  /** Uncompressed bytes of file content in one layer. */
+  maxTotalBytes: number;
+}
+
+export const DEFAULT_LIMITS: LayerLimits = {
+  maxEntries: 2_000_000,
+  maxNameBytes: 4096,
+  maxTotalBytes: 64 * 1024 ** 3,
+};
+
+/** What could not be applied for lack of privilege, to be applied where the image is built. */
+export interface DeferredMetadata {
+  path: string;
+  uid?: number;
+  gid?: number;
+  device?: { type: 'char' | 'block'; major: number; minor: number; mode: number };
+  xattrs?: Record<string, string>;
+}
+
+export interface ApplyOptions {
+  /** The folder the layer is applied onto (it holds the lower layers already). */
+  root: string;
+  /** The uncompressed tar stream. */
+  tar: Readable | AsyncIterable<Uint8Array>;
+  limits?: Partial<LayerLimits>;
+  /** Chown and create devices (default: running as root). */
+  privileged?: boolean;
+  /** Called for ownership, devices and xattrs that were not applied (unprivileged). */
+  onDeferred?: (entry: DeferredMetadata) => void;
+  /** Called with xattrs to set on a path (privileged); cs batches these. */
+  onXattrs?: (path: string, xattrs: Record<string, string>) => void;
+}
+
+export interface ApplyResult {
+  entries: number;
+  bytes: number;
+  whiteouts: number;
+}
+
+const WHITEOUT = '.wh.';
+const OPAQUE = '.wh..wh..opq';
+
+export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
+  const limits = { ...DEFAULT_LIMITS, ...options.limits };
+  const privileged = options.privileged ?? process.getuid?.() === 0;
+  const resolver = new RootResolver(options.root);
+  /** Paths (relative) this layer created: whiteouts and opaque markers leave them alone. */
+  const created = new Set<string>();
+  const opaqueDirs: string[] = [];
+  const dirTimes: { path: string; mtime: Date }[] = [];
+  const result: ApplyResult = { entries: 0, bytes: 0, whiteouts: 0 };
+
+  const ex = extract();
+  const source = options.tar as Readable;
+  const feeding = (async () => {
+    try {
+      for await (const chunk of source) {
+        if (!ex.write(chunk)) await new Promise<void>((resolve) => ex.once('drain', () => resolve()));
+      }
+      (ex as unknown as { end(): void }).end();
+    } catch (error) {
+      ex.destroy(error as Error);
+    }
+  })();
+
+  try {
+    for await (const entry of ex) {
+      const header = entry.header;
+      if (++result.entries > limits.maxEntries) throw new LayerError(`layer has more than ${limits.maxEntries} entries`, { code: 'LAYER_TOO_MANY_ENTRIES' });
+      if (Buffer.byteLength(header.name) > limits.maxNameBytes) {
+        throw new LayerError(`entry name is longer than ${limits.maxNameBytes} bytes: ${header.name.slice(0, 80)}…`, { code: 'LAYER_NAME_TOO_LONG' });
+      }
+      if (header.type === 'file' || header.type === 'contiguous-file') {
+        if (!Number.isSafeInteger(header.size) || header.size < 0) throw new LayerError(`entry ${header.name} has an invalid size`, { code: 'LAYER_BAD_HEADER' });
+        if (result.bytes + header.size > limits.maxTotalBytes) {
+          throw new LayerError(`layer content exceeds ${limits.maxTotalBytes} bytes (a decompression bomb?)`, { code: 'LAYER_TOO_BIG' });
+        }
+      }
+      await applyEntry(header, entry as unknown as AsyncIterable<Buffer>, { resolver, created, opaqueDirs, dirTimes, result, privileged, options });
+      entry.resume();
+    }
+  } catch (error) {
+    ex.destroy(new Error('layer application stopped'));
+    (source as Readable).destroy?.();
+    await feeding.catch(() => undefined);
+    if (error instanceof LayerError) throw error;
+    const code = (error as { code?: string }).code;
+    throw new LayerError(`cannot apply layer: ${(error as Error).message}`, { code: code ? `LAYER_${code}` : 'LAYER_INVALID', cause: error });
+  }
+  await feeding;
+
+  // Opaque directories hide what lower layers had, wherever the marker sat in the tar.
+  for (const dir of opaqueDirs) {
+    let names: string[] = [];
+    try {
+      names = readdirSync(resolver.abs(dir));
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      const child = dir === '' ? name : `${dir}/${name}`;
+      if (created.has(child) || hasCreatedBelow(created, child)) continue;
+      rmSync(resolver.abs(child), { recursive: true, force: true });
+      resolver.forget(child);
+    }
+  }
+  // Directory times last, deepest first, since writing children changed them.
+  dirTimes.sort((a, b) => b.path.split('/').length - a.path.split('/').length);
+  for (const { path, mtime } of dirTimes) {
+    try {
+      utimesSync(resolver.abs(path), mtime, mtime);
+    } catch {
+      // removed later in the layer
+    }
+  }
+  return result;
+}
+
+function hasCreatedBelow(created: Set<string>, dir: string): boolean {
+  const prefix = `${dir}/`;
+  for (const path of created) if (path.startsWith(prefix)) return true;
+  return false;
+}
+
+interface Context {
+  resolver: RootResolver;
+  created: Set<string>;
+  opaqueDirs: string[];
+  dirTimes: { path: string; mtime: Date }[];
+  result: ApplyResult;
+  privileged: boolean;
+  options: ApplyOptions;
+}
+
+function lstatOrUndefined(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch (error) {
+    if ((error as { code?: string }).code === 'ENOENT') return undefined;
+    throw error;
+  }
+}
+
+async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Context): Promise<void> {
+  const { resolver } = ctx;
+  const components = cleanComponents(header.name);
+  if (components.length === 0) {
+    // The root itself ("./"): only its metadata.
+    if (header.type === 'directory') ctx.dirTimes.push({ path: '', mtime: header.mtime });
+    return;
+  }
+  const base = components[components.length - 1] as string;
+  const parentComponents = components.slice(0, -1);
+
+  if (base.startsWith(WHITEOUT)) {
+    ctx.result.whiteouts++;
+    const parent = resolver.resolveDir(parentComponents);
+    if (base === OPAQUE) {
+      if (parent !== undefined) ctx.opaqueDirs.push(parent);
+      return;
+    }
+    const hidden = base.slice(WHITEOUT.length);
+    if (hidden === '' || hidden === '.' || hidden === '..' || hidden.startsWith(WHITEOUT)) {
+      throw new LayerError(`invalid whiteout ${JSON.stringify(header.name)}`, { code: 'LAYER_BAD_WHITEOUT' });
+    }
+    if (parent === undefined) return; // nothing below to hide
+    const target = parent === '' ? hidden : `${parent}/${hidden}`;
+    if (ctx.created.has(target)) return; // whiteouts only hide lower layers
+    rmSync(resolver.abs(target), { recursive: true, force: true });
+    resolver.forget(target);
+    return;
+  }
+
+  const parent = resolver.resolveDir(parentComponents, 0o755);
+  if (parent === undefined) throw new LayerError(`cannot create the parent folder of ${header.name}`);
+  const rel = parent === '' ? base : `${parent}/${base}`;
+  const abs = resolver.abs(rel);
+  const existing = lstatOrUndefined(abs);
+  const mode = header.mode & 0o7777;
+
+  if (header.type === 'directory') {
+    if (existing && !existing.isDirectory()) {
+      rmSync(abs, { recursive: true, force: true });
+      resolver.forget(rel);
+    }
+    if (!existing || !existing.isDirectory()) mkdirSync(abs, { mode: 0o700 });
+    resolver.rememberDir(rel);
+    ctx.created.add(rel);
+    setOwner(abs, header, ctx, false);
+    chmodSync(abs, mode);
+    ctx.dirTimes.push({ path: rel, mtime: header.mtime });
+    setXattrs(abs, header, ctx);
+    return;
+  }
+
+  // Anything else replaces what is there.
+  if (existing) {
+    rmSync(abs, { recursive: true, force: true });
+    resolver.forget(rel);
+  }
+  ctx.created.add(rel);
+
+  switch (header.type) {
+    case 'file':
+    case 'contiguous-file': {
+      const fd = openSync(abs, 'wx', 0o600);
+      try {
+        for await (const chunk of body) {
+          let offset = 0;
+          while (offset < chunk.length) offset += writeSync(fd, chunk, offset, chunk.length - offset);
+          ctx.result.bytes += chunk.length;
+        }
+      } finally {
+        closeSync(fd);
+      }
+      setOwner(abs, header, ctx, false);
+      chmodSync(abs, mode);
+      utimesSync(abs, header.mtime, header.mtime);
+      setXattrs(abs, header, ctx);
+      return;
+    }
+    case 'symlink': {
+      symlinkSync(header.linkname, abs);
+      setOwner(abs, header, ctx, true);
+      lutimesSync(abs, header.mtime, header.mtime);
+      return;
+    }
+    case 'link': {
+      const targetComponents = cleanComponents(header.linkname);
+      if (targetComponents.length === 0) throw new LayerError(`hardlink ${header.name} points at the root`, { code: 'LAYER_BAD_LINK' });
+      const targetParent = resolver.resolveDir(targetComponents.slice(0, -1));
+      const targetBase = targetComponents[targetComponents.length - 1] as string;
+      const targetRel = targetParent === undefined ? undefined : targetParent === '' ? targetBase : `${targetParent}/${targetBase}`;
+      const targetInfo = targetRel === undefined ? undefined : lstatOrUndefined(resolver.abs(targetRel));
+      if (targetRel === undefined || !targetInfo) throw new LayerError(`hardlink ${header.name} points at ${header.linkname}, which does not exist in the image`, { code: 'LAYER_BAD_LINK' });
+      if (targetInfo.isDirectory()) throw new LayerError(`hardlink ${header.name} points at a directory`, { code: 'LAYER_BAD_LINK' });
+      linkSync(resolver.abs(targetRel), abs);
+      return;
+    }
+    case 'fifo':
+    case 'character-device':
+    case 'block-device': {
+      await makeSpecial(abs, rel, header, ctx);
+      return;
+    }
+    default:
+      throw new LayerError(`entry ${header.name} has an unsupported type ${String(header.type)}`, { code: 'LAYER_BAD_HEADER' });
+  }
+}
+
+function setOwner(abs: string, header: Header, ctx: Context, link: boolean): void {
+  if (ctx.privileged) {
+    lchownSync(abs, header.uid, header.gid);
+    return;
+  }
+  void link;
+  if (header.uid !== 0 || header.gid !== 0 || ctx.options.onDeferred) {
+    ctx.options.onDeferred?.({ path: relativeOf(abs, ctx), uid: header.uid, gid: header.gid });
+  }
+}
+
+function relativeOf(abs: string, ctx: Context): string {
+  return abs.slice(ctx.resolver.root.length + 1);
+}
+
+const XATTR_PREFIX = 'SCHILY.xattr.';
+
+function setXattrs(abs: string, header: Header, ctx: Context): void {
+  const pax = header.pax as Record<string, string> | null | undefined;
+  if (!pax) return;
+  const xattrs: Record<string, string> = {};
+  for (const [key, value] of Object.entries(pax)) if (key.startsWith(XATTR_PREFIX)) xattrs[key.slice(XATTR_PREFIX.length)] = value;
+  if (Object.keys(xattrs).length === 0) return;
+  if (ctx.privileged && ctx.options.onXattrs) ctx.options.onXattrs(relativeOf(abs, ctx), xattrs);
+  else ctx.options.onDeferred?.({ path: relativeOf(abs, ctx), xattrs });
+}
+
+async function makeSpecial(abs: string, rel: string, header: Header, ctx: Context): Promise<void> {
+  const { run } = await import('../util/process.js');
+  const mode = header.mode & 0o7777;
+  if (header.type === 'fifo') {
+    await run('mkfifo', ['-m', mode.toString(8), '--', abs]);
+  } else if (ctx.privileged) {
+    await run('mknod', ['-m', mode.toString(8), '--', abs, header.type === 'character-device' ? 'c' : 'b', String(header.devmajor), String(header.devminor)]);
+  } else {
+    // Unprivileged: an empty placeholder file stands where the device goes, and the device is recorded.
+    closeSync(openSync(abs, 'wx', 0o600));
+    ctx.options.onDeferred?.({
+      path: rel,
+      uid: header.uid,
+      gid: header.gid,
+      device: { type: header.type === 'character-device' ? 'char' : 'block', major: header.devmajor, minor: header.devminor, mode },
+    });
+    return;
+  }
+  setOwner(abs, header, ctx, false);
+  chmodSync(abs, mode);
+  utimesSync(abs, header.mtime, header.mtime);
+}
