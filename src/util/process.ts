@@ -99,3 +99,49 @@ function isNotFound(cause: unknown): boolean {
 export function formatCommand(argv: readonly string[]): string {
   return argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replaceAll("'", "'\\''")}'`)).join(' ');
 }
+
+/**
+ * A program used as a stream filter (e.g. `zstd -dc`): bytes written to
+ * `input` come out of `output`. `output` fails with a ProcessError, carrying
+ * the end of stderr, when the program exits with an error.
+ */
+export async function filterThrough(file: string, args: readonly string[], input: NodeJS.ReadableStream): Promise<import('node:stream').Readable> {
+  const { spawn } = await import('node:child_process');
+  const { PassThrough } = await import('node:stream');
+  const child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  const output = new PassThrough();
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr = tail(stderr + chunk.toString('utf8'));
+  });
+  const details = () => ({ command: [file, ...args], exitCode: child.exitCode ?? undefined, signal: child.signalCode ?? undefined, stderrTail: tail(stderr), timedOut: false });
+  child.on('error', (error: NodeJS.ErrnoException) => {
+    output.destroy(new ProcessError(error.code === 'ENOENT' ? `${file} was not found on PATH` : `could not run ${file}: ${error.message}`, details(), { cause: error }));
+  });
+  input.on('error', (error) => {
+    child.kill();
+    output.destroy(error);
+  });
+  input.pipe(child.stdin);
+  child.stdin.on('error', () => undefined); // the child may exit early; its exit code tells why
+  child.stdout.pipe(output, { end: false });
+  let stdoutDone = false;
+  let exitCode: number | null | undefined;
+  const finish = () => {
+    if (!stdoutDone || exitCode === undefined) return;
+    if (exitCode === 0) output.end();
+    else output.destroy(new ProcessError(`${formatCommand([file, ...args])} exited with code ${exitCode}${stderr ? `:\n${tail(stderr)}` : ''}`, details()));
+  };
+  child.stdout.on('end', () => {
+    stdoutDone = true;
+    finish();
+  });
+  child.on('close', (code) => {
+    exitCode = code;
+    finish();
+  });
+  output.on('close', () => {
+    if (child.exitCode === null) child.kill();
+  });
+  return output;
+}

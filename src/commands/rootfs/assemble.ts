@@ -1,0 +1,31 @@
+import { Flags } from '@oclif/core';
+import { assembleFromFlags } from '../../rootfs/from-definition.js';
+import type { AssembleResult } from '../../rootfs/assemble.js';
+import { CsCommand } from '../_base.js';
+
+export default class RootfsAssemble extends CsCommand {
+  static override summary = 'Assemble a root filesystem from a workspace\'s snapshots or from images.';
+  static override description = `Applies the layers of the base snapshot, then the home and personal snapshots (under the owner's home), in order, and writes the result as a folder, a tar, an erofs image or an ext4 image. Finished trees are cached by chain id, so when only the top snapshot changes only its layers are applied again. A base snapshot's runtime folders (${['/proc', '/sys', '/dev', '/run', '/tmp'].join(', ')}) are emptied.`;
+  static override examples = [
+    '<%= config.bin %> <%= command.id %> -f examples/minimal.yaml -W minimal/dev --format erofs --out /tmp/dev.erofs',
+    '<%= config.bin %> <%= command.id %> --base localhost:5000/debian:bookworm --home localhost:5000/team-home:v1 --format dir --out /tmp/root',
+    '<%= config.bin %> <%= command.id %> --base localhost/debian:bookworm --format tar --out root.tar --json',
+  ];
+  static override flags = {
+    file: Flags.string({ char: 'f', description: 'Sandbox definition file' }),
+    workspace: Flags.string({ char: 'W', description: 'SANDBOX/WORKSPACE in the definition (with -f)' }),
+    base: Flags.string({ description: 'Base snapshot image (instead of -f/-W)' }),
+    home: Flags.string({ description: 'Home snapshot image, applied under the owner\'s home' }),
+    personal: Flags.string({ description: 'Personal snapshot image, applied last under the owner\'s home' }),
+    format: Flags.string({ description: 'Output format', options: ['dir', 'tar', 'erofs', 'ext4'], default: 'dir' }),
+    out: Flags.string({ char: 'o', description: 'Where to write the result', required: true }),
+    force: Flags.boolean({ description: 'Replace --out if it exists' }),
+  };
+
+  async run(): Promise<AssembleResult> {
+    const { flags } = await this.parse(RootfsAssemble);
+    const result = await assembleFromFlags({ ...flags, onPhase: (p) => this.say(p) });
+    this.say(`Wrote ${result.format} to ${result.out}: ${result.layers} layers, ${result.layersApplied} applied, ${result.cachedLayers} from cache`);
+    return result;
+  }
+}

@@ -1,0 +1,123 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { run } from '../util/process.js';
+
+/**
+ * The assembled-tree cache: `trees/HEX/` is the root filesystem after the
+ * layers whose chain id is `sha256:HEX`. A tree is built under `tmp/` and
+ * renamed into `trees/` only when complete, so a crash never leaves an entry
+ * that looks finished. The cache keeps at most `maxTrees` trees, dropping the
+ * least recently used.
+ *
+ * Trees are shared with later builds by hardlinks (`cp -al`): the layer
+ * applier never changes a file in place (it replaces it), so a build on top
+ * of a cached tree never changes the cached tree.
+ */
+
+export const DEFAULT_MAX_TREES = 8;
+
+export class TreeCache {
+  constructor(
+    readonly root: string,
+    readonly maxTrees = DEFAULT_MAX_TREES,
+  ) {}
+
+  treePath(chainId: string): string {
+    return join(this.root, 'trees', chainId.replace(/^sha256:/, ''));
+  }
+
+  async has(chainId: string): Promise<boolean> {
+    return stat(join(this.treePath(chainId), '.cs-complete')).then(() => true, () => false);
+  }
+
+  /** A fresh folder to build in (removed by prune if its builder dies). */
+  async workDir(): Promise<string> {
+    const dir = join(this.root, 'tmp', `${process.pid}.${randomBytes(6).toString('hex')}`);
+    await mkdir(dir, { recursive: true, mode: 0o755 });
+    return dir;
+  }
+
+  /** Hardlink-copy a cached tree into `dir` (which must be empty). */
+  async cloneInto(chainId: string, dir: string): Promise<void> {
+    await run('cp', ['-al', '--', `${this.treePath(chainId)}/.`, dir]);
+    await rm(join(dir, '.cs-complete'), { force: true });
+    await this.touch(chainId);
+  }
+
+  /** Make `dir` (built under workDir) the cached tree for `chainId`; `dir` is consumed. */
+  async commit(chainId: string, dir: string): Promise<void> {
+    await writeFile(join(dir, '.cs-complete'), `${chainId}\n`);
+    await mkdir(join(this.root, 'trees'), { recursive: true });
+    try {
+      await rename(dir, this.treePath(chainId));
+    } catch (error) {
+      // Someone else committed the same chain first: theirs is as good as ours.
+      await rm(dir, { recursive: true, force: true });
+      if (!(await this.has(chainId))) throw error;
+    }
+    await this.evict();
+  }
+
+  /** Keep a copy of a tree that is still being built on (hardlinks, cheap). */
+  async commitCopy(chainId: string, dir: string): Promise<void> {
+    if (await this.has(chainId)) return;
+    const copy = await this.workDir();
+    await run('cp', ['-al', '--', `${dir}/.`, copy]);
+    await this.commit(chainId, copy);
+  }
+
+  private async touch(chainId: string): Promise<void> {
+    const now = new Date();
+    await utimes(join(this.treePath(chainId), '.cs-complete'), now, now).catch(() => undefined);
+  }
+
+  async list(): Promise<{ chainId: string; lastUsed: number }[]> {
+    const dir = join(this.root, 'trees');
+    const names = await readdir(dir).catch(() => [] as string[]);
+    const out: { chainId: string; lastUsed: number }[] = [];
+    for (const name of names) {
+      const info = await stat(join(dir, name, '.cs-complete')).catch(() => undefined);
+      if (info) out.push({ chainId: `sha256:${name}`, lastUsed: info.mtimeMs });
+    }
+    return out;
+  }
+
+  private async evict(): Promise<void> {
+    const trees = (await this.list()).sort((a, b) => b.lastUsed - a.lastUsed);
+    for (const old of trees.slice(this.maxTrees)) await this.remove(old.chainId);
+  }
+
+  async remove(chainId: string): Promise<void> {
+    // Rename out of trees/ first, so a half-removed tree never looks cached.
+    const doomed = join(this.root, 'tmp', `doomed.${randomBytes(6).toString('hex')}`);
+    await mkdir(join(this.root, 'tmp'), { recursive: true });
+    await rename(this.treePath(chainId), doomed).catch(() => undefined);
+    await rm(doomed, { recursive: true, force: true });
+  }
+
+  /** Remove every cached tree and the leftovers of dead builders. */
+  async prune(options: { all?: boolean } = {}): Promise<{ removedTrees: number }> {
+    let removedTrees = 0;
+    if (options.all) {
+      for (const tree of await this.list()) {
+        await this.remove(tree.chainId);
+        removedTrees++;
+      }
+    }
+    for (const name of await readdir(join(this.root, 'tmp')).catch(() => [] as string[])) {
+      const pid = Number(name.split('.')[0]);
+      if (name.startsWith('doomed.') || !Number.isInteger(pid) || !isAlive(pid)) await rm(join(this.root, 'tmp', name), { recursive: true, force: true });
+    }
+    return { removedTrees };
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as { code?: string }).code === 'EPERM';
+  }
+}

@@ -1,0 +1,57 @@
+import { loadSandbox, type SnapshotRef } from '../definition/index.js';
+import { formatReference } from '../oci/reference.js';
+import { InputError, UsageError } from '../util/errors.js';
+import { assemble, type AssembleResult, type AssembleSnapshot, type OutputFormat } from './assemble.js';
+
+/**
+ * Which snapshots to assemble, from `cs rootfs assemble`'s flags: either a
+ * workspace of a definition (-f FILE -W SANDBOX/WORKSPACE) or explicit images.
+ */
+
+export interface AssembleFlags {
+  file?: string | undefined;
+  workspace?: string | undefined;
+  base?: string | undefined;
+  home?: string | undefined;
+  personal?: string | undefined;
+  format: string;
+  out: string;
+  force?: boolean | undefined;
+  onPhase?: (phase: string) => void;
+}
+
+function imageOf(ref: SnapshotRef, field: string): string {
+  if (ref.kind === 'oci') return formatReference(ref.reference);
+  throw new InputError(
+    `${field} "${ref.name}" names a snapshot from the catalogue, which cs cannot resolve yet; use oci://REF for an image`,
+    { code: 'SNAPSHOT_UNSUPPORTED' },
+  );
+}
+
+export async function assembleFromFlags(flags: AssembleFlags): Promise<AssembleResult> {
+  const snapshots: AssembleSnapshot[] = [];
+  if (flags.file || flags.workspace) {
+    if (!flags.file || !flags.workspace) throw new UsageError('-f FILE and -W SANDBOX/WORKSPACE go together');
+    if (flags.base || flags.home || flags.personal) throw new UsageError('give either -f/-W or --base/--home/--personal, not both');
+    const sandbox = await loadSandbox({ file: flags.file });
+    const [sandboxName, workspaceName] = flags.workspace.includes('/') ? flags.workspace.split('/', 2) : [sandbox.name, flags.workspace];
+    if (sandboxName?.toLowerCase() !== sandbox.name) throw new InputError(`${flags.file} defines sandbox "${sandbox.name}", not "${sandboxName}"`);
+    const workspace = sandbox.workspaces.find((w) => w.name === workspaceName?.toLowerCase());
+    if (!workspace) throw new InputError(`sandbox "${sandbox.name}" has no workspace "${workspaceName}" (it has: ${sandbox.workspaces.map((w) => w.name).join(', ')})`);
+    if (!workspace.baseSnapshot) throw new InputError(`workspace ${sandbox.name}/${workspace.name} has no base_snapshot`);
+    snapshots.push({ reference: imageOf(workspace.baseSnapshot, 'base_snapshot'), kind: 'base' });
+    if (workspace.homeSnapshot) snapshots.push({ reference: imageOf(workspace.homeSnapshot, 'home_snapshot'), kind: 'home' });
+  } else {
+    if (!flags.base) throw new UsageError('give -f FILE -W SANDBOX/WORKSPACE, or --base IMAGE');
+    snapshots.push({ reference: flags.base, kind: 'base' });
+    if (flags.home) snapshots.push({ reference: flags.home, kind: 'home' });
+    if (flags.personal) snapshots.push({ reference: flags.personal, kind: 'personal' });
+  }
+  return assemble({
+    snapshots,
+    out: flags.out,
+    format: flags.format as OutputFormat,
+    ...(flags.force ? { force: true } : {}),
+    ...(flags.onPhase ? { onPhase: flags.onPhase } : {}),
+  });
+}

@@ -1,0 +1,59 @@
+import { createHash } from 'node:crypto';
+import { Transform } from 'node:stream';
+import { applyLayer, type ApplyOptions, type ApplyResult } from '../layers/apply.js';
+import { decompress } from '../layers/decompress.js';
+import { MAX_MANIFEST_BYTES, parseManifest, type Descriptor, type ImageManifest } from '../oci/manifest.js';
+import { layerCompression } from '../oci/media-types.js';
+import type { ContentStore } from '../oci/store.js';
+import { LayerError } from '../util/errors.js';
+
+/**
+ * Unpacking an image from the local store into a folder: each layer in
+ * order, decompressed as it streams, applied, and its diff_id (the digest of
+ * the uncompressed tar) checked against the image config.
+ */
+
+export interface ImageLayers {
+  manifest: ImageManifest;
+  diffIds: string[];
+}
+
+export async function readImageLayers(store: ContentStore, descriptor: Descriptor, name: string): Promise<ImageLayers> {
+  const parsed = parseManifest(await store.readBlob(descriptor, MAX_MANIFEST_BYTES), descriptor.mediaType, name);
+  if (parsed.kind !== 'manifest') throw new LayerError(`${name} is an index, not an image; pull it for one platform first`);
+  const config = JSON.parse((await store.readBlob(parsed.manifest.config, MAX_MANIFEST_BYTES)).toString('utf8')) as { rootfs?: { diff_ids?: unknown } };
+  const diffIds = Array.isArray(config.rootfs?.diff_ids) ? config.rootfs.diff_ids.filter((d): d is string => typeof d === 'string') : [];
+  if (diffIds.length !== parsed.manifest.layers.length) {
+    throw new LayerError(`${name}: the config lists ${diffIds.length} diff_ids for ${parsed.manifest.layers.length} layers`, { code: 'LAYER_DIFFID_COUNT' });
+  }
+  return { manifest: parsed.manifest, diffIds };
+}
+
+export interface UnpackLayerOptions extends Omit<ApplyOptions, 'tar' | 'root'> {
+  store: ContentStore;
+  layer: Descriptor;
+  diffId: string;
+  root: string;
+}
+
+/** Apply one stored layer onto `root`, verifying its diff_id. */
+export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyResult> {
+  const compression = layerCompression(options.layer.mediaType);
+  if (!compression) throw new LayerError(`layer ${options.layer.digest} has media type ${options.layer.mediaType}, which cs cannot apply`, { code: 'LAYER_MEDIA_TYPE' });
+  const hash = createHash('sha256');
+  const hasher = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      hash.update(chunk);
+      callback(null, chunk);
+    },
+  });
+  const plain = await decompress(options.store.openBlob(options.layer.digest), compression);
+  plain.on('error', (error) => hasher.destroy(error));
+  const { store: _store, layer: _layer, diffId: _diffId, ...applyOptions } = options;
+  const result = await applyLayer({ ...applyOptions, tar: plain.pipe(hasher) });
+  const actual = `sha256:${hash.digest('hex')}`;
+  if (actual !== options.diffId) {
+    throw new LayerError(`layer ${options.layer.digest}: its uncompressed content hashes to ${actual}, but the image config says ${options.diffId}`, { code: 'LAYER_DIFFID_MISMATCH' });
+  }
+  return result;
+}
