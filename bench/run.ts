@@ -5,6 +5,7 @@
  */
 const scenarios: Record<string, () => Promise<void>> = {
   pull: async () => (await import('./pull.js')).benchPull(),
+  assemble: async () => (await import('./assemble.js')).benchAssemble(),
 };
 
 const name = process.argv[2];

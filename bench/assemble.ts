@@ -1,0 +1,92 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { ContentStore } from '../src/oci/store.js';
+import { cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, timed } from './common.js';
+import { debianMinbase } from './debian.js';
+
+/**
+ * `npm run bench -- assemble`: a real Debian minbase root (debootstrap),
+ * imported as a one-layer gzip image. In one run, three times each:
+ *  - cs cold: `cs rootfs assemble` with an empty cache (base + a small home
+ *    snapshot), output as a folder, and the time to the cached tree alone;
+ *  - cs warm: the home snapshot changed, base cached;
+ *  - `umoci unpack` of the same image;
+ *  - `tar -xzf` of the same layer blob.
+ */
+
+const RUNS = 3;
+
+async function run(args: string[], home: string): Promise<string> {
+  return sh('node', [join(root, 'bin/run.js'), ...args], { env: cliEnv({ CS_HOME: home }), extendEnv: false });
+}
+
+export async function benchAssemble(): Promise<void> {
+  await ensureBuilt();
+  const debian = await debianMinbase();
+  const work = await tempDir('cs-bench-assemble-');
+  const images = join(work, 'images');
+  try {
+    // One store holds the images; each measured run copies it (blobs by hardlink) into a fresh CS_HOME.
+    await run(['image', 'import', debian, 'localhost/bench/debian:bookworm'], images);
+    for (const version of ['v1', 'v2']) {
+      const dir = join(work, `home-${version}`);
+      await mkdir(join(dir, '.config'), { recursive: true });
+      await writeFile(join(dir, '.bashrc'), `# ${version}\nexport EDITOR=vi\n`);
+      await writeFile(join(dir, '.config', 'settings.json'), JSON.stringify({ version, data: 'x'.repeat(100_000) }));
+      await run(['image', 'import', dir, `localhost/bench/home:${version}`], images);
+    }
+    const store = await ContentStore.open(join(images, 'store'));
+    const base = await store.resolveTag('localhost/bench/debian:bookworm');
+    if (!base) throw new Error('import failed');
+    const manifest = JSON.parse((await store.readBlob(base, 1 << 22)).toString('utf8')) as { layers: { digest: string; size: number }[] };
+    const layer = manifest.layers[0];
+    if (!layer) throw new Error('no layer');
+    const layerPath = store.blobPath(layer.digest);
+    // umoci wants simple tag names: a layout beside the store whose index names the same manifest "v1".
+    const umociLayout = join(work, 'umoci-layout');
+    await mkdir(umociLayout);
+    await sh('cp', ['-al', join(images, 'store', 'blobs'), join(umociLayout, 'blobs')]);
+    await writeFile(join(umociLayout, 'oci-layout'), '{"imageLayoutVersion":"1.0.0"}');
+    await writeFile(join(umociLayout, 'index.json'), JSON.stringify({ schemaVersion: 2, manifests: [{ ...base, annotations: { 'org.opencontainers.image.ref.name': 'v1' } }] }));
+
+    const results = { csCold: [] as number[], csWarm: [] as number[], umoci: [] as number[], tar: [] as number[] };
+    for (let i = 0; i < RUNS; i++) {
+      const home = await tempDir('cs-bench-home-');
+      await sh('cp', ['-al', join(images, 'store'), join(home, 'store')]);
+      const out1 = join(work, `out-cold-${i}`);
+      const out2 = join(work, `out-warm-${i}`);
+      const umociOut = join(work, `umoci-${i}`);
+      const tarOut = join(work, `tar-${i}`);
+      await sh('sync', []);
+      const cold = await timed(() => run(['rootfs', 'assemble', '--base', 'localhost/bench/debian:bookworm', '--home', 'localhost/bench/home:v1', '--out', out1, '--json'], home));
+      const warm = await timed(() => run(['rootfs', 'assemble', '--base', 'localhost/bench/debian:bookworm', '--home', 'localhost/bench/home:v2', '--out', out2, '--json'], home));
+      const warmResult = JSON.parse(warm.value) as { layersApplied: number; cachedLayers: number };
+      const umoci = await timed(() => sh('umoci', ['unpack', '--image', `${umociLayout}:v1`, umociOut]));
+      await mkdir(tarOut);
+      const tar = await timed(() => sh('tar', ['-xzf', layerPath, '-C', tarOut]));
+      results.csCold.push(cold.ms);
+      results.csWarm.push(warm.ms);
+      results.umoci.push(umoci.ms);
+      results.tar.push(tar.ms);
+      process.stderr.write(`run ${i + 1}: cs cold ${cold.ms.toFixed(0)} ms, cs warm ${warm.ms.toFixed(0)} ms (applied ${warmResult.layersApplied}, cached ${warmResult.cachedLayers}), umoci ${umoci.ms.toFixed(0)} ms, tar -xzf ${tar.ms.toFixed(0)} ms\n`);
+      await removeAll(home, out1, out2, umociOut, tarOut);
+    }
+    const m = { csCold: median(results.csCold), csWarm: median(results.csWarm), umoci: median(results.umoci), tar: median(results.tar) };
+    const summary = {
+      scenario: 'assemble',
+      layerBytes: layer.size,
+      runs: RUNS,
+      csColdMs: Math.round(m.csCold),
+      csWarmMs: Math.round(m.csWarm),
+      umociUnpackMs: Math.round(m.umoci),
+      tarXzfMs: Math.round(m.tar),
+      ratioColdToTar: Number((m.csCold / m.tar).toFixed(3)),
+      ratioColdToUmoci: Number((m.csCold / m.umoci).toFixed(3)),
+      ratioWarmToCold: Number((m.csWarm / m.csCold).toFixed(3)),
+    };
+    process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+    process.stdout.write(`cs cold / tar -xzf: ${summary.ratioColdToTar} (target <= 1.1); cs warm / cold: ${summary.ratioWarmToCold} (target < 0.15)\n`);
+  } finally {
+    await removeAll(work);
+  }
+}
