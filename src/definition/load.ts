@@ -38,6 +38,10 @@ export function parseDefinition(options: ParseDefinitionOptions): FileResult {
     return fail([{ file, line: 1, column: 1, path: '', message: 'the document is empty; a definition is a mapping of fields' }]);
   }
 
+  // Tags like !!binary or !!timestamp turn a document into a Buffer or a Date: not a mapping.
+  if (typeof value === 'object' && !Array.isArray(value) && Object.getPrototypeOf(value) !== Object.prototype) {
+    return fail([{ file, line: 1, column: 1, path: '', message: 'must be a mapping (key: value)' }]);
+  }
   const issues = validateSchema(parsed.parsed, kind);
   if (typeof value !== 'object' || Array.isArray(value)) return fail(issues);
 

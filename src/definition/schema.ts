@@ -126,7 +126,7 @@ function toIssue(parsed: ParsedYaml, error: ErrorObject): DefinitionIssue | unde
     case 'additionalProperties': {
       const field = String(params['additionalProperty']);
       const known = Object.keys((parentSchema['properties'] ?? {}) as Record<string, unknown>);
-      const crafting = path.length === 0 ? CRAFTING_ONLY[field] : undefined;
+      const crafting = path.length === 0 && Object.hasOwn(CRAFTING_ONLY, field) ? CRAFTING_ONLY[field] : undefined;
       const hint = closest(field, known);
       let message = `unknown field "${field}"`;
       if (crafting) message += ` (a Crafting field cs does not support: ${crafting})`;

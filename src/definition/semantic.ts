@@ -171,7 +171,11 @@ class Checker {
     if (value === undefined) return undefined;
     if (typeof value !== 'string' && typeof value !== 'number') return undefined;
     const bytes = parseSize(value);
-    if (bytes === undefined) return undefined; // the schema's pattern reports it
+    if (bytes === undefined) {
+      // A string that fails the pattern is reported by the schema; numbers and overflowing sizes are ours.
+      if (typeof value === 'number' || /^[0-9]+(\.[0-9]+)?\s*([KMGT]i?)?B?$/.test(value.trim())) this.report(path, `${what} is not a size cs can use (too large or not a whole number)`);
+      return undefined;
+    }
     if (bytes < minimumBytes) {
       this.report(path, `${what} must be at least ${minimumBytes / (1024 * 1024)}Mi`);
       return undefined;

@@ -53,7 +53,9 @@ export async function findDefinitionFiles(paths: readonly string[]): Promise<Fou
   const issues: DefinitionIssue[] = [];
   // The same file named twice (./a.yaml and through its folder) is read once.
   const seen = new Set<string>();
+  let matched = 0;
   const add = (file: string) => {
+    matched++;
     const key = resolve(file);
     if (!seen.has(key)) {
       seen.add(key);
@@ -77,9 +79,9 @@ export async function findDefinitionFiles(paths: readonly string[]): Promise<Fou
       issues.push(fileIssue(path, 'not a regular file or directory'));
       continue;
     }
-    const before = files.length;
+    const before = matched;
     await walk(path, 0, add, issues);
-    if (files.length === before) {
+    if (matched === before) {
       issues.push(fileIssue(path, 'no definitions here (looked for *.yaml and *.yml files)'));
     }
     if (files.length > MAX_FILES) {
@@ -159,10 +161,19 @@ export function decodeDefinition(file: string, bytes: Uint8Array, kind: Definiti
       issue: { file, line, column, path: '', message: `file is not UTF-8 text (invalid byte 0x${(bytes[bad] ?? 0).toString(16).padStart(2, '0')})` },
     };
   }
-  if (text.trim() === '' || /^(\s*(#[^\n]*)?\n?)*$/.test(text)) {
+  if (isBlankOrComments(text)) {
     return { ok: false, issue: fileIssue(file, kind === 'manifest' ? 'file is empty' : 'file is empty; a sandbox definition needs at least "workspaces"') };
   }
   return { ok: true, source: { file, kind, text } };
+}
+
+/** True when every line is blank or a comment (checked line by line: no regex backtracking). */
+function isBlankOrComments(text: string): boolean {
+  for (const line of text.split('\n')) {
+    const trimmed = line.trim();
+    if (trimmed !== '' && !trimmed.startsWith('#')) return false;
+  }
+  return true;
 }
 
 /** Index of the first byte that breaks UTF-8 decoding. */

@@ -26,8 +26,61 @@ const FRIENDLY: Record<string, string> = {
   TAG_RESOLVE_FAILED: 'unknown YAML tag; definitions use plain YAML without custom tags',
 };
 
+/**
+ * Deeper nesting than any definition needs. yaml parses nesting recursively,
+ * and thousands of levels exhaust the stack (or worse), so such text is
+ * refused before it is parsed.
+ */
+const MAX_NESTING = 100;
+const MAX_INDENT = 1000;
+
+/** Offset where flow nesting (`[`, `{`) or indentation first goes too deep, if it does. */
+function tooDeep(text: string): { offset: number; message: string } | undefined {
+  let depth = 0;
+  let quote: string | undefined;
+  let comment = false;
+  let lineStart = true;
+  let indent = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '\n') {
+      comment = false;
+      lineStart = true;
+      indent = 0;
+      if (quote === "'" || quote === '"') continue;
+      continue;
+    }
+    if (lineStart) {
+      if (c === ' ') {
+        if (++indent > MAX_INDENT) return { offset: i, message: `indented more than ${MAX_INDENT} spaces: nesting too deep for a definition` };
+        continue;
+      }
+      lineStart = false;
+    }
+    if (comment) continue;
+    if (quote) {
+      if (c === '\\' && quote === '"') i++;
+      else if (c === quote) quote = undefined;
+      continue;
+    }
+    if (c === '"' || c === "'") quote = c;
+    else if (c === '#' && (i === 0 || /\s/.test(text[i - 1] ?? ''))) comment = true;
+    else if (c === '[' || c === '{') {
+      if (++depth > MAX_NESTING) return { offset: i, message: `brackets nested more than ${MAX_NESTING} deep: too deep for a definition` };
+    } else if (c === ']' || c === '}') depth = Math.max(0, depth - 1);
+  }
+  return undefined;
+}
+
 export function parseYaml(file: string, text: string): ParseYamlResult {
   const lineCounter = new LineCounter();
+  const deep = tooDeep(text);
+  if (deep) {
+    lineCounter.addNewLine(0);
+    for (let i = 0; i < text.length; i++) if (text[i] === '\n') lineCounter.addNewLine(i + 1);
+    const { line, col } = lineCounter.linePos(deep.offset);
+    return { ok: false, issues: [{ file, line, column: col, path: '', message: deep.message }] };
+  }
   const at = (offset: number, message: string): DefinitionIssue => {
     const { line, col } = lineCounter.linePos(Math.max(0, Math.min(offset, text.length)));
     return { file, line, column: col, path: '', message };
