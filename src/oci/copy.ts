@@ -106,22 +106,28 @@ export async function copyGraph(options: CopyOptions): Promise<CopyResult> {
   };
 
   const copyManifest = async (descriptor: Descriptor, bytes: Buffer, manifest = parseManifest(bytes, descriptor.mediaType, `${from.name} ${descriptor.digest}`)): Promise<void> => {
+    const copyChildren = () =>
+      Promise.all(
+        childrenOf(manifest).map(async (child) => {
+          if (isManifestType(child.mediaType)) {
+            const plain = stripDescriptor(child);
+            await copyManifest(plain, await from.fetchManifest(plain));
+          } else {
+            await copyBlob(stripDescriptor(child));
+          }
+        }),
+      );
     if (await to.exists(descriptor)) {
+      // A registry keeps a manifest only together with what it points at, so the graph below
+      // is complete. The local store promises no such thing (a blob can be lost or deleted by
+      // hand while its manifest stays): there the children are checked too, and a pull brings
+      // back whatever is missing instead of reporting the image as already present.
+      if (!(to instanceof RepositoryTarget)) await copyChildren();
       stats.blobsSkipped++;
       emit({ kind: 'skip', descriptor, reason: 'exists' });
       return;
     }
-    const children = childrenOf(manifest);
-    await Promise.all(
-      children.map(async (child) => {
-        if (isManifestType(child.mediaType)) {
-          const plain = stripDescriptor(child);
-          await copyManifest(plain, await from.fetchManifest(plain));
-        } else {
-          await copyBlob(stripDescriptor(child));
-        }
-      }),
-    );
+    await copyChildren();
     if (to instanceof RepositoryTarget) to.rememberManifest(descriptor.digest, bytes);
     await to.pushManifest(descriptor, bytes);
     stats.blobsCopied++;

@@ -3,6 +3,7 @@ import { Readable } from 'node:stream';
 import { RegistryError } from '../util/errors.js';
 import type { RegistryClient } from './client.js';
 import { MAX_MANIFEST_BYTES, type Descriptor } from './manifest.js';
+import { isManifestType } from './media-types.js';
 import type { ContentStore } from './store.js';
 
 /**
@@ -80,6 +81,8 @@ export class StoreTarget implements ReadableTarget, WritableTarget {
 export class RepositoryTarget implements ReadableTarget, WritableTarget {
   readonly name: string;
   private readonly manifests = new Map<string, Buffer>();
+  /** Upload sessions opened by refused mounts, by digest, for pushBlob to use. */
+  private readonly mountSessions = new Map<string, string>();
 
   constructor(
     readonly client: RegistryClient,
@@ -114,7 +117,10 @@ export class RepositoryTarget implements ReadableTarget, WritableTarget {
   }
 
   async exists(descriptor: Descriptor): Promise<boolean> {
-    if (descriptor.mediaType.includes('manifest') || descriptor.mediaType.includes('index')) {
+    // By the known manifest types, not by substring: artifact layers such as OPA's
+    // `application/vnd.cncf.openpolicyagent.manifest.layer.v1+json` are blobs, and a HEAD of
+    // /manifests/<blob digest> gets a 404 or even a 500 from distribution, failing the push.
+    if (isManifestType(descriptor.mediaType)) {
       return (await this.client.headManifest(this.repository, descriptor.digest)) !== undefined;
     }
     return this.client.hasBlob(this.repository, descriptor.digest);
@@ -124,6 +130,9 @@ export class RepositoryTarget implements ReadableTarget, WritableTarget {
     if (!this.options.mountFrom || this.options.mountFrom === this.repository) return false;
     try {
       const result = await this.client.mountBlob(this.repository, this.options.mountFrom, descriptor.digest);
+      // A refused mount opens an upload session (distribution spec); upload through it
+      // rather than open a second one and leave this one abandoned on the registry.
+      if (!result.mounted && result.location) this.mountSessions.set(descriptor.digest, result.location);
       return result.mounted;
     } catch {
       return false; // a refused mount falls back to an upload
@@ -131,7 +140,10 @@ export class RepositoryTarget implements ReadableTarget, WritableTarget {
   }
 
   pushBlob(descriptor: Descriptor, source: BlobSource, onProgress?: (bytes: number) => void): Promise<void> {
+    const location = this.mountSessions.get(descriptor.digest);
+    this.mountSessions.delete(descriptor.digest);
     return this.client.uploadBlob(this.repository, descriptor, (start, end) => source.open(start, end), {
+      ...(location ? { location } : {}),
       ...(this.options.chunkSize === undefined ? {} : { chunkSize: this.options.chunkSize }),
       ...(onProgress ? { onProgress } : {}),
     });

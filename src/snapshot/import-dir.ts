@@ -38,7 +38,14 @@ export async function importDirectory(options: ImportOptions): Promise<ImportRes
   const lease = await context.store.lease();
   try {
     const uncompressed = new DigestingStream('sha256');
-    const layer = await context.store.write(packDirectory(options.dir).pipe(uncompressed).pipe(createGzip({ level: 6 })), MediaType.ociLayerGzip);
+    const packed = packDirectory(options.dir);
+    const gzip = createGzip({ level: 6 });
+    // `.pipe()` does not pass errors on: without this, a folder that cannot be read (EACCES,
+    // ENAMETOOLONG...) crashed the process with an unhandled 'error' event instead of
+    // failing the import with the InputError packDirectory raises.
+    packed.on('error', (error: Error) => gzip.destroy(error));
+    uncompressed.on('error', (error: Error) => gzip.destroy(error));
+    const layer = await context.store.write(packed.pipe(uncompressed).pipe(gzip), MediaType.ociLayerGzip);
     const diffId = uncompressed.digest();
     const platform = hostPlatform();
     const config = {
