@@ -95,19 +95,28 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
   const privileged = options.privileged ?? process.getuid?.() === 0;
   const resolver = new RootResolver(options.root);
   /** Paths (relative) this layer created: whiteouts and opaque markers leave them alone. */
-  const created = new Set<string>();
+  const created = new CreatedPaths();
   const opaqueDirs: string[] = [];
   const dirTimes: { path: string; mtime: Date }[] = [];
   const result: ApplyResult = { entries: 0, bytes: 0, whiteouts: 0 };
+  /** Bytes of entry bodies read so far, written or not (result.bytes counts what was written). */
+  let bodyBytes = 0;
 
   const ex = extract();
   const source = options.tar as Readable;
   const feeding = (async () => {
     try {
       for await (const chunk of source) {
-        if (!ex.write(chunk)) await new Promise<void>((resolve) => ex.once('drain', () => resolve()));
+        // Fix: this used to wait for 'drain' only. When the layer is refused
+        // (a limit, a bad entry) the extractor is destroyed and never drains,
+        // so the feeder hung and applyLayer never settled (even for a
+        // one-entry tar: extract's write() returns false while an entry is
+        // being applied). Stop feeding once the extractor is being destroyed,
+        // and wake up on 'close' as well as on 'drain'.
+        if (ex.destroying) break;
+        if (!ex.write(chunk) && !ex.destroying) await drainedOrClosed(ex);
       }
-      (ex as unknown as { end(): void }).end();
+      if (!ex.destroying) (ex as unknown as { end(): void }).end();
     } catch (error) {
       ex.destroy(error as Error);
     }
@@ -120,11 +129,17 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
       if (Buffer.byteLength(header.name) > limits.maxNameBytes) {
         throw new LayerError(`entry name is longer than ${limits.maxNameBytes} bytes: ${header.name.slice(0, 80)}…`, { code: 'LAYER_NAME_TOO_LONG' });
       }
-      if (header.type === 'file' || header.type === 'contiguous-file') {
+      // Fix: only file bodies used to count, but tar-stream reads the body of
+      // every entry except a directory (a symlink, hardlink, FIFO or device
+      // header can carry a size, and the body is drained below), so a bomb
+      // attached to such an entry was read to its end with no limit. Count
+      // every body that is read.
+      if (header.type !== 'directory') {
         if (!Number.isSafeInteger(header.size) || header.size < 0) throw new LayerError(`entry ${header.name} has an invalid size`, { code: 'LAYER_BAD_HEADER' });
-        if (result.bytes + header.size > limits.maxTotalBytes) {
+        if (bodyBytes + header.size > limits.maxTotalBytes) {
           throw new LayerError(`layer content exceeds ${limits.maxTotalBytes} bytes (a decompression bomb?)`, { code: 'LAYER_TOO_BIG' });
         }
+        bodyBytes += header.size;
       }
       await applyEntry(header, entry as unknown as AsyncIterable<Buffer>, { resolver, created, opaqueDirs, dirTimes, result, privileged, options });
       entry.resume();
@@ -141,22 +156,22 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
 
   // Opaque directories hide what lower layers had, wherever the marker sat in the tar.
   for (const dir of opaqueDirs) {
-    let names: string[] = [];
-    try {
-      names = readdirSync(resolver.abs(dir));
-    } catch {
-      continue;
-    }
-    for (const name of names) {
-      const child = dir === '' ? name : `${dir}/${name}`;
-      if (created.has(child) || hasCreatedBelow(created, child)) continue;
-      rmSync(resolver.abs(child), { recursive: true, force: true });
-      resolver.forget(child);
-    }
+    // Fix: `dir` was resolved when the marker was read; a later entry of the
+    // layer may have replaced it (or a parent) with a symlink, e.g.
+    // `d/.wh..wh..opq` then `d -> ../victim`. Listing and removing through
+    // that path then deleted files outside the root. Only act on a path that
+    // is still a real directory with no symlink on the way.
+    if (!resolver.isRealDir(dir)) continue;
+    hideLower(resolver, dir, created);
   }
   // Directory times last, deepest first, since writing children changed them.
   dirTimes.sort((a, b) => b.path.split('/').length - a.path.split('/').length);
   for (const { path, mtime } of dirTimes) {
+    // Fix: utimes follows symlinks. A directory entry replaced later in the
+    // layer by a symlink (`d/` then `d -> ../victim`) had the times of the
+    // symlink's target outside the root set. Skip what is no longer a real
+    // directory (the directory was replaced or removed, its times are moot).
+    if (!resolver.isRealDir(path)) continue;
     try {
       utimesSync(resolver.abs(path), mtime, mtime);
     } catch {
@@ -166,15 +181,78 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
   return result;
 }
 
-function hasCreatedBelow(created: Set<string>, dir: string): boolean {
-  const prefix = `${dir}/`;
-  for (const path of created) if (path.startsWith(prefix)) return true;
-  return false;
+/**
+ * Paths this layer created, and the folders holding them. Whiteouts and
+ * opaque markers only hide what lower layers made.
+ */
+class CreatedPaths {
+  private readonly paths = new Set<string>();
+  /** Every proper parent of a created path. */
+  private readonly parents = new Set<string>();
+
+  add(rel: string): void {
+    this.paths.add(rel);
+    for (let i = rel.lastIndexOf('/'); i > 0; i = rel.lastIndexOf('/', i - 1)) {
+      const parent = rel.slice(0, i);
+      if (this.parents.has(parent)) break;
+      this.parents.add(parent);
+    }
+  }
+
+  has(rel: string): boolean {
+    return this.paths.has(rel);
+  }
+
+  /** Whether this layer created something below `rel`. */
+  holdsCreated(rel: string): boolean {
+    return this.parents.has(rel);
+  }
+}
+
+/**
+ * Remove what lower layers left inside `dir` (a real directory), keeping what
+ * this layer created. Folders this layer created or wrote into are kept, and
+ * their lower content is hidden in turn.
+ *
+ * Fix: this used to look at the direct children of an opaque folder only, so a
+ * lower folder that received a new file (lower `d/sub/old`, layer `d/sub/new`
+ * with `d/.wh..wh..opq`) kept all its lower content (`d/sub/old` survived).
+ */
+function hideLower(resolver: RootResolver, dir: string, created: CreatedPaths): void {
+  let names: string[] = [];
+  try {
+    names = readdirSync(resolver.abs(dir));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const child = dir === '' ? name : `${dir}/${name}`;
+    const madeHere = created.has(child);
+    if (madeHere || created.holdsCreated(child)) {
+      // readdir gave a real directory, so its entries are real paths; recurse only into real directories.
+      if (lstatSync(resolver.abs(child)).isDirectory()) hideLower(resolver, child, created);
+      continue;
+    }
+    rmSync(resolver.abs(child), { recursive: true, force: true });
+    resolver.forget(child);
+  }
+}
+
+function drainedOrClosed(ex: ReturnType<typeof extract>): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      ex.off('drain', done);
+      ex.off('close', done);
+      resolve();
+    };
+    ex.on('drain', done);
+    ex.on('close', done);
+  });
 }
 
 interface Context {
   resolver: RootResolver;
-  created: Set<string>;
+  created: CreatedPaths;
   opaqueDirs: string[];
   dirTimes: { path: string; mtime: Date }[];
   result: ApplyResult;
@@ -216,6 +294,13 @@ async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Cont
     if (parent === undefined) return; // nothing below to hide
     const target = parent === '' ? hidden : `${parent}/${hidden}`;
     if (ctx.created.has(target)) return; // whiteouts only hide lower layers
+    if (ctx.created.holdsCreated(target) && resolver.isRealDir(target)) {
+      // Fix: `d/x` then `.wh.d` in one layer removed the new `d/x` (while
+      // `.wh.d` then `d/x` kept it): a whiteout must only hide lower content,
+      // whatever the order. Keep what this layer made, remove the rest.
+      hideLower(resolver, target, ctx.created);
+      return;
+    }
     rmSync(resolver.abs(target), { recursive: true, force: true });
     resolver.forget(target);
     return;

@@ -48,6 +48,27 @@ export class RootResolver {
   }
 
   /**
+   * Whether `relative` (a path resolveDir returned earlier) is still a real
+   * directory with no symlink on the way, checked on disk, not from memory.
+   * For work done after the entries (opaque folders, directory times), when
+   * later entries may have replaced a folder or a parent with a symlink.
+   */
+  isRealDir(relative: string): boolean {
+    let path = this.root;
+    for (const part of relative === '' ? [] : relative.split('/')) {
+      path = `${path}/${part}`;
+      let info: Stats;
+      try {
+        info = lstatSync(path);
+      } catch {
+        return false;
+      }
+      if (!info.isDirectory()) return false;
+    }
+    return true;
+  }
+
+  /**
    * The real directory (relative to the root, no symlinks in it) that
    * `components` names, following symlinks inside the root. Missing
    * directories are created with `createMode` when given, else undefined is
