@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # docker-registry: a real OCI registry for tests; skopeo, umoci: peer tools for
 # interop tests and benchmarks; apache2-utils: htpasswd; openssl: test certificates.
-packages=(git ca-certificates openssl zstd erofs-utils e2fsprogs docker-registry skopeo umoci apache2-utils)
+packages=(git ca-certificates openssl zstd attr erofs-utils e2fsprogs docker-registry skopeo umoci apache2-utils)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -1,10 +1,11 @@
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, lstat, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { DeferredMetadata } from '../layers/apply.js';
 import { packDirectory } from '../layers/pack.js';
+import { cleanComponents, RootResolver } from '../layers/safe-path.js';
 import { openImageContext, pullImage, userReference, type ImageContext } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
 import { formatReference } from '../oci/reference.js';
@@ -117,23 +118,37 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   let layersApplied = 0;
   if (cached < keys.length - 1) {
     const work = await cache.workDir();
+    const tree = join(work, 'rootfs');
     try {
       if (cached >= 0) {
         phase('reuse cached layers');
         await cache.cloneInto(keys[cached] as string, work);
       }
-      const deferred: DeferredMetadata[] = [];
+      const privileged = process.getuid?.() === 0;
       for (let i = cached + 1; i < units.length; i++) {
         const unit = units[i] as Unit;
         phase(`apply layer ${i + 1}/${units.length} (${unit.kind})`);
-        const root = unit.under === '' ? work : join(work, unit.under);
-        await mkdir(root, { recursive: true, mode: 0o755 });
-        await unpackLayer({ store: context.store, layer: unit.layer, diffId: unit.diffId, root, onDeferred: (d) => deferred.push({ ...d, path: unit.under ? `${unit.under}/${d.path}` : d.path }) });
+        // Where a home snapshot lands is resolved inside the tree as if chrooted:
+        // a base layer may have made /home a symlink, even one pointing outside.
+        const under = unit.under === '' ? '' : new RootResolver(tree).resolveDir(cleanComponents(unit.under), 0o755);
+        if (under === undefined) throw new InputError(`cannot create /${unit.under} in the root filesystem`);
+        const root = under === '' ? tree : join(tree, under);
+        const deferred: DeferredMetadata[] = [];
+        const xattrs: { path: string; xattrs: Record<string, string> }[] = [];
+        await unpackLayer({
+          store: context.store,
+          layer: unit.layer,
+          diffId: unit.diffId,
+          root,
+          privileged,
+          onDeferred: (d) => deferred.push({ ...d, path: under ? `${under}/${d.path}` : d.path }),
+          onXattrs: (path, values) => xattrs.push({ path: under ? `${under}/${path}` : path, xattrs: values }),
+        });
         layersApplied++;
+        if (xattrs.length > 0) await applyXattrs(tree, xattrs);
         const lastBase = unit.kind === 'base' && (units[i + 1]?.kind ?? 'end') !== 'base';
-        if (lastBase) await clearRuntimeDirs(work);
-        if (deferred.length > 0) await writeFile(join(work, '.cs-deferred.jsonl'), deferred.map((d) => JSON.stringify(d)).join('\n') + '\n', { flag: 'a' });
-        deferred.length = 0;
+        if (lastBase) await clearRuntimeDirs(tree);
+        if (deferred.length > 0) await appendFile(join(work, 'deferred.jsonl'), deferred.map((d) => JSON.stringify(d)).join('\n') + '\n');
         if (unit.boundary && i < units.length - 1) await cache.commitCopy(keys[i] as string, work);
       }
       await cache.commit(finalChain, work);
@@ -150,17 +165,54 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   return { out: options.out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
 }
 
+/** Empty the runtime folders of a base root. A runtime folder that is a symlink is left alone, never followed. */
 async function clearRuntimeDirs(root: string): Promise<void> {
   for (const dir of RUNTIME_DIRS) {
     const path = join(root, dir);
-    const info = await stat(path).catch(() => undefined);
+    const info = await lstat(path).catch(() => undefined);
     if (!info?.isDirectory()) continue;
+    // rm removes a symlink child itself, never what it points at.
     for (const name of await readdir(path)) await rm(join(path, name), { recursive: true, force: true });
   }
 }
 
-/** Files of cs's own inside a cached tree, never part of an output. */
-const PRIVATE = new Set(['.cs-complete', '.cs-deferred.jsonl']);
+/**
+ * Set extended attributes with one `setfattr --restore` run per layer. Only
+ * paths whose folders are still real directories inside the root are
+ * included, and `-h` keeps setfattr from following a final symlink, so a
+ * later entry that planted a symlink cannot redirect the write.
+ */
+async function applyXattrs(root: string, entries: readonly { path: string; xattrs: Record<string, string> }[]): Promise<void> {
+  const resolver = new RootResolver(root);
+  const lines: string[] = [];
+  for (const entry of entries) {
+    const parts = entry.path.split('/');
+    if (!resolver.isRealDir(parts.slice(0, -1).join('/'))) continue;
+    lines.push(`# file: ${escapeAttrPath(entry.path)}`);
+    for (const [name, value] of Object.entries(entry.xattrs)) {
+      if (!/^[A-Za-z0-9._-]+$/.test(name)) continue;
+      lines.push(`${name}=0s${Buffer.from(value, 'utf8').toString('base64')}`);
+    }
+    lines.push('');
+  }
+  if (lines.length === 0) return;
+  const dump = join(root, '..', 'xattrs.dump');
+  await writeFile(dump, lines.join('\n'));
+  try {
+    await run('setfattr', ['-h', `--restore=${dump}`], { cwd: root });
+  } finally {
+    await rm(dump, { force: true });
+  }
+}
+
+/** getfattr's escaping of a path: octal for bytes that are not plain printable ASCII, and for backslash. */
+function escapeAttrPath(path: string): string {
+  let out = '';
+  for (const byte of Buffer.from(path, 'utf8')) {
+    out += byte <= 0x20 || byte >= 0x7f || byte === 0x5c || byte === 0x3d ? `\\${byte.toString(8).padStart(3, '0')}` : String.fromCharCode(byte);
+  }
+  return out;
+}
 
 async function writeOutput(tree: string, out: string, format: OutputFormat): Promise<number> {
   switch (format) {
@@ -168,16 +220,14 @@ async function writeOutput(tree: string, out: string, format: OutputFormat): Pro
       // A real copy: the cached tree must not share inodes with a folder the user may edit.
       await mkdir(out, { recursive: true });
       await run('cp', ['-a', '--reflink=auto', '--', `${tree}/.`, out]);
-      for (const name of PRIVATE) await rm(join(out, name), { force: true });
       return 0;
     }
     case 'tar': {
-      await pipeline(packDirectory(tree, { exclude: (path) => PRIVATE.has(path) }), createWriteStream(out, { flags: 'wx' }));
+      await pipeline(packDirectory(tree), createWriteStream(out, { flags: 'wx' }));
       return (await stat(out)).size;
     }
     case 'erofs': {
-      // Exclusions are paths relative to the source folder.
-      await run('mkfs.erofs', ['--quiet', ...[...PRIVATE].map((name) => `--exclude-path=${name}`), out, tree]);
+      await run('mkfs.erofs', ['--quiet', out, tree]);
       return (await stat(out)).size;
     }
     case 'ext4': {
@@ -185,8 +235,6 @@ async function writeOutput(tree: string, out: string, format: OutputFormat): Pro
       const used = Number(stdout.split(/\s/)[0] ?? 0);
       const size = Math.ceil((used * 1.3 + 64 * 1024 * 1024) / (1024 * 1024));
       await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-d', tree, out, `${size}M`]);
-      // mke2fs copies the whole folder; take cs's own files back out.
-      for (const name of PRIVATE) await run('debugfs', ['-w', '-R', `rm /${name}`, out], { okExitCodes: [0, 1] });
       return (await stat(out)).size;
     }
   }

@@ -1,14 +1,17 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { run } from '../util/process.js';
 
 /**
- * The assembled-tree cache: `trees/HEX/` is the root filesystem after the
- * layers whose chain id is `sha256:HEX`. A tree is built under `tmp/` and
- * renamed into `trees/` only when complete, so a crash never leaves an entry
- * that looks finished. The cache keeps at most `maxTrees` trees, dropping the
- * least recently used.
+ * The assembled-tree cache: `trees/HEX/rootfs/` is the root filesystem after
+ * the layers whose chain id is `sha256:HEX`; beside it, `complete` marks the
+ * entry finished and `deferred.jsonl` holds metadata that could not be
+ * applied without privilege. cs's own files never live inside the tree, where
+ * a layer could have planted a symlink in their place. An entry is built under
+ * `tmp/` and renamed into `trees/` only when complete, so a crash never leaves
+ * one that looks finished. The cache keeps at most `maxTrees` entries,
+ * dropping the least recently used.
  *
  * Trees are shared with later builds by hardlinks (`cp -al`): the layer
  * applier never changes a file in place (it replaces it), so a build on top
@@ -23,53 +26,59 @@ export class TreeCache {
     readonly maxTrees = DEFAULT_MAX_TREES,
   ) {}
 
-  treePath(chainId: string): string {
+  entryPath(chainId: string): string {
     return join(this.root, 'trees', chainId.replace(/^sha256:/, ''));
   }
 
-  async has(chainId: string): Promise<boolean> {
-    return stat(join(this.treePath(chainId), '.cs-complete')).then(() => true, () => false);
+  /** The root filesystem of a cached entry. */
+  treePath(chainId: string): string {
+    return join(this.entryPath(chainId), 'rootfs');
   }
 
-  /** A fresh folder to build in (removed by prune if its builder dies). */
+  async has(chainId: string): Promise<boolean> {
+    return stat(join(this.entryPath(chainId), 'complete')).then(() => true, () => false);
+  }
+
+  /** A fresh entry to build in: its tree is `WORK/rootfs` (removed by prune if its builder dies). */
   async workDir(): Promise<string> {
     const dir = join(this.root, 'tmp', `${process.pid}.${randomBytes(6).toString('hex')}`);
-    await mkdir(dir, { recursive: true, mode: 0o755 });
+    await mkdir(join(dir, 'rootfs'), { recursive: true, mode: 0o755 });
     return dir;
   }
 
-  /** Hardlink-copy a cached tree into `dir` (which must be empty). */
-  async cloneInto(chainId: string, dir: string): Promise<void> {
-    await run('cp', ['-al', '--', `${this.treePath(chainId)}/.`, dir]);
-    await rm(join(dir, '.cs-complete'), { force: true });
+  /** Hardlink-copy a cached entry into a fresh work entry. */
+  async cloneInto(chainId: string, work: string): Promise<void> {
+    await run('cp', ['-al', '--', `${this.treePath(chainId)}/.`, join(work, 'rootfs')]);
+    await copyDeferred(this.entryPath(chainId), work);
     await this.touch(chainId);
   }
 
-  /** Make `dir` (built under workDir) the cached tree for `chainId`; `dir` is consumed. */
-  async commit(chainId: string, dir: string): Promise<void> {
-    await writeFile(join(dir, '.cs-complete'), `${chainId}\n`);
+  /** Make a work entry the cached entry for `chainId`; `work` is consumed. */
+  async commit(chainId: string, work: string): Promise<void> {
+    await writeFile(join(work, 'complete'), `${chainId}\n`);
     await mkdir(join(this.root, 'trees'), { recursive: true });
     try {
-      await rename(dir, this.treePath(chainId));
+      await rename(work, this.entryPath(chainId));
     } catch (error) {
       // Someone else committed the same chain first: theirs is as good as ours.
-      await rm(dir, { recursive: true, force: true });
+      await rm(work, { recursive: true, force: true });
       if (!(await this.has(chainId))) throw error;
     }
     await this.evict();
   }
 
-  /** Keep a copy of a tree that is still being built on (hardlinks, cheap). */
-  async commitCopy(chainId: string, dir: string): Promise<void> {
+  /** Keep a copy of an entry that is still being built on (hardlinks, cheap). */
+  async commitCopy(chainId: string, work: string): Promise<void> {
     if (await this.has(chainId)) return;
     const copy = await this.workDir();
-    await run('cp', ['-al', '--', `${dir}/.`, copy]);
+    await run('cp', ['-al', '--', `${join(work, 'rootfs')}/.`, join(copy, 'rootfs')]);
+    await copyDeferred(work, copy);
     await this.commit(chainId, copy);
   }
 
   private async touch(chainId: string): Promise<void> {
     const now = new Date();
-    await utimes(join(this.treePath(chainId), '.cs-complete'), now, now).catch(() => undefined);
+    await utimes(join(this.entryPath(chainId), 'complete'), now, now).catch(() => undefined);
   }
 
   async list(): Promise<{ chainId: string; lastUsed: number }[]> {
@@ -77,7 +86,7 @@ export class TreeCache {
     const names = await readdir(dir).catch(() => [] as string[]);
     const out: { chainId: string; lastUsed: number }[] = [];
     for (const name of names) {
-      const info = await stat(join(dir, name, '.cs-complete')).catch(() => undefined);
+      const info = await stat(join(dir, name, 'complete')).catch(() => undefined);
       if (info) out.push({ chainId: `sha256:${name}`, lastUsed: info.mtimeMs });
     }
     return out;
@@ -92,7 +101,7 @@ export class TreeCache {
     // Rename out of trees/ first, so a half-removed tree never looks cached.
     const doomed = join(this.root, 'tmp', `doomed.${randomBytes(6).toString('hex')}`);
     await mkdir(join(this.root, 'tmp'), { recursive: true });
-    await rename(this.treePath(chainId), doomed).catch(() => undefined);
+    await rename(this.entryPath(chainId), doomed).catch(() => undefined);
     await rm(doomed, { recursive: true, force: true });
   }
 
@@ -111,6 +120,10 @@ export class TreeCache {
     }
     return { removedTrees };
   }
+}
+
+async function copyDeferred(from: string, to: string): Promise<void> {
+  await copyFile(join(from, 'deferred.jsonl'), join(to, 'deferred.jsonl')).catch(() => undefined);
 }
 
 function isAlive(pid: number): boolean {

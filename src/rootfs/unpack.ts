@@ -21,8 +21,15 @@ export interface ImageLayers {
 export async function readImageLayers(store: ContentStore, descriptor: Descriptor, name: string): Promise<ImageLayers> {
   const parsed = parseManifest(await store.readBlob(descriptor, MAX_MANIFEST_BYTES), descriptor.mediaType, name);
   if (parsed.kind !== 'manifest') throw new LayerError(`${name} is an index, not an image; pull it for one platform first`);
-  const config = JSON.parse((await store.readBlob(parsed.manifest.config, MAX_MANIFEST_BYTES)).toString('utf8')) as { rootfs?: { diff_ids?: unknown } };
-  const diffIds = Array.isArray(config.rootfs?.diff_ids) ? config.rootfs.diff_ids.filter((d): d is string => typeof d === 'string') : [];
+  // Fix: a config that is not JSON escaped as a bare SyntaxError (a "bug" exit); it is bad input.
+  let config: { rootfs?: { diff_ids?: unknown } } | null;
+  try {
+    config = JSON.parse((await store.readBlob(parsed.manifest.config, MAX_MANIFEST_BYTES)).toString('utf8')) as typeof config;
+  } catch (error) {
+    if (!(error instanceof SyntaxError)) throw error;
+    throw new LayerError(`${name}: its config ${parsed.manifest.config.digest} is not valid JSON`, { code: 'LAYER_BAD_CONFIG', cause: error });
+  }
+  const diffIds = Array.isArray(config?.rootfs?.diff_ids) ? config.rootfs.diff_ids.filter((d): d is string => typeof d === 'string') : [];
   if (diffIds.length !== parsed.manifest.layers.length) {
     throw new LayerError(`${name}: the config lists ${diffIds.length} diff_ids for ${parsed.manifest.layers.length} layers`, { code: 'LAYER_DIFFID_COUNT' });
   }
@@ -49,8 +56,23 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyRes
   });
   const plain = await decompress(options.store.openBlob(options.layer.digest), compression);
   plain.on('error', (error) => hasher.destroy(error));
+  // Fix: when applying stops early (a bad entry), applyLayer destroys only
+  // `hasher`; `plain` was left paused mid-stream, so a `zstd -dc` child stayed
+  // blocked writing to its pipe for good and kept the process from exiting.
+  // Tearing `plain` down ends the decompressor (and, via decompress(), the blob).
+  hasher.once('close', () => plain.destroy());
   const { store: _store, layer: _layer, diffId: _diffId, ...applyOptions } = options;
-  const result = await applyLayer({ ...applyOptions, tar: plain.pipe(hasher) });
+  let result: ApplyResult;
+  try {
+    result = await applyLayer({ ...applyOptions, tar: plain.pipe(hasher) });
+  } catch (error) {
+    // Fix: errors from inside the layer (corrupt gzip/zstd, bad entries) did
+    // not say which layer of the image was at fault; name it, keep the code.
+    if (error instanceof LayerError && !error.message.includes(options.layer.digest)) {
+      throw new LayerError(`layer ${options.layer.digest}: ${error.message}`, { code: error.code, suggestions: error.suggestions, cause: error });
+    }
+    throw error;
+  }
   const actual = `sha256:${hash.digest('hex')}`;
   if (actual !== options.diffId) {
     throw new LayerError(`layer ${options.layer.digest}: its uncompressed content hashes to ${actual}, but the image config says ${options.diffId}`, { code: 'LAYER_DIFFID_MISMATCH' });
