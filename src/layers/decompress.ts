@@ -15,9 +15,17 @@ export async function decompress(source: Readable, compression: Compression): Pr
   if (compression === 'gzip') {
     const gunzip = createGunzip({ chunkSize: 256 * 1024 });
     source.on('error', (error) => gunzip.destroy(error));
-    gunzip.on('error', () => source.destroy());
+    // Fix: close the blob when the decompressed stream is torn down early
+    // (destroyed without an error), not only when gunzip fails.
+    gunzip.on('close', () => source.destroy());
     return source.pipe(gunzip);
   }
-  if (compression === 'zstd') return filterThrough('zstd', ['-dc', '--no-progress'], source);
+  if (compression === 'zstd') {
+    const output = await filterThrough('zstd', ['-dc', '--no-progress'], source);
+    // Fix: filterThrough kills zstd when its output is destroyed, but the blob
+    // stream feeding it stayed open; close it too.
+    output.on('close', () => source.destroy());
+    return output;
+  }
   throw new LayerError(`unsupported layer compression ${String(compression)}`);
 }

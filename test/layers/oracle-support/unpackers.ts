@@ -1,0 +1,48 @@
+/**
+ * The two unpackers the oracle compares: umoci (`umoci unpack` as root, so
+ * ownership, devices and xattrs are real) and cs (`readImageLayers`, then
+ * `unpackLayer` for every layer in order into an empty folder).
+ */
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { readImageLayers, unpackLayer } from '../../../src/rootfs/unpack.js';
+import type { ContentStore } from '../../../src/oci/store.js';
+import { applyXattrs } from './tree.js';
+
+/** umoci runs with a private HOME and nothing else from the environment. */
+export async function umociUnpack(layout: string, tag: string, bundle: string): Promise<string> {
+  const result = await execa('umoci', ['unpack', '--image', `${layout}:${tag}`, bundle], {
+    env: { HOME: join(bundle, '..'), PATH: process.env['PATH'] ?? '/usr/bin:/bin', TMPDIR: join(bundle, '..') },
+    extendEnv: false,
+    stdin: 'ignore',
+    reject: false,
+    timeout: 60_000,
+  });
+  if (result.exitCode !== 0) throw new Error(`umoci unpack ${tag} exited ${String(result.exitCode)}:\n${result.stderr}`);
+  return join(bundle, 'rootfs');
+}
+
+/**
+ * cs: every layer applied with unpackLayer, in order. xattrs cs hands to
+ * onXattrs are set after each layer (cs batches them; a later layer may
+ * replace the path).
+ */
+export async function csUnpack(store: ContentStore, tag: string, root: string): Promise<void> {
+  await mkdir(root, { recursive: true });
+  const descriptor = await store.resolveTag(tag);
+  if (!descriptor) throw new Error(`no tag ${tag}`);
+  const { manifest, diffIds } = await readImageLayers(store, descriptor, tag);
+  for (const [index, layer] of manifest.layers.entries()) {
+    const xattrs: { path: string; xattrs: Record<string, string> }[] = [];
+    await unpackLayer({
+      store,
+      layer,
+      diffId: diffIds[index] as string,
+      root,
+      privileged: true,
+      onXattrs: (path, values) => xattrs.push({ path, xattrs: values }),
+    });
+    await applyXattrs(root, xattrs);
+  }
+}
