@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # docker-registry: a real OCI registry for tests; skopeo, umoci: peer tools for
-# interop tests and benchmarks; apache2-utils: htpasswd; openssl: test certificates.
-packages=(git ca-certificates openssl zstd attr erofs-utils e2fsprogs docker-registry skopeo umoci apache2-utils)
+# interop tests and benchmarks; apache2-utils: htpasswd; openssl: test certificates;
+# zstd, attr (setfattr), erofs-utils, e2fsprogs: layers and images; python3: xattr checks in tests.
+packages=(git ca-certificates python3 openssl zstd attr erofs-utils e2fsprogs docker-registry skopeo umoci apache2-utils)
 
 missing=()
 for p in "${packages[@]}"; do

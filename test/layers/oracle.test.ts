@@ -46,7 +46,8 @@ beforeAll(async () => {
   const tmp = await mkdtemp(join(tmpdir(), 'cs-oracle-'));
   ctx = { tmp, store: await ContentStore.open(join(tmp, 'store')), startNs: BigInt(Date.now() - 1000) * 1_000_000n };
   xattrsReadable = await canReadXattrs();
-  if (!xattrsReadable) console.warn('oracle: python3 is not installed, so xattrs are not compared');
+  // scripts/setup.sh installs python3: xattrs are always compared, never silently skipped.
+  if (!xattrsReadable) throw new Error('oracle: python3 with os.listxattr is needed to compare xattrs; run scripts/setup.sh');
 });
 
 afterAll(async () => {
