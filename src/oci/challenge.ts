@@ -59,7 +59,9 @@ export function parseChallenges(header: string | null | undefined): Challenge[] 
       challenge.params[name.toLowerCase()] = value;
       skipSpace();
       if (text[i] === ',') {
-        i++;
+        // Empty list elements (", ,") are allowed (RFC 9110 §5.6.1); before
+        // this, the name after them was read as a new challenge's scheme.
+        while (i < text.length && (text[i] === ',' || text[i] === ' ' || text[i] === '\t')) i++;
         continue;
       }
       break;

@@ -5,7 +5,7 @@ import { parseChallenges, type Challenge } from './challenge.js';
 import type { Credential } from './credentials.js';
 import { digestOf, parseDigest } from './digest.js';
 import { MAX_MANIFEST_BYTES, type Descriptor } from './manifest.js';
-import { MANIFEST_ACCEPT } from './media-types.js';
+import { isManifestType, MANIFEST_ACCEPT } from './media-types.js';
 
 /**
  * A client for the OCI distribution API
@@ -102,7 +102,7 @@ export class RegistryClient {
       throw new RegistryError(`${what}: manifest is ${declared} bytes, more than the ${MAX_MANIFEST_BYTES}-byte limit`, { code: 'MANIFEST_TOO_BIG' });
     }
     const bytes = await readCapped(response, MAX_MANIFEST_BYTES, what);
-    const mediaType = (response.headers.get('content-type') ?? '').split(';')[0]?.trim() ?? '';
+    const mediaType = manifestMediaType(response.headers.get('content-type'), bytes);
     const wanted = parseDigest(reference);
     const digest = digestOf(bytes, wanted?.algorithm ?? 'sha256');
     if (wanted && digest !== reference) {
@@ -164,6 +164,12 @@ export class RegistryClient {
         if (offset > 0 && response.status !== 206) {
           await response.body?.cancel();
           throw new RegistryError(`blob ${descriptor.digest}: the connection dropped and the registry cannot resume (no Range support)`, { code: 'NO_RESUME' });
+        }
+        // A 206 for another range than the one asked for would splice the wrong bytes in.
+        const range = response.status === 206 ? /^bytes (\d+)-/.exec(response.headers.get('content-range') ?? '') : null;
+        if (range && Number(range[1]) !== offset) {
+          await response.body?.cancel();
+          throw new RegistryError(`blob ${descriptor.digest}: asked to resume at byte ${offset}, the registry answered from byte ${range[1]}`, { code: 'NO_RESUME' });
         }
         const length = response.headers.get('content-length');
         if (length !== null && Number(length) !== descriptor.size - offset) {
@@ -315,24 +321,38 @@ export class RegistryClient {
     let retriedAuth = false;
     let redirects = 0;
     for (;;) {
-      const sameHost = url.host === origin.host;
+      // Same scheme, host and port: a redirect from https to http on the same
+      // host must not carry credentials in clear text.
+      const sameHost = url.origin === origin.origin;
       const headers: Record<string, string> = { 'User-Agent': this.options.userAgent ?? 'cs', ...options.headers };
       if (sameHost) {
         const auth = await this.authorization(options.scopes);
         if (auth) headers['Authorization'] = auth;
       }
       let response: Response;
+      // The timeout is for the response headers: an AbortSignal.timeout
+      // passed to fetch also aborts the body, which cut every blob download
+      // longer than timeoutMs. A stalled body is ended by undici's own
+      // bodyTimeout (5 minutes without data). While an upload's body is
+      // being sent, the clock restarts with every chunk (the headers only
+      // come after the whole body).
+      const controller = new AbortController();
+      const timer = setTimeout(() => controller.abort(new DOMException('The operation timed out', 'TimeoutError')), this.options.timeoutMs ?? 30_000);
       try {
         const body = options.body instanceof Readable ? (Readable.toWeb(options.body) as unknown as ReadableStream) : options.body;
+        // After toWeb, which pauses the stream: this listener does not start it flowing.
+        if (options.body instanceof Readable) options.body.on('data', () => timer.refresh());
         response = await fetch(url, {
           method: options.method ?? 'GET',
           headers,
           redirect: 'manual',
-          signal: AbortSignal.timeout(this.options.timeoutMs ?? 30_000),
+          signal: controller.signal,
           ...(body === undefined ? {} : { body, duplex: 'half' }),
         } as RequestInit);
       } catch (error) {
         throw wrapNetwork(error, options.what, this.registry);
+      } finally {
+        clearTimeout(timer);
       }
       if (response.status >= 300 && response.status < 400 && response.headers.get('location') && options.follow) {
         await response.body?.cancel();
@@ -477,6 +497,25 @@ function withDigest(location: string, digest: string): string {
   const url = new URL(location);
   url.searchParams.set('digest', digest);
   return url.toString();
+}
+
+/**
+ * The media type of fetched manifest bytes: the Content-Type when it is a
+ * manifest type; otherwise (a registry that labels manifests as
+ * application/json, or not at all) the document's own `mediaType`, so the
+ * type cs records for the image is never one that is not a manifest type.
+ * Whatever comes out is checked again by parseManifest.
+ */
+function manifestMediaType(contentType: string | null, bytes: Buffer): string {
+  const header = (contentType ?? '').split(';')[0]?.trim() ?? '';
+  if (isManifestType(header)) return header;
+  try {
+    const own = (JSON.parse(bytes.toString('utf8')) as { mediaType?: unknown }).mediaType;
+    if (typeof own === 'string' && isManifestType(own)) return own;
+  } catch {
+    // not JSON: parseManifest says so
+  }
+  return header;
 }
 
 /** Read a response body whole, failing past `max` bytes. */

@@ -55,7 +55,13 @@ export async function loadConfig(options: { env?: Env; file?: string } = {}): Pr
   const { parseDocument } = await import('yaml');
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) throw new InputError(`${file}: invalid YAML: ${doc.errors[0]?.message.split('\n')[0] ?? ''}`);
-  const raw = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 }) as unknown;
+  } catch (error) {
+    // yaml throws a plain ReferenceError for an alias bomb; it is the user's input, not a bug in cs.
+    throw new InputError(`${file}: invalid YAML: ${(error as Error).message.split('\n')[0] ?? ''}`);
+  }
   return parseConfig(raw ?? {}, file);
 }
 

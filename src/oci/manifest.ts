@@ -99,9 +99,15 @@ export function parseManifest(bytes: Uint8Array, declared: string | undefined, w
     fail(where, 'manifest is not valid JSON');
   }
   if (!isObj(doc)) fail(where, 'manifest is not a JSON object');
+  if (doc['schemaVersion'] === 1) fail(where, 'Docker schema 1 manifests are not supported');
   const own = typeof doc['mediaType'] === 'string' ? doc['mediaType'] : undefined;
   const declaredType = declared?.split(';')[0]?.trim();
-  if (own && declaredType && own !== declaredType && isKnown(declaredType)) {
+  // A declared type that is not a manifest type is refused even when the
+  // shape would pass: the caller records the declared type as the image's,
+  // and prune only walks the children of known manifest types, so an image
+  // tagged as application/vnd.evil+json would lose its layers.
+  if (declaredType && !isKnown(declaredType)) fail(where, `unsupported manifest media type ${JSON.stringify(declaredType.slice(0, 100))}`);
+  if (own && declaredType && own !== declaredType) {
     fail(where, `manifest says it is ${own} but was served as ${declaredType}`);
   }
   // Without a mediaType anywhere, the shape decides (OCI allows omitting it).

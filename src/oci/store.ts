@@ -77,8 +77,17 @@ export class ContentStore {
     }
   }
 
+  /**
+   * Whether the blob is stored. A blob found is touched: a writer that
+   * finds a blob (and skips fetching it) is about to tag something that
+   * uses it, and prune keeps blobs newer than the oldest live lease. Before,
+   * an old unreferenced blob that a pull found present could be pruned
+   * between that check and the pull's tag.
+   */
   async has(descriptor: Pick<Descriptor, 'digest' | 'size'>): Promise<boolean> {
-    return (await this.blobSize(descriptor.digest)) === descriptor.size;
+    const found = (await this.blobSize(descriptor.digest)) === descriptor.size;
+    if (found) await this.touch(descriptor.digest);
+    return found;
   }
 
   openBlob(digest: string, start = 0): Readable {
@@ -122,6 +131,11 @@ export class ContentStore {
       await syncDir(join(target, '..'));
     } catch (error) {
       await rm(temp, { force: true });
+      // The hasher stops a source that sends too much with a plain Error,
+      // which the CLI reported as an internal error (exit 1).
+      if (hasher.bytes > expected.size) {
+        throw new RegistryError(`blob ${expected.digest}: received more than the expected ${expected.size} bytes`, { code: 'SIZE_MISMATCH', cause: error });
+      }
       throw error;
     }
   }
@@ -181,8 +195,9 @@ export class ContentStore {
 
   /** Point `name` at `descriptor` (which must be stored already). */
   async tag(name: string, descriptor: Descriptor): Promise<void> {
-    if (!(await this.has(descriptor))) throw new InputError(`cannot tag ${name}: ${descriptor.digest} is not in the store`);
     await withLock(this.indexLock, { purpose: `tag ${name}` }, async () => {
+      // Checked under the lock prune holds, so a concurrent prune cannot remove it in between.
+      if (!(await this.has(descriptor))) throw new InputError(`cannot tag ${name}: ${descriptor.digest} is not in the store`);
       const index = await this.readIndex();
       const { annotations, ...rest } = descriptor;
       const entry: Descriptor = { ...rest, annotations: { ...annotations, [REF_NAME]: name } };
@@ -240,6 +255,10 @@ export class ContentStore {
       let removedBlobs = 0;
       let removedBytes = 0;
       let keptBlobs = 0;
+      // First decide, then delete: a blob a writer may still tag (newer than
+      // the oldest live lease) is kept with everything it points at, since a
+      // writer that finds a manifest present does not look at its children.
+      const unreachable: { path: string; size: number; digest: string; protect: boolean }[] = [];
       for (const algorithm of await readdir(join(this.root, 'blobs'))) {
         for (const hex of await readdir(join(this.root, 'blobs', algorithm))) {
           const path = join(this.root, 'blobs', algorithm, hex);
@@ -247,19 +266,45 @@ export class ContentStore {
             keptBlobs++;
             continue;
           }
-          const info = await stat(path);
-          if (protectSince !== undefined && info.mtimeMs >= protectSince - 1000) {
-            keptBlobs++;
-            continue;
-          }
-          await rm(path, { force: true });
-          removedBlobs++;
-          removedBytes += info.size;
+          const info = await stat(path).catch(() => undefined);
+          if (!info) continue;
+          unreachable.push({ path, size: info.size, digest: `${algorithm}:${hex}`, protect: protectSince !== undefined && info.mtimeMs >= protectSince - 1000 });
         }
+      }
+      const keep = new Set<string>();
+      const protectQueue = unreachable.filter((b) => b.protect).map((b) => b.digest);
+      while (protectQueue.length > 0) {
+        const digest = protectQueue.pop() as string;
+        if (keep.has(digest)) continue;
+        keep.add(digest);
+        for (const child of await this.childrenIfManifest(digest)) protectQueue.push(child.digest);
+      }
+      for (const blob of unreachable) {
+        if (keep.has(blob.digest)) {
+          keptBlobs++;
+          continue;
+        }
+        await rm(blob.path, { force: true });
+        removedBlobs++;
+        removedBytes += blob.size;
       }
       await this.cleanIngest();
       return { removedBlobs, removedBytes, keptBlobs };
     });
+  }
+
+  /** The children of a stored blob when it is a manifest or an index; nothing otherwise. */
+  private async childrenIfManifest(digest: string): Promise<Descriptor[]> {
+    try {
+      const path = this.blobPath(digest);
+      const info = await stat(path);
+      if (info.size > 4 * 1024 * 1024 || info.size < 2) return [];
+      const bytes = await readFile(path);
+      if (bytes[0] !== 0x7b /* { */ || digestOf(bytes, parseDigest(digest)?.algorithm ?? 'sha256') !== digest) return [];
+      return childrenOf(parseManifest(bytes, undefined, digest));
+    } catch {
+      return []; // not a manifest (a config, a layer) or unreadable
+    }
   }
 
   private async oldestLiveLease(): Promise<number | undefined> {

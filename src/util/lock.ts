@@ -59,6 +59,43 @@ async function ageMs(path: string): Promise<number> {
   }
 }
 
+/**
+ * A holder on this host whose process is gone left the lock behind. A lock
+ * file still being written (no holder yet) is given a moment.
+ */
+async function isStale(path: string, holder: LockHolder | undefined, host: string): Promise<boolean> {
+  return holder ? holder.host === host && !isAlive(holder.pid) : (await ageMs(path)) > STALE_EMPTY_MS;
+}
+
+/**
+ * Remove a stale lock file; true when it is gone. Waiters take over one at
+ * a time, under `PATH.takeover`, and judge the file again there: a plain
+ * `rm` after judging let a slow waiter delete the lock that a faster one
+ * had just taken after removing the stale one, and both went in.
+ */
+async function removeStale(path: string, host: string): Promise<boolean> {
+  const takeover = `${path}.takeover`;
+  let handle;
+  try {
+    handle = await open(takeover, 'wx', 0o644);
+  } catch (error) {
+    if ((error as { code?: string }).code !== 'EEXIST') throw error;
+    // Left by a waiter that died in the middle of a takeover (a few ms).
+    if ((await ageMs(takeover)) > STALE_EMPTY_MS) await rm(takeover, { force: true });
+    return false;
+  }
+  try {
+    await handle.close();
+    // While we hold the takeover, a stale lock file cannot change: its holder is gone, and nobody else removes it.
+    if (await isStale(path, await readHolder(path), host)) await rm(path, { force: true });
+    return true;
+  } finally {
+    await rm(takeover, { force: true });
+  }
+}
+
+const STALE_EMPTY_MS = 5_000;
+
 export async function acquireLock(path: string, options: LockOptions): Promise<Lock> {
   const deadline = Date.now() + (options.timeoutMs ?? 30_000);
   let delay = 10;
@@ -80,11 +117,9 @@ export async function acquireLock(path: string, options: LockOptions): Promise<L
       if ((error as { code?: string }).code !== 'EEXIST') throw error;
     }
     const holder = await readHolder(path);
-    // A holder on this host whose process is gone left the lock behind.
-    // A lock file still being written (no holder yet) is given a moment.
-    if ((holder && holder.host === me.host && !isAlive(holder.pid)) || (!holder && (await ageMs(path)) > 5_000)) {
-      await rm(path, { force: true });
-      continue;
+    if (await isStale(path, holder, me.host)) {
+      if (await removeStale(path, me.host)) continue;
+      // Another waiter is taking it over: wait like for a live holder.
     }
     if (Date.now() >= deadline) {
       const who = holder ? `process ${holder.pid} (${holder.purpose}, since ${holder.since})` : 'another cs process';
