@@ -106,8 +106,10 @@ export async function copyGraph(options: CopyOptions): Promise<CopyResult> {
   };
 
   const copyManifest = async (descriptor: Descriptor, bytes: Buffer, manifest = parseManifest(bytes, descriptor.mediaType, `${from.name} ${descriptor.digest}`)): Promise<void> => {
-    const copyChildren = () =>
-      Promise.all(
+    // allSettled, not all: a copy must not return (and release its lease) while a
+    // sibling transfer is still writing; the first failure is rethrown once all are done.
+    const copyChildren = async () => {
+      const results = await Promise.allSettled(
         childrenOf(manifest).map(async (child) => {
           if (isManifestType(child.mediaType)) {
             const plain = stripDescriptor(child);
@@ -117,6 +119,9 @@ export async function copyGraph(options: CopyOptions): Promise<CopyResult> {
           }
         }),
       );
+      const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+    };
     if (await to.exists(descriptor)) {
       // A registry keeps a manifest only together with what it points at, so the graph below
       // is complete. The local store promises no such thing (a blob can be lost or deleted by

@@ -100,7 +100,12 @@ export class ContentStore {
     const bytes = await readFile(this.blobPath(descriptor.digest));
     const algorithm = parseDigest(descriptor.digest)?.algorithm ?? 'sha256';
     if (bytes.length !== descriptor.size || digestOf(bytes, algorithm) !== descriptor.digest) {
-      throw new InputError(`stored blob ${descriptor.digest} is corrupt (its bytes do not match its digest); run \`cs image rm\` on the image and pull it again`, { code: 'CORRUPT_BLOB' });
+      // Remove the rotten copy, so that the next pull fetches the blob again instead of trusting it.
+      await rm(this.blobPath(descriptor.digest), { force: true });
+      throw new InputError(`stored blob ${descriptor.digest} was corrupt (its bytes did not match its digest) and has been removed from the store`, {
+        code: 'CORRUPT_BLOB',
+        suggestions: ['pull the image again to fetch the blob anew, or remove it with `cs image rm`'],
+      });
     }
     return bytes;
   }

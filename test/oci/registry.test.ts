@@ -397,13 +397,9 @@ describe.concurrent('what is already there', () => {
     expect(await readStoreBlob(store, imported.layer.digest)).toEqual(await readStoreBlob(await pusher.store(), imported.layer.digest));
   });
 
-  // BUG (src/oci/store.ts, not ours to fix): a stored manifest whose bytes rotted is reported as
-  // CORRUPT_BLOB with the hint "run `cs image rm` on the image and pull it again", but that does not
-  // repair it: `rm` only removes the tag, and the pull then finds a blob of the right size
-  // (ContentStore.has compares sizes only, and ingest() keeps an existing blob of that size), so the
-  // corrupt bytes stay. Either the hint must add `cs image prune`, or has()/ingest() must not trust
-  // a corrupt blob. The test follows the hint (running prune if the hint mentions it).
-  it.fails('repairs a corrupt manifest by following the hint of the error', async () => {
+  // A stored manifest whose bytes rotted is reported once as CORRUPT_BLOB and removed from the
+  // store, so following the hint (pull again, or rm then pull) fetches it anew.
+  it('repairs a corrupt manifest by following the hint of the error', async () => {
     const registry = registries.open;
     const pusher = await home('corrupt-push');
     const reference = `${registry.host}/corrupt/app:v1`;
