@@ -4,6 +4,9 @@ import {
   lstatSync,
   lutimesSync,
   chmodSync,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
   lchownSync,
   mkdirSync,
   openSync,
@@ -97,7 +100,8 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
   /** Paths (relative) this layer created: whiteouts and opaque markers leave them alone. */
   const created = new CreatedPaths();
   const opaqueDirs: string[] = [];
-  const dirTimes: { path: string; mtime: Date }[] = [];
+  const dirTimes: { path: string; mtime: Date | number }[] = [];
+  const lowerDirTimes = new Map<string, { atime: Date; mtime: Date }>();
   const result: ApplyResult = { entries: 0, bytes: 0, whiteouts: 0 };
   /** Bytes of entry bodies read so far, written or not (result.bytes counts what was written). */
   let bodyBytes = 0;
@@ -141,7 +145,7 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
         }
         bodyBytes += header.size;
       }
-      await applyEntry(header, entry as unknown as AsyncIterable<Buffer>, { resolver, created, opaqueDirs, dirTimes, result, privileged, options });
+      await applyEntry(header, entry as unknown as AsyncIterable<Buffer>, { resolver, created, opaqueDirs, dirTimes, lowerDirTimes, result, privileged, options });
       entry.resume();
     }
   } catch (error) {
@@ -162,7 +166,18 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
     // that path then deleted files outside the root. Only act on a path that
     // is still a real directory with no symlink on the way.
     if (!resolver.isRealDir(dir)) continue;
+    noteLowerDir(resolver, created, lowerDirTimes, dir);
     hideLower(resolver, dir, created);
+  }
+  // Lower directories whose contents changed keep their own times (as umoci and
+  // Docker do), so the result does not depend on when it was unpacked.
+  for (const [path, times] of lowerDirTimes) {
+    if (!resolver.isRealDir(path)) continue;
+    try {
+      utimesSync(resolver.abs(path), times.atime, times.mtime);
+    } catch {
+      // removed later in the layer
+    }
   }
   // Directory times last, deepest first, since writing children changed them.
   dirTimes.sort((a, b) => b.path.split('/').length - a.path.split('/').length);
@@ -254,7 +269,9 @@ interface Context {
   resolver: RootResolver;
   created: CreatedPaths;
   opaqueDirs: string[];
-  dirTimes: { path: string; mtime: Date }[];
+  dirTimes: { path: string; mtime: Date | number }[];
+  /** mtimes of lower directories this layer changed without an entry for them, to restore. */
+  lowerDirTimes: Map<string, { atime: Date; mtime: Date }>;
   result: ApplyResult;
   privileged: boolean;
   options: ApplyOptions;
@@ -272,9 +289,14 @@ function lstatOrUndefined(path: string): Stats | undefined {
 async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Context): Promise<void> {
   const { resolver } = ctx;
   const components = cleanComponents(header.name);
+  const meta = entryMetadata(header);
   if (components.length === 0) {
-    // The root itself ("./"): only its metadata.
-    if (header.type === 'directory') ctx.dirTimes.push({ path: '', mtime: header.mtime });
+    // The root itself ("./"): its mode, owner and time, as umoci and Docker apply them.
+    if (header.type === 'directory') {
+      if (ctx.privileged) lchownSync(resolver.root, meta.uid, meta.gid);
+      chmodSync(resolver.root, header.mode & 0o7777);
+      ctx.dirTimes.push({ path: '', mtime: meta.mtime });
+    }
     return;
   }
   const base = components[components.length - 1] as string;
@@ -294,6 +316,7 @@ async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Cont
     if (parent === undefined) return; // nothing below to hide
     const target = parent === '' ? hidden : `${parent}/${hidden}`;
     if (ctx.created.has(target)) return; // whiteouts only hide lower layers
+    noteLowerDir(resolver, ctx.created, ctx.lowerDirTimes, parent);
     if (ctx.created.holdsCreated(target) && resolver.isRealDir(target)) {
       // Fix: `d/x` then `.wh.d` in one layer removed the new `d/x` (while
       // `.wh.d` then `d/x` kept it): a whiteout must only hide lower content,
@@ -310,58 +333,79 @@ async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Cont
   if (parent === undefined) throw new LayerError(`cannot create the parent folder of ${header.name}`);
   const rel = parent === '' ? base : `${parent}/${base}`;
   const abs = resolver.abs(rel);
-  const existing = lstatOrUndefined(abs);
   const mode = header.mode & 0o7777;
+  noteLowerDir(resolver, ctx.created, ctx.lowerDirTimes, parent);
+
+  // Replace whatever is at `abs` (unless both are directories); returns true when a directory stays.
+  const clear = (keepDirectory: boolean): boolean => {
+    const existing = lstatOrUndefined(abs);
+    if (!existing) return false;
+    if (keepDirectory && existing.isDirectory()) return true;
+    rmSync(abs, { recursive: true, force: true });
+    resolver.forget(rel);
+    return false;
+  };
 
   if (header.type === 'directory') {
-    if (existing && !existing.isDirectory()) {
-      rmSync(abs, { recursive: true, force: true });
-      resolver.forget(rel);
+    // The common case (a new directory) costs one mkdir; only a clash looks further.
+    let made = true;
+    try {
+      mkdirSync(abs, { mode: 0o700 });
+    } catch (error) {
+      if ((error as { code?: string }).code !== 'EEXIST') throw error;
+      made = clear(true);
+      if (!made) mkdirSync(abs, { mode: 0o700 });
     }
-    if (!existing || !existing.isDirectory()) mkdirSync(abs, { mode: 0o700 });
     resolver.rememberDir(rel);
     ctx.created.add(rel);
-    setOwner(abs, header, ctx, false);
+    setOwner(abs, meta, ctx);
     chmodSync(abs, mode);
-    ctx.dirTimes.push({ path: rel, mtime: header.mtime });
+    ctx.dirTimes.push({ path: rel, mtime: meta.mtime });
     setXattrs(abs, header, ctx);
     return;
   }
 
-  // Anything else replaces what is there.
-  if (existing) {
-    rmSync(abs, { recursive: true, force: true });
-    resolver.forget(rel);
-  }
   ctx.created.add(rel);
-
   switch (header.type) {
     case 'file':
     case 'contiguous-file': {
-      const fd = openSync(abs, 'wx', 0o600);
+      // Open first and look only on a clash: one system call for a new file, not two.
+      let fd: number;
+      try {
+        fd = openSync(abs, 'wx', 0o600);
+      } catch (error) {
+        if ((error as { code?: string }).code !== 'EEXIST') throw error;
+        clear(false);
+        fd = openSync(abs, 'wx', 0o600);
+      }
       try {
         for await (const chunk of body) {
           let offset = 0;
           while (offset < chunk.length) offset += writeSync(fd, chunk, offset, chunk.length - offset);
           ctx.result.bytes += chunk.length;
         }
+        // Metadata through the descriptor: no path lookups. Owner before mode,
+        // since chown clears setuid and setgid.
+        if (ctx.privileged) fchownSync(fd, meta.uid, meta.gid);
+        else reportOwner(abs, meta, ctx);
+        fchmodSync(fd, mode);
+        futimesSync(fd, meta.mtime, meta.mtime);
       } finally {
         closeSync(fd);
       }
-      setOwner(abs, header, ctx, false);
-      chmodSync(abs, mode);
-      utimesSync(abs, header.mtime, header.mtime);
       setXattrs(abs, header, ctx);
       return;
     }
     case 'symlink': {
+      clear(false);
       symlinkSync(header.linkname, abs);
-      setOwner(abs, header, ctx, true);
-      lutimesSync(abs, header.mtime, header.mtime);
+      setOwner(abs, meta, ctx);
+      lutimesSync(abs, meta.mtime, meta.mtime);
       return;
     }
     case 'link': {
-      const targetComponents = cleanComponents(header.linkname);
+      clear(false);
+      const targetComponents = cleanComponents(header.linkname ?? '');
       if (targetComponents.length === 0) throw new LayerError(`hardlink ${header.name} points at the root`, { code: 'LAYER_BAD_LINK' });
       const targetParent = resolver.resolveDir(targetComponents.slice(0, -1));
       const targetBase = targetComponents[targetComponents.length - 1] as string;
@@ -375,7 +419,8 @@ async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Cont
     case 'fifo':
     case 'character-device':
     case 'block-device': {
-      await makeSpecial(abs, rel, header, ctx);
+      clear(false);
+      await makeSpecial(abs, rel, header, meta, ctx);
       return;
     }
     default:
@@ -383,15 +428,47 @@ async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Cont
   }
 }
 
-function setOwner(abs: string, header: Header, ctx: Context, link: boolean): void {
-  if (ctx.privileged) {
-    lchownSync(abs, header.uid, header.gid);
-    return;
-  }
-  void link;
-  if (header.uid !== 0 || header.gid !== 0 || ctx.options.onDeferred) {
-    ctx.options.onDeferred?.({ path: relativeOf(abs, ctx), uid: header.uid, gid: header.gid });
-  }
+/** Owner and time of an entry: PAX records (any size, sub-second times) win over the ustar fields. */
+interface EntryMetadata {
+  uid: number;
+  gid: number;
+  /** Seconds since the epoch, with fractions. */
+  mtime: number;
+}
+
+function entryMetadata(header: Header): EntryMetadata {
+  const pax = (header.pax ?? {}) as Record<string, string>;
+  const id = (value: string | undefined, fallback: number) => {
+    if (value === undefined || !/^[0-9]{1,10}$/.test(value)) return fallback;
+    const n = Number(value);
+    return n <= 0xffffffff ? n : fallback;
+  };
+  const paxTime = pax['mtime'] !== undefined && /^-?[0-9]{1,12}(\.[0-9]{1,9})?$/.test(pax['mtime']) ? Number(pax['mtime']) : undefined;
+  return {
+    uid: id(pax['uid'], header.uid),
+    gid: id(pax['gid'], header.gid),
+    mtime: paxTime ?? header.mtime.getTime() / 1000,
+  };
+}
+
+/**
+ * Remember the times of a lower directory before this layer changes what is
+ * in it (a directory with its own entry in this layer gets that entry's time
+ * instead).
+ */
+function noteLowerDir(resolver: RootResolver, created: CreatedPaths, times: Map<string, { atime: Date; mtime: Date }>, dir: string): void {
+  if (times.has(dir) || created.has(dir)) return;
+  const info = lstatOrUndefined(resolver.abs(dir));
+  if (info?.isDirectory()) times.set(dir, { atime: info.atime, mtime: info.mtime });
+}
+
+function setOwner(abs: string, meta: EntryMetadata, ctx: Context): void {
+  if (ctx.privileged) lchownSync(abs, meta.uid, meta.gid);
+  else reportOwner(abs, meta, ctx);
+}
+
+function reportOwner(abs: string, meta: EntryMetadata, ctx: Context): void {
+  if (meta.uid !== 0 || meta.gid !== 0) ctx.options.onDeferred?.({ path: relativeOf(abs, ctx), uid: meta.uid, gid: meta.gid });
 }
 
 function relativeOf(abs: string, ctx: Context): string {
@@ -410,7 +487,7 @@ function setXattrs(abs: string, header: Header, ctx: Context): void {
   else ctx.options.onDeferred?.({ path: relativeOf(abs, ctx), xattrs });
 }
 
-async function makeSpecial(abs: string, rel: string, header: Header, ctx: Context): Promise<void> {
+async function makeSpecial(abs: string, rel: string, header: Header, meta: EntryMetadata, ctx: Context): Promise<void> {
   const { run } = await import('../util/process.js');
   const mode = header.mode & 0o7777;
   if (header.type === 'fifo') {
@@ -422,13 +499,13 @@ async function makeSpecial(abs: string, rel: string, header: Header, ctx: Contex
     closeSync(openSync(abs, 'wx', 0o600));
     ctx.options.onDeferred?.({
       path: rel,
-      uid: header.uid,
-      gid: header.gid,
+      uid: meta.uid,
+      gid: meta.gid,
       device: { type: header.type === 'character-device' ? 'char' : 'block', major: header.devmajor, minor: header.devminor, mode },
     });
     return;
   }
-  setOwner(abs, header, ctx, false);
+  setOwner(abs, meta, ctx);
   chmodSync(abs, mode);
-  utimesSync(abs, header.mtime, header.mtime);
+  utimesSync(abs, meta.mtime, meta.mtime);
 }
