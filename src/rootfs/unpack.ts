@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { Transform } from 'node:stream';
 import { applyLayer, type ApplyOptions, type ApplyResult } from '../layers/apply.js';
 import { decompress } from '../layers/decompress.js';
+import { inflateFile } from '../layers/inflate-thread.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type Descriptor, type ImageManifest } from '../oci/manifest.js';
 import { layerCompression } from '../oci/media-types.js';
 import type { ContentStore } from '../oci/store.js';
@@ -47,24 +48,40 @@ export interface UnpackLayerOptions extends Omit<ApplyOptions, 'tar' | 'root'> {
 export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyResult> {
   const compression = layerCompression(options.layer.mediaType);
   if (!compression) throw new LayerError(`layer ${options.layer.digest} has media type ${options.layer.mediaType}, which cs cannot apply`, { code: 'LAYER_MEDIA_TYPE' });
-  const hash = createHash('sha256');
-  const hasher = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hash.update(chunk);
-      callback(null, chunk);
-    },
-  });
-  const plain = await decompress(options.store.openBlob(options.layer.digest), compression);
-  plain.on('error', (error) => hasher.destroy(error));
-  // Fix: when applying stops early (a bad entry), applyLayer destroys only
-  // `hasher`; `plain` was left paused mid-stream, so a `zstd -dc` child stayed
-  // blocked writing to its pipe for good and kept the process from exiting.
-  // Tearing `plain` down ends the decompressor (and, via decompress(), the blob).
-  hasher.once('close', () => plain.destroy());
+  // gzip and plain tars are read, inflated and hashed on a worker thread (see
+  // inflate-thread.ts); zstd goes through the zstd program and is hashed here.
+  let tar: import('node:stream').Readable;
+  let diffIdOf: () => string | undefined;
+  if (compression === 'gzip' || compression === 'none') {
+    const inflated = inflateFile(options.store.blobPath(options.layer.digest), { gzip: compression === 'gzip' });
+    tar = inflated.stream;
+    diffIdOf = inflated.diffId;
+  } else {
+    const hash = createHash('sha256');
+    const hasher = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        hash.update(chunk);
+        callback(null, chunk);
+      },
+    });
+    const plain = await decompress(options.store.openBlob(options.layer.digest), compression);
+    plain.on('error', (error) => hasher.destroy(error));
+    // Fix: when applying stops early (a bad entry), applyLayer destroys only
+    // `hasher`; `plain` was left paused mid-stream, so a `zstd -dc` child stayed
+    // blocked writing to its pipe for good and kept the process from exiting.
+    // Tearing `plain` down ends the decompressor (and, via decompress(), the blob).
+    hasher.once('close', () => plain.destroy());
+    tar = plain.pipe(hasher);
+    let digest: string | undefined;
+    hasher.once('end', () => {
+      digest = `sha256:${hash.digest('hex')}`;
+    });
+    diffIdOf = () => digest;
+  }
   const { store: _store, layer: _layer, diffId: _diffId, ...applyOptions } = options;
   let result: ApplyResult;
   try {
-    result = await applyLayer({ ...applyOptions, tar: plain.pipe(hasher) });
+    result = await applyLayer({ ...applyOptions, tar });
   } catch (error) {
     // Fix: errors from inside the layer (corrupt gzip/zstd, bad entries) did
     // not say which layer of the image was at fault; name it, keep the code.
@@ -73,7 +90,7 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyRes
     }
     throw error;
   }
-  const actual = `sha256:${hash.digest('hex')}`;
+  const actual = diffIdOf() ?? 'nothing (the stream did not end)';
   if (actual !== options.diffId) {
     throw new LayerError(`layer ${options.layer.digest}: its uncompressed content hashes to ${actual}, but the image config says ${options.diffId}`, { code: 'LAYER_DIFFID_MISMATCH' });
   }
