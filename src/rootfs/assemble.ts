@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { lstatSync, readdirSync, createWriteStream } from 'node:fs';
 import { appendFile, lstat, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { DeferredMetadata } from '../layers/apply.js';
 import { packDirectory } from '../layers/pack.js';
@@ -82,8 +82,18 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   if (options.snapshots.length === 0) throw new InputError('nothing to assemble: give at least a base snapshot');
   if (options.snapshots[0]?.kind !== 'base') throw new InputError('the first snapshot must be a base snapshot');
   const home = (options.home ?? DEFAULT_HOME).replace(/^\/+|\/+$/g, '');
-  const outInfo = await stat(options.out).catch(() => undefined);
+  // Fix: stat() follows symlinks, so an --out that was a dangling symlink
+  // counted as absent (even with --force) and the write failed at the very end
+  // with a raw ENOENT/EEXIST, reported as an internal error (exit 1).
+  const outInfo = await lstat(options.out).catch(() => undefined);
   if (outInfo && !options.force) throw new InputError(`${options.out} already exists; use --force to replace it`);
+  // Fix: an --out in a folder that did not exist failed only after the whole
+  // build, with a raw ENOENT for tar (exit 1) and mkfs's usage text for erofs
+  // and ext4 (exit 5), while `dir` created its missing parents. Create them
+  // for every format, before the build, and say plainly when that fails.
+  await mkdir(dirname(options.out), { recursive: true }).catch((error: Error) => {
+    throw new InputError(`cannot create the folder of ${options.out}: ${error.message}`, { cause: error });
+  });
 
   const context = options.context ?? (await openImageContext(options.env ? { env: options.env } : {}));
   const units: Unit[] = [];
@@ -103,7 +113,21 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   }
   if (units.length === 0) throw new InputError('the snapshots have no layers');
 
-  const keys = chainIds(units.map((u) => (u.under === '' ? u.diffId : `sha256:${createHash('sha256').update(`${u.diffId} under /${u.under}`).digest('hex')}`)));
+  // Fix: the runtime folders are emptied after the last base layer, but the
+  // key did not say so: a tree cached for base image [L1] (emptied) was reused
+  // as the start of base image [L1, L2] (where L2 still sees L1's /tmp), so the
+  // result depended on what had been assembled before (a hardlink in L2 to a
+  // file of L1's /tmp failed only with a warm cache). Emptying is keyed as a
+  // step of its own, as if it were a layer.
+  const ids: string[] = [];
+  const keyAt: number[] = [];
+  units.forEach((u, i) => {
+    ids.push(u.under === '' ? u.diffId : `sha256:${createHash('sha256').update(`${u.diffId} under /${u.under}`).digest('hex')}`);
+    if (emptiesRuntime(units, i)) ids.push(RUNTIME_EMPTIED);
+    keyAt.push(ids.length - 1);
+  });
+  const chain = chainIds(ids);
+  const keys = keyAt.map((j) => chain[j] as string);
   const finalChain = keys[keys.length - 1] as string;
   const cache = new TreeCache(join(dataDir(options.env), 'rootfs'));
   await cache.prune();
@@ -116,6 +140,10 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
     }
   }
   let layersApplied = 0;
+  // Fix: only a partial hit (cloneInto) refreshed an entry's last use, so a
+  // chain that was always found whole in the cache aged as if unused and was
+  // the first evicted, however often it was assembled.
+  if (cached === keys.length - 1) await cache.touch(finalChain);
   if (cached < keys.length - 1) {
     const work = await cache.workDir();
     const tree = join(work, 'rootfs');
@@ -146,8 +174,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
         });
         layersApplied++;
         if (xattrs.length > 0) await applyXattrs(tree, xattrs);
-        const lastBase = unit.kind === 'base' && (units[i + 1]?.kind ?? 'end') !== 'base';
-        if (lastBase) await clearRuntimeDirs(tree);
+        if (emptiesRuntime(units, i)) await clearRuntimeDirs(tree);
         if (deferred.length > 0) await appendFile(join(work, 'deferred.jsonl'), deferred.map((d) => JSON.stringify(d)).join('\n') + '\n');
         if (unit.boundary && i < units.length - 1) await cache.commitCopy(keys[i] as string, work);
       }
@@ -163,6 +190,14 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   if (outInfo) await rm(options.out, { recursive: true, force: true });
   const bytes = await writeOutput(tree, options.out, options.format);
   return { out: options.out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
+}
+
+/** The pseudo diff_id of "the runtime folders were emptied" in cache keys. */
+const RUNTIME_EMPTIED = `sha256:${createHash('sha256').update(`cs: emptied /${RUNTIME_DIRS.join(' /')}`).digest('hex')}`;
+
+/** Whether the runtime folders are emptied after unit `i`: it ends a run of base layers. */
+function emptiesRuntime(units: readonly Unit[], i: number): boolean {
+  return units[i]?.kind === 'base' && (units[i + 1]?.kind ?? 'end') !== 'base';
 }
 
 /** Empty the runtime folders of a base root. A runtime folder that is a symlink is left alone, never followed. */
@@ -188,6 +223,13 @@ async function applyXattrs(root: string, entries: readonly { path: string; xattr
   for (const entry of entries) {
     const parts = entry.path.split('/');
     if (!resolver.isRealDir(parts.slice(0, -1).join('/'))) continue;
+    // Fix: a file with xattrs replaced later in the same layer by a symlink
+    // (`f` with SCHILY.xattr.user.x, then `f -> /elsewhere`) made the whole
+    // assemble fail: `setfattr -h` cannot set user.* xattrs on a symlink
+    // (EPERM), and one failing line fails the --restore run. The xattrs
+    // belonged to the replaced file; skip a path that is now a symlink or gone.
+    const now = await lstat(join(root, entry.path)).catch(() => undefined);
+    if (!now || now.isSymbolicLink()) continue;
     lines.push(`# file: ${escapeAttrPath(entry.path)}`);
     for (const [name, value] of Object.entries(entry.xattrs)) {
       if (!/^[A-Za-z0-9._-]+$/.test(name)) continue;
@@ -231,11 +273,39 @@ async function writeOutput(tree: string, out: string, format: OutputFormat): Pro
       return (await stat(out)).size;
     }
     case 'ext4': {
-      const { stdout } = await run('du', ['-sb', '--', tree]);
-      const used = Number(stdout.split(/\s/)[0] ?? 0);
-      const size = Math.ceil((used * 1.3 + 64 * 1024 * 1024) / (1024 * 1024));
-      await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-d', tree, out, `${size}M`]);
+      // Fix: the size came from `du -sb` (apparent bytes) and the inode count
+      // from mke2fs's default ratio, so a tree of many small files (a home
+      // with node_modules, 20k files of a few bytes) ran out of inodes or
+      // blocks: "Could not allocate inode". Count inodes and whole blocks.
+      const { inodes, bytes } = measureTree(tree);
+      const inodeCount = Math.ceil(inodes * 1.1) + 1024;
+      const size = Math.ceil((bytes * 1.3 + inodeCount * 256 + 64 * 1024 * 1024) / (1024 * 1024));
+      await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-N', String(inodeCount), '-d', tree, out, `${size}M`]);
       return (await stat(out)).size;
     }
   }
+}
+
+/** What a tree needs in an ext4 image: one inode per entry (hardlinks once), and whole 4 KiB blocks per file, folder and long symlink. */
+function measureTree(root: string): { inodes: number; bytes: number } {
+  const BLOCK = 4096;
+  const seen = new Set<string>();
+  let inodes = 1;
+  let bytes = BLOCK;
+  const walk = (dir: string): void => {
+    for (const name of readdirSync(dir)) {
+      const path = join(dir, name);
+      const info = lstatSync(path);
+      if (!info.isDirectory() && info.nlink > 1) {
+        const id = `${info.dev}:${info.ino}`;
+        if (seen.has(id)) continue;
+        seen.add(id);
+      }
+      inodes++;
+      if (info.isFile() || info.isDirectory() || (info.isSymbolicLink() && info.size >= 60)) bytes += Math.ceil(info.size / BLOCK) * BLOCK;
+      if (info.isDirectory()) walk(path);
+    }
+  };
+  walk(root);
+  return { inodes, bytes };
 }

@@ -76,7 +76,8 @@ export class TreeCache {
     await this.commit(chainId, copy);
   }
 
-  private async touch(chainId: string): Promise<void> {
+  /** Mark an entry as just used (eviction drops the least recently used). Public so a whole-chain hit counts as a use. */
+  async touch(chainId: string): Promise<void> {
     const now = new Date();
     await utimes(join(this.entryPath(chainId), 'complete'), now, now).catch(() => undefined);
   }
