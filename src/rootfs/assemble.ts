@@ -162,7 +162,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
         if (under === undefined) throw new InputError(`cannot create /${unit.under} in the root filesystem`);
         const root = under === '' ? tree : join(tree, under);
         const deferred: DeferredMetadata[] = [];
-        const xattrs: { path: string; xattrs: Record<string, string> }[] = [];
+        const xattrs: { path: string; xattrs: Record<string, string>; ino: number }[] = [];
         await unpackLayer({
           store: context.store,
           layer: unit.layer,
@@ -170,7 +170,11 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
           root,
           privileged,
           onDeferred: (d) => deferred.push({ ...d, path: under ? `${under}/${d.path}` : d.path }),
-          onXattrs: (path, values) => xattrs.push({ path: under ? `${under}/${path}` : path, xattrs: values }),
+          onXattrs: (path, values) => {
+            const full = under ? `${under}/${path}` : path;
+            // Remember which file the xattrs belong to: a later entry of the layer may replace it.
+            xattrs.push({ path: full, xattrs: values, ino: lstatSync(join(tree, full)).ino });
+          },
         });
         layersApplied++;
         if (xattrs.length > 0) await applyXattrs(tree, xattrs);
@@ -217,7 +221,7 @@ async function clearRuntimeDirs(root: string): Promise<void> {
  * included, and `-h` keeps setfattr from following a final symlink, so a
  * later entry that planted a symlink cannot redirect the write.
  */
-async function applyXattrs(root: string, entries: readonly { path: string; xattrs: Record<string, string> }[]): Promise<void> {
+async function applyXattrs(root: string, entries: readonly { path: string; xattrs: Record<string, string>; ino: number }[]): Promise<void> {
   const resolver = new RootResolver(root);
   const lines: string[] = [];
   for (const entry of entries) {
@@ -230,6 +234,8 @@ async function applyXattrs(root: string, entries: readonly { path: string; xattr
     // belonged to the replaced file; skip a path that is now a symlink or gone.
     const now = await lstat(join(root, entry.path)).catch(() => undefined);
     if (!now || now.isSymbolicLink()) continue;
+    // The path now names another file (replaced later in the layer): these xattrs were not for it.
+    if (now.ino !== entry.ino) continue;
     lines.push(`# file: ${escapeAttrPath(entry.path)}`);
     for (const [name, value] of Object.entries(entry.xattrs)) {
       if (!/^[A-Za-z0-9._-]+$/.test(name)) continue;

@@ -34,7 +34,9 @@ export async function assembleFromFlags(flags: AssembleFlags): Promise<AssembleR
     if (!flags.file || !flags.workspace) throw new UsageError('-f FILE and -W SANDBOX/WORKSPACE go together');
     if (flags.base || flags.home || flags.personal) throw new UsageError('give either -f/-W or --base/--home/--personal, not both');
     const sandbox = await loadSandbox({ file: flags.file });
-    const [sandboxName, workspaceName] = flags.workspace.includes('/') ? flags.workspace.split('/', 2) : [sandbox.name, flags.workspace];
+    const parts = flags.workspace.split('/');
+    if (parts.length > 2 || parts.some((p) => p === '')) throw new UsageError(`-W takes SANDBOX/WORKSPACE or WORKSPACE, not "${flags.workspace}"`);
+    const [sandboxName, workspaceName] = parts.length === 2 ? parts : [sandbox.name, flags.workspace];
     if (sandboxName?.toLowerCase() !== sandbox.name) throw new InputError(`${flags.file} defines sandbox "${sandbox.name}", not "${sandboxName}"`);
     const workspace = sandbox.workspaces.find((w) => w.name === workspaceName?.toLowerCase());
     if (!workspace) throw new InputError(`sandbox "${sandbox.name}" has no workspace "${workspaceName}" (it has: ${sandbox.workspaces.map((w) => w.name).join(', ')})`);
