@@ -147,6 +147,11 @@ export class RegistryClient {
    * or fails; the caller verifies the digest.
    */
   blobStream(repository: string, descriptor: Pick<Descriptor, 'digest' | 'size'>, options: { retries?: number } = {}): Readable {
+    return Readable.from(this.blobChunks(repository, descriptor, options), { objectMode: false });
+  }
+
+  /** The same bytes as blobStream, as plain chunks (no stream machinery in between). */
+  blobChunks(repository: string, descriptor: Pick<Descriptor, 'digest' | 'size'>, options: { retries?: number } = {}): AsyncGenerator<Uint8Array> {
     const retries = options.retries ?? 3;
     const self = this;
     async function* chunks(): AsyncGenerator<Uint8Array> {
@@ -196,7 +201,7 @@ export class RegistryClient {
         return;
       }
     }
-    return Readable.from(chunks(), { objectMode: false });
+    return chunks();
   }
 
   /** Try a cross-repository mount; true when the registry mounted the blob. */

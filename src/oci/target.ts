@@ -15,6 +15,8 @@ import type { ContentStore } from './store.js';
 export interface BlobSource {
   /** The blob's bytes from `start` to `end` inclusive (default: all). */
   open(start?: number, end?: number): Readable;
+  /** All the blob's bytes as plain chunks, where that is cheaper than a stream. */
+  chunks?(): AsyncIterable<Uint8Array>;
 }
 
 export interface ReadableTarget {
@@ -65,7 +67,7 @@ export class StoreTarget implements ReadableTarget, WritableTarget {
   }
 
   pushBlob(descriptor: Descriptor, source: BlobSource, onProgress?: (bytes: number) => void): Promise<void> {
-    return this.store.ingest(descriptor, source.open(), onProgress ? { onProgress } : {});
+    return this.store.ingest(descriptor, source.chunks?.() ?? source.open(), onProgress ? { onProgress } : {});
   }
 
   async pushManifest(descriptor: Descriptor, bytes: Buffer): Promise<void> {
@@ -113,6 +115,7 @@ export class RepositoryTarget implements ReadableTarget, WritableTarget {
         if (start !== 0) throw new Error('ranged reads of remote blobs are not supported');
         return this.client.blobStream(this.repository, descriptor);
       },
+      chunks: () => this.client.blobChunks(this.repository, descriptor),
     };
   }
 
