@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, fsync, openSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, fsync, openSync, write } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -124,25 +124,39 @@ export class ContentStore {
     const temp = join(this.root, 'ingest', `${parseDigest(expected.digest)?.hex ?? 'blob'}.${process.pid}.${randomBytes(6).toString('hex')}`);
     const hash = createHash(parseDigest(expected.digest)?.algorithm ?? 'sha256');
     let bytes = 0;
-    // A plain loop, not a pipeline of streams: each chunk is counted, hashed and
-    // written (synchronously: a page-cache copy, cheaper than an async round
-    // trip per chunk) with no intermediate buffering or copying.
+    // A plain loop, not a pipeline of streams: each chunk is counted and hashed
+    // here, and written at its offset by the thread pool, a few writes in
+    // flight at once, so copying into the page cache overlaps the download.
     const fd = openSync(temp, 'wx', 0o644);
+    const pending = new Set<Promise<void>>();
+    let writeError: unknown;
     try {
       try {
         for await (const chunk of source as AsyncIterable<Uint8Array>) {
+          const position = bytes;
           bytes += chunk.length;
           if (bytes > expected.size) {
             throw new RegistryError(`blob ${expected.digest}: received more than the expected ${expected.size} bytes`, { code: 'SIZE_MISMATCH' });
           }
           hash.update(chunk);
-          let offset = 0;
-          while (offset < chunk.length) offset += writeSync(fd, chunk, offset, chunk.length - offset);
+          const done: Promise<void> = writeAt(fd, chunk, position).then(
+            () => void pending.delete(done),
+            (error: unknown) => {
+              writeError ??= error;
+              pending.delete(done);
+            },
+          );
+          pending.add(done);
+          if (pending.size >= MAX_PENDING_WRITES) await Promise.race(pending);
+          if (writeError) throw writeError;
           options.onProgress?.(bytes);
         }
+        await Promise.all(pending);
+        if (writeError) throw writeError;
         verify(expected, bytes, `${parseDigest(expected.digest)?.algorithm ?? 'sha256'}:${hash.digest('hex')}`);
         await fsyncFd(fd);
       } finally {
+        await Promise.allSettled(pending);
         closeSync(fd);
       }
       await rename(temp, target);
@@ -361,6 +375,20 @@ function verify(expected: Pick<Descriptor, 'digest' | 'size'>, bytes: number, di
   }
   if (digest !== expected.digest) {
     throw new RegistryError(`blob ${expected.digest}: content does not match its digest (got ${digest})`, { code: 'DIGEST_MISMATCH' });
+  }
+}
+
+/** Writes of one blob in flight at once (each holds its chunk until written). */
+const MAX_PENDING_WRITES = 16;
+
+/** Write all of `chunk` at `position` (the thread pool does the copy). */
+async function writeAt(fd: number, chunk: Uint8Array, position: number): Promise<void> {
+  let offset = 0;
+  while (offset < chunk.length) {
+    const written = await new Promise<number>((resolve, reject) =>
+      write(fd, chunk, offset, chunk.length - offset, position + offset, (error, n) => (error ? reject(error) : resolve(n))),
+    );
+    offset += written;
   }
 }
 
