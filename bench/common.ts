@@ -3,18 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa, type Options } from 'execa';
+import { userEnv } from '../test/helpers/cli.js';
 
 export const root = fileURLToPath(new URL('..', import.meta.url));
 export const cacheDir = join(root, '.bench-cache');
 
-/** Environment for the cs binary: production mode (dist/), nothing of the test runner's. */
+/** Environment for the cs binary: production mode (dist/), nothing of a test runner's. */
 export function cliEnv(extra: Record<string, string>): Record<string, string> {
-  const env: Record<string, string> = {};
-  for (const [key, value] of Object.entries(process.env)) {
-    if (value === undefined || key === 'NODE_ENV' || key === 'NODE_OPTIONS' || key.startsWith('VITEST')) continue;
-    env[key] = value;
-  }
-  return { ...env, ...extra };
+  return { ...userEnv(process.env), ...extra };
 }
 
 export async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; value: T }> {

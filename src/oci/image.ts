@@ -2,7 +2,7 @@ import { InputError, RegistryError } from '../util/errors.js';
 import { storeDir, type Env } from '../util/paths.js';
 import { RegistryClient } from './client.js';
 import { loadConfig, isInsecure, mirrorsOf, type CsConfig } from './config.js';
-import { copyGraph, type CopyEvent } from './copy.js';
+import { copyGraph, type CopyEvent, type CopyResult } from './copy.js';
 import { findCredential } from './credentials.js';
 import { hostPlatform, MAX_MANIFEST_BYTES, parseManifest, type Descriptor, type ImageManifest, type Platform } from './manifest.js';
 import { formatReference, parseReference, type Reference } from './reference.js';
@@ -64,6 +64,11 @@ export interface TransferResult {
   registry: string;
 }
 
+function transferResult(reference: string, registry: string, result: CopyResult): TransferResult {
+  const { descriptor, blobsCopied, blobsSkipped, bytesCopied } = result;
+  return { reference, digest: descriptor.digest, mediaType: descriptor.mediaType, size: descriptor.size, blobsCopied, blobsSkipped, bytesCopied, registry };
+}
+
 export interface PullOptions extends ImageContextOptions {
   reference: string;
   platform?: Platform;
@@ -91,16 +96,7 @@ export async function pullImage(options: PullOptions): Promise<TransferResult> {
           platform: options.platform ?? hostPlatform(),
           ...(options.onEvent ? { onEvent: options.onEvent } : {}),
         });
-        return {
-          reference: name,
-          digest: result.descriptor.digest,
-          mediaType: result.descriptor.mediaType,
-          size: result.descriptor.size,
-          blobsCopied: result.blobsCopied,
-          blobsSkipped: result.blobsSkipped,
-          bytesCopied: result.bytesCopied,
-          registry,
-        };
+        return transferResult(name, registry, result);
       } catch (error) {
         lastError = error;
         if (registry === ref.registry || !(error instanceof RegistryError)) throw error;
@@ -143,16 +139,7 @@ export async function pushImage(options: PushOptions): Promise<TransferResult> {
     tagAs: destination.tag ?? 'latest',
     ...(options.onEvent ? { onEvent: options.onEvent } : {}),
   });
-  return {
-    reference: formatReference({ ...destination, ...(destination.tag ? {} : { tag: 'latest' }) }),
-    digest: result.descriptor.digest,
-    mediaType: result.descriptor.mediaType,
-    size: result.descriptor.size,
-    blobsCopied: result.blobsCopied,
-    blobsSkipped: result.blobsSkipped,
-    bytesCopied: result.bytesCopied,
-    registry: destination.registry,
-  };
+  return transferResult(formatReference({ ...destination, ...(destination.tag ? {} : { tag: 'latest' }) }), destination.registry, result);
 }
 
 export interface ImageSummary {

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { InputError, RegistryError } from '../util/errors.js';
 import { syncDir, writeFileAtomic } from '../util/fs.js';
-import { withLock } from '../util/lock.js';
+import { isAlive, withLock } from '../util/lock.js';
 import { digestOf, DigestingStream, parseDigest } from './digest.js';
 import { childrenOf, parseManifest, type Descriptor, type ImageIndex } from './manifest.js';
 import { isManifestType, MediaType } from './media-types.js';
@@ -411,14 +411,5 @@ async function exists(path: string): Promise<boolean> {
     return true;
   } catch {
     return false;
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as { code?: string }).code === 'EPERM';
   }
 }

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { isAlive } from '../util/lock.js';
 import { run } from '../util/process.js';
 
 /**
@@ -125,13 +126,4 @@ export class TreeCache {
 
 async function copyDeferred(from: string, to: string): Promise<void> {
   await copyFile(join(from, 'deferred.jsonl'), join(to, 'deferred.jsonl')).catch(() => undefined);
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as { code?: string }).code === 'EPERM';
-  }
 }

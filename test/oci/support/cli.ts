@@ -4,47 +4,17 @@
  * (NODE_ENV=test, VITEST*, NODE_OPTIONS) is removed: with NODE_ENV=test
  * oclif would load src/ through a TypeScript loader instead of dist/.
  */
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { execa } from 'execa';
+import { ensureBuilt as ensureCommand, runCs, type Run } from '../../helpers/cli.js';
 
-export const ROOT = fileURLToPath(new URL('../../..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'run.js');
-
-export interface Run {
-  exitCode: number | undefined;
-  stdout: string;
-  stderr: string;
-}
+export { ROOT, userEnv, type Run } from '../../helpers/cli.js';
 
 /** Build dist/ unless it is there (`npm test` builds it first). */
-export async function ensureBuilt(): Promise<void> {
-  if (!existsSync(join(ROOT, 'dist', 'commands', 'image', 'pull.js'))) {
-    await execa('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit' });
-  }
+export function ensureBuilt(): Promise<void> {
+  return ensureCommand('image/pull');
 }
 
-export function userEnv(env: Record<string, string | undefined>): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const [key, value] of Object.entries(env)) {
-    if (value === undefined || /^(CS_DEBUG|FORCE_COLOR|NODE_ENV|NODE_OPTIONS|DEBUG|VITEST.*|TSX.*)$/.test(key)) continue;
-    out[key] = value;
-  }
-  out['NO_COLOR'] = '1';
-  return out;
-}
-
-export async function cs(args: readonly string[], options: { env: Record<string, string | undefined>; input?: string }): Promise<Run> {
-  const result = await execa(process.execPath, [BIN, ...args], {
-    cwd: ROOT,
-    reject: false,
-    env: userEnv(options.env),
-    extendEnv: false,
-    ...(options.input === undefined ? { stdin: 'ignore' as const } : { input: options.input }),
-    timeout: 30_000,
-  });
-  return { exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr };
+export function cs(args: readonly string[], options: { env: Record<string, string | undefined>; input?: string }): Promise<Run> {
+  return runCs(args, { ...options, timeoutMs: 30_000 });
 }
 
 /** The one JSON object a `--json` run prints on stdout. */
