@@ -66,7 +66,6 @@ export async function copyGraph(options: CopyOptions): Promise<CopyResult> {
   }
 
   // Blobs are transferred through a small pool; manifests wait for their children.
-  const queue: (() => Promise<void>)[] = [];
   let active = 0;
   const waiters: (() => void)[] = [];
   const runLimited = async <T>(task: () => Promise<T>): Promise<T> => {
@@ -79,7 +78,6 @@ export async function copyGraph(options: CopyOptions): Promise<CopyResult> {
       waiters.shift()?.();
     }
   };
-  void queue;
 
   const copyBlob = (descriptor: Descriptor): Promise<void> => {
     const existing = seen.get(descriptor.digest);
