@@ -20,7 +20,11 @@ import {
 import type { Readable } from 'node:stream';
 import { extract, type Header } from 'tar-stream';
 import { LayerError } from '../util/errors.js';
+import { installPaxDecoder, XATTR_PAX_PREFIX } from './pax.js';
 import { cleanComponents, RootResolver } from './safe-path.js';
+
+// Binary xattr values must reach us as bytes (see pax.ts).
+installPaxDecoder();
 
 /**
  * Applying one layer (an uncompressed tar stream) onto a folder, with the
@@ -80,7 +84,11 @@ export interface ApplyOptions {
   privileged?: boolean;
   /** Called for ownership, devices and xattrs that were not applied (unprivileged). */
   onDeferred?: (entry: DeferredMetadata) => void;
-  /** Called with xattrs to set on a path (privileged); cs batches these. */
+  /**
+   * Called with xattrs to set on a path (privileged); cs batches these.
+   * Values are byte strings (latin1: one character per byte), since xattr
+   * values such as file capabilities are binary.
+   */
   onXattrs?: (path: string, xattrs: Record<string, string>) => void;
 }
 
@@ -475,7 +483,7 @@ function relativeOf(abs: string, ctx: Context): string {
   return abs.slice(ctx.resolver.root.length + 1);
 }
 
-const XATTR_PREFIX = 'SCHILY.xattr.';
+const XATTR_PREFIX = XATTR_PAX_PREFIX;
 
 function setXattrs(abs: string, header: Header, ctx: Context): void {
   const pax = header.pax as Record<string, string> | null | undefined;

@@ -239,7 +239,7 @@ async function applyXattrs(root: string, entries: readonly { path: string; xattr
     lines.push(`# file: ${escapeAttrPath(entry.path)}`);
     for (const [name, value] of Object.entries(entry.xattrs)) {
       if (!/^[A-Za-z0-9._-]+$/.test(name)) continue;
-      lines.push(`${name}=0s${Buffer.from(value, 'utf8').toString('base64')}`);
+      lines.push(`${name}=0s${Buffer.from(value, 'latin1').toString('base64')}`);
     }
     lines.push('');
   }

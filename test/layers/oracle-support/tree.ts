@@ -139,7 +139,7 @@ root = sys.argv[1]
 for item in json.load(sys.stdin):
     p = os.path.join(root, item['path'])
     for name, value in item['xattrs'].items():
-        os.setxattr(p, name, value.encode('utf-8', 'surrogateescape'), follow_symlinks=False)
+        os.setxattr(p, name, value.encode('latin-1'), follow_symlinks=False)
 `;
   await python(script, [root], JSON.stringify(xattrs));
 }
