@@ -180,7 +180,8 @@ describe('metadata', () => {
       { privileged: true, onXattrs: (path, xattrs) => calls.push([path, xattrs]) },
     );
     expect(calls).toEqual([
-      ['f', { 'user.test': 'hello', 'user.other': 'wörld' }],
+      // Values are byte strings (latin1, one character per byte): xattrs are binary.
+      ['f', { 'user.test': 'hello', 'user.other': Buffer.from('wörld').toString('latin1') }],
       ['d', { 'user.test': 'on a folder' }],
       // The path is the real one, inside the root.
       ['d/g', { 'user.test': 'through a symlinked parent' }],
