@@ -132,14 +132,19 @@ export class ContentStore {
     let writeError: unknown;
     try {
       try {
-        for await (const chunk of source as AsyncIterable<Uint8Array>) {
-          const position = bytes;
-          bytes += chunk.length;
-          if (bytes > expected.size) {
-            throw new RegistryError(`blob ${expected.digest}: received more than the expected ${expected.size} bytes`, { code: 'SIZE_MISMATCH' });
-          }
-          hash.update(chunk);
-          const done: Promise<void> = writeAt(fd, chunk, position).then(
+        // Network chunks are small (tens of KiB): they are gathered into
+        // writes of WRITE_BATCH bytes, so the per-call cost is paid rarely.
+        let batch: Uint8Array[] = [];
+        let batchBytes = 0;
+        let written = 0;
+        const flush = async (): Promise<void> => {
+          if (batchBytes === 0) return;
+          const data = batch.length === 1 ? (batch[0] as Uint8Array) : Buffer.concat(batch, batchBytes);
+          const position = written;
+          written += batchBytes;
+          batch = [];
+          batchBytes = 0;
+          const done: Promise<void> = writeAt(fd, data, position).then(
             () => void pending.delete(done),
             (error: unknown) => {
               writeError ??= error;
@@ -149,8 +154,19 @@ export class ContentStore {
           pending.add(done);
           if (pending.size >= MAX_PENDING_WRITES) await Promise.race(pending);
           if (writeError) throw writeError;
+        };
+        for await (const chunk of source as AsyncIterable<Uint8Array>) {
+          bytes += chunk.length;
+          if (bytes > expected.size) {
+            throw new RegistryError(`blob ${expected.digest}: received more than the expected ${expected.size} bytes`, { code: 'SIZE_MISMATCH' });
+          }
+          hash.update(chunk);
+          batch.push(chunk);
+          batchBytes += chunk.length;
+          if (batchBytes >= WRITE_BATCH) await flush();
           options.onProgress?.(bytes);
         }
+        await flush();
         await Promise.all(pending);
         if (writeError) throw writeError;
         verify(expected, bytes, `${parseDigest(expected.digest)?.algorithm ?? 'sha256'}:${hash.digest('hex')}`);
@@ -379,7 +395,9 @@ function verify(expected: Pick<Descriptor, 'digest' | 'size'>, bytes: number, di
 }
 
 /** Writes of one blob in flight at once (each holds its chunk until written). */
-const MAX_PENDING_WRITES = 16;
+const MAX_PENDING_WRITES = 8;
+/** Bytes gathered into one write. */
+const WRITE_BATCH = 1024 * 1024;
 
 /** Write all of `chunk` at `position` (the thread pool does the copy). */
 async function writeAt(fd: number, chunk: Uint8Array, position: number): Promise<void> {
