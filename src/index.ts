@@ -4,3 +4,19 @@
 export * from './definition/index.js';
 export * from './util/errors.js';
 export { formatReference, isOciReference, parseReference, type Reference } from './oci/reference.js';
+export {
+  inspectImage,
+  listImages,
+  pruneImages,
+  pullImage,
+  pushImage,
+  removeImages,
+  type ImageDetails,
+  type ImageSummary,
+  type TransferResult,
+} from './oci/image.js';
+export { login, logout } from './oci/login.js';
+export { ContentStore } from './oci/store.js';
+export { importDirectory } from './snapshot/import-dir.js';
+export { applyLayer, type ApplyOptions, type ApplyResult } from './layers/apply.js';
+export { assemble, type AssembleOptions, type AssembleResult } from './rootfs/assemble.js';
