@@ -1,13 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, createReadStream, createWriteStream, fsync, openSync, write } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
+import { closeSync, createReadStream, fsync, openSync, write } from 'node:fs';
+import { mkdir, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { InputError, RegistryError } from '../util/errors.js';
 import { syncDir, writeFileAtomic } from '../util/fs.js';
 import { isAlive, withLock } from '../util/lock.js';
-import { digestOf, DigestingStream, parseDigest } from './digest.js';
+import { digestOf, parseDigest, type Algorithm } from './digest.js';
 import { childrenOf, parseManifest, type Descriptor, type ImageIndex } from './manifest.js';
 import { isManifestType, MediaType } from './media-types.js';
 
@@ -116,67 +115,17 @@ export class ContentStore {
    * nothing is kept. Two writers of the same blob both succeed.
    */
   async ingest(expected: Pick<Descriptor, 'digest' | 'size'>, source: Readable | AsyncIterable<Uint8Array>, options: IngestOptions = {}): Promise<void> {
-    const target = this.blobPath(expected.digest);
+    this.blobPath(expected.digest); // refuses a digest that is not one before anything touches the disk
     if (await this.has(expected)) {
       if (source instanceof Readable) source.destroy();
       return;
     }
-    const temp = join(this.root, 'ingest', `${parseDigest(expected.digest)?.hex ?? 'blob'}.${process.pid}.${randomBytes(6).toString('hex')}`);
-    const hash = createHash(parseDigest(expected.digest)?.algorithm ?? 'sha256');
-    let bytes = 0;
-    // A plain loop, not a pipeline of streams: each chunk is counted and hashed
-    // here, and written at its offset by the thread pool, a few writes in
-    // flight at once, so copying into the page cache overlaps the download.
-    const fd = openSync(temp, 'wx', 0o644);
-    const pending = new Set<Promise<void>>();
-    let writeError: unknown;
+    const algorithm = parseDigest(expected.digest)?.algorithm ?? 'sha256';
+    const temp = this.tempPath(parseDigest(expected.digest)?.hex ?? 'blob');
     try {
-      try {
-        // Network chunks are small (tens of KiB): they are gathered into
-        // writes of WRITE_BATCH bytes, so the per-call cost is paid rarely.
-        let batch: Uint8Array[] = [];
-        let batchBytes = 0;
-        let written = 0;
-        const flush = async (): Promise<void> => {
-          if (batchBytes === 0) return;
-          const data = batch.length === 1 ? (batch[0] as Uint8Array) : Buffer.concat(batch, batchBytes);
-          const position = written;
-          written += batchBytes;
-          batch = [];
-          batchBytes = 0;
-          const done: Promise<void> = writeAt(fd, data, position).then(
-            () => void pending.delete(done),
-            (error: unknown) => {
-              writeError ??= error;
-              pending.delete(done);
-            },
-          );
-          pending.add(done);
-          if (pending.size >= MAX_PENDING_WRITES) await Promise.race(pending);
-          if (writeError) throw writeError;
-        };
-        for await (const chunk of source as AsyncIterable<Uint8Array>) {
-          bytes += chunk.length;
-          if (bytes > expected.size) {
-            throw new RegistryError(`blob ${expected.digest}: received more than the expected ${expected.size} bytes`, { code: 'SIZE_MISMATCH' });
-          }
-          hash.update(chunk);
-          batch.push(chunk);
-          batchBytes += chunk.length;
-          if (batchBytes >= WRITE_BATCH) await flush();
-          options.onProgress?.(bytes);
-        }
-        await flush();
-        await Promise.all(pending);
-        if (writeError) throw writeError;
-        verify(expected, bytes, `${parseDigest(expected.digest)?.algorithm ?? 'sha256'}:${hash.digest('hex')}`);
-        await fsyncFd(fd);
-      } finally {
-        await Promise.allSettled(pending);
-        closeSync(fd);
-      }
-      await rename(temp, target);
-      await syncDir(join(target, '..'));
+      const spooled = await spool(temp, source, algorithm, { expected, ...(options.onProgress ? { onProgress: options.onProgress } : {}) });
+      verify(expected, spooled.bytes, spooled.digest);
+      await this.commit(temp, expected.digest);
     } catch (error) {
       if (source instanceof Readable) source.destroy();
       await rm(temp, { force: true });
@@ -189,23 +138,30 @@ export class ContentStore {
    * producing, such as a new layer); returns its descriptor.
    */
   async write(source: Readable, mediaType: string): Promise<Descriptor> {
-    const temp = join(this.root, 'ingest', `new.${process.pid}.${randomBytes(6).toString('hex')}`);
-    const hasher = new DigestingStream('sha256');
+    const temp = this.tempPath('new');
     try {
-      await pipeline(source, hasher, createWriteStream(temp, { flags: 'wx', mode: 0o644 }));
-      const descriptor = { mediaType, digest: hasher.digest(), size: hasher.bytes };
-      if (await this.has(descriptor)) {
-        await rm(temp, { force: true });
-        return descriptor;
-      }
-      await fsyncFile(temp);
-      await rename(temp, this.blobPath(descriptor.digest));
-      await syncDir(join(this.blobPath(descriptor.digest), '..'));
+      const spooled = await spool(temp, source, 'sha256', {});
+      const descriptor = { mediaType, digest: spooled.digest, size: spooled.bytes };
+      if (await this.has(descriptor)) await rm(temp, { force: true });
+      else await this.commit(temp, descriptor.digest);
       return descriptor;
     } catch (error) {
+      source.destroy();
       await rm(temp, { force: true });
       throw error;
     }
+  }
+
+  /** A fresh temporary file name under ingest/, naming its writer's pid (see cleanIngest). */
+  private tempPath(prefix: string): string {
+    return join(this.root, 'ingest', `${prefix}.${process.pid}.${randomBytes(6).toString('hex')}`);
+  }
+
+  /** Make a spooled, verified temporary file the blob `digest`, durably. */
+  private async commit(temp: string, digest: string): Promise<void> {
+    const target = this.blobPath(digest);
+    await rename(temp, target);
+    await syncDir(join(target, '..'));
   }
 
   /** Store a small blob held in memory; returns its descriptor. */
@@ -394,6 +350,71 @@ function verify(expected: Pick<Descriptor, 'digest' | 'size'>, bytes: number, di
   }
 }
 
+/**
+ * Stream `source` into a new file `temp`, counting and hashing as it goes,
+ * and flush it to disk. A plain loop, not a pipeline of streams: chunks are
+ * gathered into writes of WRITE_BATCH bytes (network chunks are tens of KiB)
+ * and written at their offsets by the thread pool, a few in flight at once,
+ * so copying into the page cache overlaps the download. With `expected`, a
+ * source that sends more than its size fails as soon as it does. The caller
+ * removes `temp` on failure.
+ */
+async function spool(
+  temp: string,
+  source: AsyncIterable<Uint8Array>,
+  algorithm: Algorithm,
+  options: { expected?: Pick<Descriptor, 'digest' | 'size'>; onProgress?: (bytes: number) => void },
+): Promise<{ bytes: number; digest: string }> {
+  const hash = createHash(algorithm);
+  const fd = openSync(temp, 'wx', 0o644);
+  const pending = new Set<Promise<void>>();
+  let writeError: unknown;
+  let bytes = 0;
+  let batch: Uint8Array[] = [];
+  let batchBytes = 0;
+  let written = 0;
+  const flush = async (): Promise<void> => {
+    if (batchBytes === 0) return;
+    const data = batch.length === 1 ? (batch[0] as Uint8Array) : Buffer.concat(batch, batchBytes);
+    const position = written;
+    written += batchBytes;
+    batch = [];
+    batchBytes = 0;
+    const done: Promise<void> = writeAt(fd, data, position).then(
+      () => void pending.delete(done),
+      (error: unknown) => {
+        writeError ??= error;
+        pending.delete(done);
+      },
+    );
+    pending.add(done);
+    if (pending.size >= MAX_PENDING_WRITES) await Promise.race(pending);
+    if (writeError) throw writeError;
+  };
+  try {
+    for await (const chunk of source) {
+      bytes += chunk.length;
+      const { expected } = options;
+      if (expected && bytes > expected.size) {
+        throw new RegistryError(`blob ${expected.digest}: received more than the expected ${expected.size} bytes`, { code: 'SIZE_MISMATCH' });
+      }
+      hash.update(chunk);
+      batch.push(chunk);
+      batchBytes += chunk.length;
+      if (batchBytes >= WRITE_BATCH) await flush();
+      options.onProgress?.(bytes);
+    }
+    await flush();
+    await Promise.all(pending);
+    if (writeError) throw writeError;
+    await fsyncFd(fd);
+  } finally {
+    await Promise.allSettled(pending);
+    closeSync(fd);
+  }
+  return { bytes, digest: `${algorithm}:${hash.digest('hex')}` };
+}
+
 /** Writes of one blob in flight at once (each holds its chunk until written). */
 const MAX_PENDING_WRITES = 8;
 /** Bytes gathered into one write. */
@@ -414,14 +435,6 @@ function fsyncFd(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fsync(fd, (error) => (error ? reject(error) : resolve())));
 }
 
-async function fsyncFile(path: string): Promise<void> {
-  const handle = await open(path, 'r');
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
 
 async function exists(path: string): Promise<boolean> {
   try {
