@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Transform } from 'node:stream';
 import { applyLayer, type ApplyOptions, type ApplyResult } from '../layers/apply.js';
-import { decompress } from '../layers/decompress.js';
+import { decompressZstd } from '../layers/decompress.js';
 import { inflateFile } from '../layers/inflate-thread.js';
 import { MAX_MANIFEST_BYTES, parseManifest, type Descriptor, type ImageManifest } from '../oci/manifest.js';
 import { layerCompression } from '../oci/media-types.js';
@@ -64,12 +64,12 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyRes
         callback(null, chunk);
       },
     });
-    const plain = await decompress(options.store.openBlob(options.layer.digest), compression);
+    const plain = await decompressZstd(options.store.openBlob(options.layer.digest));
     plain.on('error', (error) => hasher.destroy(error));
     // Fix: when applying stops early (a bad entry), applyLayer destroys only
     // `hasher`; `plain` was left paused mid-stream, so a `zstd -dc` child stayed
     // blocked writing to its pipe for good and kept the process from exiting.
-    // Tearing `plain` down ends the decompressor (and, via decompress(), the blob).
+    // Tearing `plain` down ends the decompressor (and, via decompressZstd(), the blob).
     hasher.once('close', () => plain.destroy());
     tar = plain.pipe(hasher);
     let digest: string | undefined;
