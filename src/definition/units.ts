@@ -32,14 +32,3 @@ export function parseDuration(value: string): number | undefined {
   if (!match) return undefined;
   return Number(match[1]) * (DURATION_MS[match[2] ?? 's'] ?? 1000);
 }
-
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return `${Number.isInteger(value) ? value : value.toFixed(1)} ${units[unit]}`;
-}
