@@ -34,7 +34,7 @@ import { LayerError } from '../../src/util/errors.js';
 import { buildImage, buildIndex, buildRawImage, compress, MEDIA_TYPE, tarOf, type LayerCompression } from './oracle-support/image.js';
 import { runOracle, type OracleContext, type OracleRun } from './oracle-support/oracle.js';
 import { FIXED_DIFFERENCES, KNOWN_DIFFERENCES, REFUSED, REGRESSIONS, STACKS, withCompression, type Stack } from './oracle-support/stacks.js';
-import type { Entry } from './oracle-support/tar.js';
+import type { Entry } from '../helpers/layer-tar.js';
 import { canReadXattrs, type Tree } from './oracle-support/tree.js';
 import { csUnpack, umociUnpack } from './oracle-support/unpackers.js';
 

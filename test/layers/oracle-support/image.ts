@@ -11,7 +11,7 @@ import { execa } from 'execa';
 import type { Descriptor } from '../../../src/oci/manifest.js';
 import { MediaType } from '../../../src/oci/media-types.js';
 import type { ContentStore } from '../../../src/oci/store.js';
-import { layerTar, type Entry } from './tar.js';
+import { layerTar, type Entry } from '../../helpers/layer-tar.js';
 
 export type LayerCompression = 'gzip' | 'zstd' | 'none';
 

@@ -7,7 +7,7 @@
  * that out on purpose, or hit other differences, one at a time.
  */
 import type { LayerSpec } from './image.js';
-import type { Entry } from './tar.js';
+import type { Entry } from '../../helpers/layer-tar.js';
 
 export interface Stack {
   name: string;

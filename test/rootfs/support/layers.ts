@@ -10,32 +10,13 @@ import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip, gzipSync } from 'node:zlib';
-import { pack, type Header } from 'tar-stream';
+import { pack } from 'tar-stream';
+import { layerTar as tarOf, type Entry, type EntryBase } from '../../helpers/layer-tar.js';
 import type { Descriptor } from '../../../src/oci/manifest.js';
 import { MediaType } from '../../../src/oci/media-types.js';
 import type { ContentStore } from '../../../src/oci/store.js';
 
-export type EntryBase = {
-  path: string;
-  mode?: number;
-  uid?: number;
-  gid?: number;
-  /** Seconds since the epoch (default: MTIME). */
-  mtime?: number;
-  /** Extra PAX records, e.g. `SCHILY.xattr.user.note`. */
-  pax?: Record<string, string>;
-};
-
-export type Entry =
-  | (EntryBase & { type: 'dir' })
-  | (EntryBase & { type: 'file'; content?: string | Buffer })
-  | (EntryBase & { type: 'symlink'; target: string })
-  | (EntryBase & { type: 'hardlink'; target: string })
-  | (EntryBase & { type: 'fifo' })
-  /** `dir/.wh.name`: hides `path` of the lower layers. */
-  | { type: 'whiteout'; path: string }
-  /** `path/.wh..wh..opq`: hides what the lower layers had in `path`. */
-  | { type: 'opaque'; path: string };
+export type { Entry, EntryBase } from '../../helpers/layer-tar.js';
 
 /** Default mtime of every entry: 2020-09-13. */
 export const MTIME = 1_600_000_000;
@@ -50,57 +31,9 @@ export const hardlink = (path: string, target: string): Entry => ({ type: 'hardl
 export const whiteout = (path: string): Entry => ({ type: 'whiteout', path });
 export const opaque = (path: string): Entry => ({ type: 'opaque', path });
 
-type Headers = Partial<Header> & Pick<Header, 'name'>;
-
-function split(path: string): [string, string] {
-  const trimmed = path.replace(/\/+$/, '');
-  const slash = trimmed.lastIndexOf('/');
-  return slash === -1 ? ['', trimmed] : [trimmed.slice(0, slash + 1), trimmed.slice(slash + 1)];
-}
-
-function headerOf(entry: Entry): { header: Headers; body?: Buffer } {
-  const mtime = new Date(MTIME * 1000);
-  if (entry.type === 'whiteout') {
-    const [parent, base] = split(entry.path);
-    return { header: { name: `${parent}.wh.${base}`, type: 'file', mode: 0o644, mtime }, body: Buffer.alloc(0) };
-  }
-  if (entry.type === 'opaque') {
-    const d = entry.path.replace(/\/+$/, '');
-    return { header: { name: `${d === '' ? '' : `${d}/`}.wh..wh..opq`, type: 'file', mode: 0o644, mtime }, body: Buffer.alloc(0) };
-  }
-  const type: Header['type'] = entry.type === 'dir' ? 'directory' : entry.type === 'hardlink' ? 'link' : entry.type;
-  const header: Headers = {
-    name: entry.type === 'dir' && !entry.path.endsWith('/') ? `${entry.path}/` : entry.path,
-    type,
-    mode: entry.mode ?? (entry.type === 'dir' ? 0o755 : entry.type === 'symlink' ? 0o777 : 0o644),
-    uid: entry.uid ?? 0,
-    gid: entry.gid ?? 0,
-    mtime: entry.mtime === undefined ? mtime : new Date(entry.mtime * 1000),
-  };
-  if (entry.pax) header.pax = { ...entry.pax };
-  if (entry.type === 'symlink' || entry.type === 'hardlink') header.linkname = entry.target;
-  if (entry.type === 'file') return { header, body: Buffer.from(entry.content ?? '') };
-  return { header };
-}
-
-/** The uncompressed tar of `entries`, in that order. */
-export async function layerTar(entries: readonly Entry[]): Promise<Buffer> {
-  const p = pack();
-  const chunks: Buffer[] = [];
-  const done = (async () => {
-    for await (const chunk of p as unknown as AsyncIterable<Buffer>) chunks.push(chunk);
-  })();
-  for (const entry of entries) {
-    const { header, body } = headerOf(entry);
-    await new Promise<void>((resolve, reject) => {
-      const callback = (error?: Error | null): void => (error ? reject(error) : resolve());
-      if (body !== undefined) p.entry(header, body, callback);
-      else p.entry(header, callback);
-    });
-  }
-  p.finalize();
-  await done;
-  return Buffer.concat(chunks);
+/** The uncompressed tar of `entries`, in that order (default mtime: MTIME). */
+export function layerTar(entries: readonly Entry[]): Promise<Buffer> {
+  return tarOf(entries, MTIME);
 }
 
 export interface StoredLayer {

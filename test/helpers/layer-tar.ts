@@ -1,7 +1,7 @@
 /**
- * Layer tars for the oracle, written entry by entry with tar-stream's
- * `pack()`. A layer is a list of entries in tar order; whiteouts and opaque
- * markers are entries too, so a stack can put them anywhere in the tar.
+ * Layer tars for tests (the umoci oracle, rootfs assembly), written entry by
+ * entry with tar-stream's `pack()`. A layer is a list of entries in tar order;
+ * whiteouts and opaque markers are entries too, so a stack can put them anywhere.
  *
  * tar-stream writes ustar headers and switches to PAX on its own for names
  * that do not fit. GNU long names ('L'/'K' records, what GNU tar and old
