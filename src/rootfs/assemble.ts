@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
-import { lstatSync, readdirSync, createWriteStream } from 'node:fs';
-import { appendFile, lstat, mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync, lstatSync, readdirSync, createWriteStream } from 'node:fs';
+import { appendFile, lstat, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { DeferredMetadata } from '../layers/apply.js';
@@ -37,7 +37,13 @@ export interface AssembleSnapshot {
 
 export interface AssembleOptions {
   snapshots: readonly AssembleSnapshot[];
-  out: string;
+  /**
+   * Where to write. A function gets the chain id: that is how shared images
+   * are named by content (`images/CHAIN.erofs`); such an output is written
+   * under a temporary name and renamed into place, and an existing one is
+   * reused as it is.
+   */
+  out: string | ((chainId: string) => string);
   format: OutputFormat;
   /** Replace `out` if it exists. */
   force?: boolean;
@@ -85,15 +91,19 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   // Fix: stat() follows symlinks, so an --out that was a dangling symlink
   // counted as absent (even with --force) and the write failed at the very end
   // with a raw ENOENT/EEXIST, reported as an internal error (exit 1).
-  const outInfo = await lstat(options.out).catch(() => undefined);
-  if (outInfo && !options.force) throw new InputError(`${options.out} already exists; use --force to replace it`);
+  const shared = typeof options.out === 'function';
+  const fixedOut = typeof options.out === 'string' ? options.out : undefined;
+  const outInfo = fixedOut === undefined ? undefined : await lstat(fixedOut).catch(() => undefined);
+  if (outInfo && !options.force) throw new InputError(`${fixedOut} already exists; use --force to replace it`);
   // Fix: an --out in a folder that did not exist failed only after the whole
   // build, with a raw ENOENT for tar (exit 1) and mkfs's usage text for erofs
   // and ext4 (exit 5), while `dir` created its missing parents. Create them
   // for every format, before the build, and say plainly when that fails.
-  await mkdir(dirname(options.out), { recursive: true }).catch((error: Error) => {
-    throw new InputError(`cannot create the folder of ${options.out}: ${error.message}`, { cause: error });
-  });
+  if (fixedOut !== undefined) {
+    await mkdir(dirname(fixedOut), { recursive: true }).catch((error: Error) => {
+      throw new InputError(`cannot create the folder of ${fixedOut}: ${error.message}`, { cause: error });
+    });
+  }
 
   const context = options.context ?? (await openImageContext(options.env ? { env: options.env } : {}));
   const units: Unit[] = [];
@@ -129,6 +139,10 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   const chain = chainIds(ids);
   const keys = keyAt.map((j) => chain[j] as string);
   const finalChain = keys[keys.length - 1] as string;
+  const out = typeof options.out === 'string' ? options.out : options.out(finalChain);
+  if (shared && existsSync(out)) {
+    return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
+  }
   const cache = new TreeCache(join(dataDir(options.env), 'rootfs'));
   await cache.prune();
 
@@ -191,9 +205,22 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
 
   const tree = cache.treePath(finalChain);
   phase(`write ${options.format}`);
-  if (outInfo) await rm(options.out, { recursive: true, force: true });
-  const bytes = await writeOutput(tree, options.out, options.format);
-  return { out: options.out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
+  if (!shared) {
+    if (outInfo) await rm(out, { recursive: true, force: true });
+    const bytes = await writeOutput(tree, out, options.format);
+    return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
+  }
+  await mkdir(dirname(out), { recursive: true });
+  const temp = `${out}.tmp-${process.pid}-${Date.now()}`;
+  let bytes: number;
+  try {
+    bytes = await writeOutput(tree, temp, options.format);
+    await rename(temp, out);
+  } catch (error) {
+    await rm(temp, { recursive: true, force: true });
+    throw error;
+  }
+  return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
 }
 
 /** The pseudo diff_id of "the runtime folders were emptied" in cache keys. */

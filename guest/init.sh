@@ -1,0 +1,139 @@
+#!/bin/busybox sh
+# cs guest init: runs as PID 1 from the initramfs, never from the user's image.
+#
+# It loads the virtio modules, finds the disks by their serial numbers
+# (cs-lower0 is the top snapshot image, cs-lowerN the ones below it, cs-disk
+# the workspace's own ext4 disk), stacks the read-only snapshot images under
+# the disk's writable layer with overlayfs, writes the host identity files,
+# brings up the network of QEMU's user mode, and hands PID 1 to the cs agent
+# inside the new root. Settings come from the kernel command line (cs.*=).
+#
+# Any failure prints "cs-init: FATAL: ..." on the console and powers off, so
+# the host sees a clean exit with the reason in the console log instead of a
+# hung VM.
+
+/bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin /sysroot /lower /disk
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+# Console lines carry the kernel's uptime so the host can time each phase.
+say() {
+  read -r up _ </proc/uptime 2>/dev/null || up=?
+  echo "cs-init[$up]: $*" >/dev/console
+}
+
+fatal() {
+  say "FATAL: $*"
+  sync
+  poweroff -f
+  exit 1
+}
+
+mount -t proc proc /proc || fatal "cannot mount /proc"
+mount -t sysfs sysfs /sys || fatal "cannot mount /sys"
+mount -t devtmpfs devtmpfs /dev || fatal "cannot mount /dev"
+
+CMDLINE="$(cat /proc/cmdline)"
+arg() {
+  for word in $CMDLINE; do
+    case "$word" in
+      "$1="*) echo "${word#*=}"; return 0 ;;
+    esac
+  done
+  return 1
+}
+
+say "start"
+for module in /modules/*.ko; do
+  [ -e "$module" ] || continue
+  insmod "$module" 2>/dev/console || fatal "cannot load module ${module##*/}"
+done
+
+if [ "$(arg cs.probe)" = "1" ]; then
+  say "probe ok"
+  poweroff -f
+fi
+
+# Time: the microvm has no RTC; the host passes its clock.
+now="$(arg cs.time)" && date -s "@$now" >/dev/null 2>&1
+
+# Disks, by serial number (device names depend on probe order).
+disk_by_serial() {
+  for dev in /sys/block/vd*; do
+    [ -e "$dev/serial" ] || continue
+    if [ "$(cat "$dev/serial")" = "$1" ]; then
+      echo "/dev/${dev##*/}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+tries=0
+until disk_by_serial cs-disk >/dev/null; do
+  tries=$((tries + 1))
+  [ "$tries" -gt 100 ] && fatal "the workspace disk (serial cs-disk) did not appear"
+  sleep 0.05
+done
+
+lowers=""
+n=0
+while dev="$(disk_by_serial "cs-lower$n")"; do
+  mkdir -p "/lower/$n"
+  mount -t erofs -o ro "$dev" "/lower/$n" || fatal "cannot mount snapshot image $n ($dev)"
+  lowers="${lowers:+$lowers:}/lower/$n"
+  n=$((n + 1))
+done
+[ -n "$lowers" ] || fatal "no snapshot image attached"
+
+disk="$(disk_by_serial cs-disk)"
+mount -t ext4 -o noatime "$disk" /disk || fatal "cannot mount the workspace disk ($disk)"
+mkdir -p /disk/upper /disk/work || fatal "cannot prepare the workspace disk"
+mount -t overlay overlay -o "lowerdir=$lowers,upperdir=/disk/upper,workdir=/disk/work" /sysroot ||
+  fatal "cannot stack the snapshots with overlayfs"
+
+say "root ready"
+
+# Kernel and runtime filesystems inside the new root.
+for d in proc sys dev run tmp; do
+  [ -d "/sysroot/$d" ] || { rm -f "/sysroot/$d"; mkdir -p "/sysroot/$d"; }
+done
+mount -t tmpfs -o mode=0755,nosuid,nodev run /sysroot/run || fatal "cannot mount /run"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmp /sysroot/tmp || fatal "cannot mount /tmp"
+mount --move /proc /sysroot/proc
+mount --move /sys /sysroot/sys
+mount --move /dev /sysroot/dev
+mkdir -p /sysroot/dev/pts /sysroot/dev/shm
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /sysroot/dev/pts
+mount -t tmpfs -o mode=1777,nosuid,nodev shm /sysroot/dev/shm
+[ -e /sysroot/dev/ptmx ] || ln -s pts/ptmx /sysroot/dev/ptmx
+
+mkdir -p /sysroot/run/cs
+cp /cs/agent /sysroot/run/cs/agent || fatal "cannot install the agent"
+cp /bin/busybox /sysroot/run/cs/busybox
+chmod 0755 /sysroot/run/cs/agent /sysroot/run/cs/busybox
+
+# Identity files. A symlink left by the image is replaced by a file: writes
+# from here never follow a link out of the guest's root.
+name="$(arg cs.hostname)" || name=workspace
+hostname "$name"
+replace_file() {
+  rm -f "/sysroot$1"
+  cat >"/sysroot$1"
+}
+mkdir -p /sysroot/etc
+echo "$name" | replace_file /etc/hostname
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" | replace_file /etc/hosts
+
+# QEMU user networking: fixed addresses, DNS on the gateway's neighbour.
+ip link set lo up
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up
+  ip addr add 10.0.2.15/24 dev eth0
+  ip route add default via 10.0.2.2
+  echo "nameserver 10.0.2.3" | replace_file /etc/resolv.conf
+fi
+
+say "starting the agent"
+exec switch_root /sysroot /run/cs/agent
+fatal "switch_root failed"

@@ -1,0 +1,98 @@
+/**
+ * The QEMU `microvm` command line for a workspace. One function builds it
+ * from a typed description so the supervisor, the accelerator probe and the
+ * tests all boot the same machine; see PLATFORM facts in docs/architecture.md
+ * for why each setting is there.
+ */
+
+export type Accelerator = 'kvm' | 'tcg';
+
+export interface PortForward {
+  protocol: 'tcp' | 'udp';
+  hostAddress: string;
+  hostPort: number;
+  guestPort: number;
+}
+
+export interface MachineSpec {
+  qemu?: string;
+  accel: Accelerator;
+  cpus: number;
+  memoryMiB: number;
+  kernel: string;
+  initrd: string;
+  /** Read-only snapshot images, top first (personal, home, base). */
+  lowers: readonly string[];
+  /** The workspace's writable ext4 disk. */
+  disk?: string;
+  /** Unix socket paths QEMU listens on (relative to the QEMU process's cwd is fine). */
+  agentSocket?: string;
+  qmpSocket?: string;
+  consoleLog: string;
+  hostname?: string;
+  network?: boolean;
+  forwards?: readonly PortForward[];
+  /** Extra `cs.*` settings for the guest init. */
+  settings?: Readonly<Record<string, string>>;
+}
+
+/**
+ * Kernel arguments. Under TCG the Debian kernel hangs in TSC calibration about
+ * half the time; giving it the TSC frequency and skipping the timer check made
+ * 20 of 20 boots succeed. `panic=-1 reboot=t` with `-no-reboot` turns a guest
+ * panic into a QEMU exit instead of a hang.
+ */
+export function kernelCommandLine(spec: Pick<MachineSpec, 'accel' | 'hostname' | 'settings'>, now = Date.now()): string {
+  const args = ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', 'rw'];
+  if (spec.accel === 'tcg') args.push('tsc_early_khz=2000000', 'no_timer_check');
+  args.push(`cs.time=${Math.floor(now / 1000)}`);
+  if (spec.hostname) args.push(`cs.hostname=${spec.hostname}`);
+  for (const [key, value] of Object.entries(spec.settings ?? {})) {
+    if (!/^[a-z][a-z0-9_.-]*$/.test(key) || /\s/.test(value)) throw new Error(`bad guest setting ${key}=${value}`);
+    args.push(`cs.${key}=${value}`);
+  }
+  return args.join(' ');
+}
+
+/** QEMU's option syntax doubles a comma inside a value. */
+function q(value: string): string {
+  return value.replace(/,/g, ',,');
+}
+
+export function qemuArgs(spec: MachineSpec, now = Date.now()): string[] {
+  const args = [
+    '-M', 'microvm,x-option-roms=off,isa-serial=on,rtc=off',
+    '-accel', spec.accel,
+    ...(spec.accel === 'kvm' ? ['-cpu', 'host'] : []),
+    '-smp', String(spec.cpus),
+    '-m', `${spec.memoryMiB}M`,
+    '-nodefaults', '-no-user-config', '-nographic', '-no-reboot',
+    '-kernel', spec.kernel,
+    '-initrd', spec.initrd,
+    '-append', kernelCommandLine(spec, now),
+    '-chardev', `file,id=console,path=${q(spec.consoleLog)}`,
+    '-serial', 'chardev:console',
+  ];
+  spec.lowers.forEach((image, i) => {
+    args.push('-drive', `id=lower${i},file=${q(image)},format=raw,if=none,readonly=on`);
+    args.push('-device', `virtio-blk-device,drive=lower${i},serial=cs-lower${i}`);
+  });
+  if (spec.disk) {
+    args.push('-drive', `id=disk,file=${q(spec.disk)},format=raw,if=none,discard=unmap,detect-zeroes=unmap`);
+    args.push('-device', 'virtio-blk-device,drive=disk,serial=cs-disk');
+  }
+  if (spec.agentSocket) {
+    args.push('-device', 'virtio-serial-device');
+    args.push('-chardev', `socket,id=agent,path=${q(spec.agentSocket)},server=on,wait=off`);
+    args.push('-device', 'virtserialport,chardev=agent,name=cs.agent');
+  }
+  if (spec.network) {
+    const forwards = (spec.forwards ?? []).map((f) => `,hostfwd=${f.protocol}:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`).join('');
+    args.push('-netdev', `user,id=net0${forwards}`);
+    args.push('-device', 'virtio-net-device,netdev=net0');
+  }
+  if (spec.qmpSocket) args.push('-qmp', `unix:${q(spec.qmpSocket)},server=on,wait=off`);
+  return args;
+}
+
+export const QEMU_BINARY = 'qemu-system-x86_64';

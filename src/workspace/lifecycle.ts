@@ -1,0 +1,429 @@
+import { spawn } from 'node:child_process';
+import { existsSync, openSync, closeSync } from 'node:fs';
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadSandbox } from '../definition/load.js';
+import type { SnapshotRef, Workspace } from '../definition/model.js';
+import { WORKSPACE_HOME } from '../definition/model.js';
+import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
+import { formatReference } from '../oci/reference.js';
+import { assemble, type AssembleSnapshot } from '../rootfs/assemble.js';
+import { InputError, UsageError, VmError } from '../util/errors.js';
+import { withLock } from '../util/lock.js';
+import { dataDir, type Env } from '../util/paths.js';
+import { run } from '../util/process.js';
+import { chooseAccelerator } from '../vm/accel.js';
+import { ensureInitramfs } from '../vm/initramfs.js';
+import { ensureKernel } from '../vm/kernel.js';
+import { allocatePorts } from './ports.js';
+import {
+  FILES,
+  listWorkspaces,
+  readRecord,
+  readRun,
+  sandboxesDir,
+  statusOf,
+  supervisorAlive,
+  writeRecord,
+  type RunRecord,
+  type Status,
+  type WorkspaceRecord,
+} from './state.js';
+
+/**
+ * A workspace's life on the host: create (resolve its snapshots to shared
+ * read-only images, make its own sparse disk, start its supervisor), suspend
+ * (stop the VM, keep the disk), resume, remove. The supervisor (one detached
+ * process per running workspace, see supervisor.ts) owns the VM and the
+ * start-up steps; these functions only change what is wanted and wait for it.
+ */
+
+export interface LifecycleOptions {
+  env?: Env;
+  onPhase?: (phase: string) => void;
+}
+
+export interface WorkspaceSummary {
+  sandbox: string;
+  workspace: string;
+  status: Status;
+  phase?: string;
+  step?: string;
+  error?: string;
+  accel: string;
+  cpus: number;
+  memoryMiB: number;
+  diskBytes: number;
+  ports: WorkspaceRecord['ports'];
+  createdAt: string;
+  file: string;
+  dir: string;
+  pid?: number;
+  timings?: Record<string, number>;
+}
+
+function imageOf(ref: SnapshotRef, field: string, where: string): string {
+  if (ref.kind === 'oci') return formatReference(ref.reference);
+  // Catalogue names come with the snapshots issue; until then an image in the
+  // local store with that name stands in for the snapshot.
+  if (!ref.name) throw new InputError(`${where}: ${field} is empty`);
+  return ref.name;
+}
+
+function snapshotsOf(sandbox: string, ws: Workspace): AssembleSnapshot[] {
+  const where = `workspace ${sandbox}/${ws.name}`;
+  if (!ws.baseSnapshot) {
+    throw new InputError(`${where} has no base_snapshot, so there is nothing to boot`, {
+      suggestions: ['set `base_snapshot: oci://REF` (an image) in the definition'],
+    });
+  }
+  const out: AssembleSnapshot[] = [{ reference: imageOf(ws.baseSnapshot, 'base_snapshot', where), kind: 'base' }];
+  if (ws.homeSnapshot) out.push({ reference: imageOf(ws.homeSnapshot, 'home_snapshot', where), kind: 'home' });
+  return out;
+}
+
+export function imagesDir(env?: Env): string {
+  return join(dataDir(env), 'images');
+}
+
+/** A sparse ext4 file: costs what is written to it, not its size. */
+export async function makeDisk(path: string, bytes: number): Promise<void> {
+  const mib = Math.max(64, Math.floor(bytes / (1024 * 1024)));
+  await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1', '-L', 'cs-workspace', path, `${mib}M`]);
+}
+
+export interface CreateOptions extends LifecycleOptions {
+  file: string;
+  /** The sandbox's name; default the definition's. */
+  name?: string;
+  wait?: boolean;
+  waitTimeoutMs?: number;
+}
+
+export interface SandboxResult {
+  sandbox: string;
+  file: string;
+  workspaces: WorkspaceSummary[];
+}
+
+function checkName(name: string): string {
+  if (!isResourceName(name)) throw new UsageError(`invalid sandbox name "${name}": ${RESOURCE_NAME_RULE}`);
+  return name.toLowerCase();
+}
+
+export async function createSandbox(options: CreateOptions): Promise<SandboxResult> {
+  const phase = options.onPhase ?? (() => undefined);
+  const sandbox = await loadSandbox({ file: options.file });
+  const name = checkName(options.name ?? sandbox.name);
+  const root = join(sandboxesDir(options.env), name);
+  if (existsSync(root)) {
+    throw new InputError(`sandbox "${name}" already exists`, { suggestions: [`remove it first with \`cs sandbox remove ${name}\`, or pick another name`] });
+  }
+  if (sandbox.workspaces.length === 0) throw new InputError(`${options.file} defines no workspaces`);
+  const plans = sandbox.workspaces.map((ws) => ({ ws, snapshots: snapshotsOf(name, ws) }));
+
+  phase('kernel');
+  const envOpt = options.env ? { env: options.env } : {};
+  const kernel = await ensureKernel({ ...envOpt, onPhase: phase });
+  phase('initramfs');
+  const initramfs = await ensureInitramfs({ kernel, ...envOpt });
+  phase('accelerator');
+  const verdict = await chooseAccelerator({ kernel: kernel.vmlinuz, initrd: initramfs.path, ...envOpt });
+
+  await mkdir(sandboxesDir(options.env), { recursive: true });
+  const staging = join(sandboxesDir(options.env), `.new-${name}-${process.pid}-${Date.now()}`);
+  await mkdir(staging, { recursive: true });
+  try {
+    const taken = await portsInUse(options.env);
+    for (const { ws, snapshots } of plans) {
+      phase(`snapshots of ${ws.name}`);
+      const image = await assemble({
+        snapshots,
+        out: (chain) => join(imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
+        format: 'erofs',
+        home: WORKSPACE_HOME,
+        ...envOpt,
+        onPhase: (p) => phase(`${ws.name}: ${p}`),
+      });
+      const dir = join(staging, ws.name);
+      await mkdir(dir);
+      phase(`disk of ${ws.name}`);
+      await makeDisk(join(dir, FILES.disk), ws.resources.diskBytes);
+      const record: WorkspaceRecord = {
+        version: 1,
+        sandbox: name,
+        name: ws.name,
+        file: options.file,
+        createdAt: new Date().toISOString(),
+        desired: 'running',
+        spec: ws,
+        lowers: [image.out],
+        chainId: image.chainId,
+        kernel: { version: kernel.version, vmlinuz: kernel.vmlinuz },
+        initramfs: initramfs.path,
+        accel: verdict.accel,
+        cpus: ws.resources.cpus,
+        memoryMiB: ws.resources.memoryMiB,
+        diskBytes: ws.resources.diskBytes,
+        ports: await allocatePorts(ws.ports, taken),
+      };
+      await writeRecord(dir, record);
+    }
+    await writeFile(join(staging, 'sandbox.json'), JSON.stringify({ name, file: options.file, createdAt: new Date().toISOString() }, null, 2) + '\n');
+    await rename(staging, root).catch((error: NodeJS.ErrnoException) => {
+      throw new InputError(`sandbox "${name}" was created by someone else meanwhile`, { cause: error });
+    });
+  } catch (error) {
+    await rm(staging, { recursive: true, force: true });
+    throw error;
+  }
+  for (const { ws } of plans) {
+    phase(`start ${ws.name}`);
+    await startSupervisor(join(root, ws.name), options.env);
+  }
+  if (options.wait) {
+    for (const { ws } of plans) await waitUntil(join(root, ws.name), 'ready', { ...options, onPhase: phase });
+  } else {
+    for (const { ws } of plans) await waitUntil(join(root, ws.name), 'booted', { ...options, onPhase: phase });
+  }
+  return showSandbox({ name, ...envOpt });
+}
+
+async function portsInUse(env?: Env): Promise<Set<number>> {
+  const taken = new Set<number>();
+  for (const ref of await listWorkspaces(env)) {
+    const record = await readRecord(ref.dir);
+    for (const p of record?.ports ?? []) taken.add(p.hostPort);
+  }
+  return taken;
+}
+
+/** Where the supervisor's entry point is: next to this file, built or run through tsx. */
+function supervisorEntry(): { file: string; args: string[] } {
+  const js = fileURLToPath(new URL('./supervisor-main.js', import.meta.url));
+  if (existsSync(js)) return { file: js, args: [] };
+  const ts = fileURLToPath(new URL('./supervisor-main.ts', import.meta.url));
+  return { file: ts, args: ['--import', 'tsx'] };
+}
+
+/** Starts the detached supervisor of a workspace (it outlives this process). */
+export async function startSupervisor(dir: string, env?: Env): Promise<void> {
+  const entry = supervisorEntry();
+  // A stale run record from the previous boot must not be read as this boot's.
+  await rm(join(dir, FILES.run), { force: true });
+  const log = openSync(join(dir, FILES.supervisorLog), 'a');
+  try {
+    const child = spawn(process.execPath, [...entry.args, entry.file, dir], {
+      cwd: dir,
+      detached: true,
+      stdio: ['ignore', log, log],
+      env: { ...process.env, ...(env ?? {}) },
+    });
+    child.unref();
+  } finally {
+    closeSync(log);
+  }
+}
+
+/** Waits for a workspace to be booted (agent answering) or ready (start-up done). */
+export async function waitUntil(dir: string, goal: 'booted' | 'ready', options: LifecycleOptions & { waitTimeoutMs?: number } = {}): Promise<RunRecord> {
+  const phase = options.onPhase ?? (() => undefined);
+  const deadline = Date.now() + (options.waitTimeoutMs ?? 15 * 60_000);
+  const started = Date.now();
+  let lastStep = '';
+  for (;;) {
+    const runRecord = await readRun(dir);
+    if (runRecord) {
+      const step = runRecord.steps[runRecord.steps.length - 1];
+      const label = runRecord.phase === 'starting' && step ? `${step.name}` : runRecord.phase;
+      if (label !== lastStep) {
+        phase(label);
+        lastStep = label;
+      }
+      if (runRecord.phase === 'failed') throw await failure(dir, runRecord);
+      if (runRecord.phase === 'ready') return runRecord;
+      if (goal === 'booted' && runRecord.phase === 'starting') return runRecord;
+      if (runRecord.exit || !supervisorAlive(runRecord)) throw await failure(dir, runRecord);
+    } else if (Date.now() - started > 10_000) {
+      throw new VmError(`the supervisor of ${dir} did not start`, { suggestions: [`see ${join(dir, FILES.supervisorLog)}`] });
+    }
+    if (Date.now() > deadline) throw new VmError(`gave up waiting for the workspace to be ${goal}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+async function tailFile(path: string, lines: number): Promise<string> {
+  const text = await readFile(path, 'utf8').catch(() => '');
+  return text.trimEnd().split('\n').slice(-lines).join('\n');
+}
+
+async function failure(dir: string, runRecord: RunRecord): Promise<VmError> {
+  const error = runRecord.error ?? (runRecord.exit ? `the VM stopped (exit ${runRecord.exit.code ?? runRecord.exit.signal})` : 'the supervisor stopped');
+  const console = await tailFile(join(dir, FILES.console), 15);
+  return new VmError(error + (runRecord.error || !console ? '' : `\nlast lines of the console:\n${console}`), {
+    code: 'WORKSPACE_FAILED',
+    suggestions: [`see the log with \`cs log -W ${dir.split('/').slice(-2).join('/')}\``],
+  });
+}
+
+export async function summarize(dir: string): Promise<WorkspaceSummary | undefined> {
+  const record = await readRecord(dir);
+  if (!record) return undefined;
+  const runRecord = await readRun(dir);
+  const status = statusOf(record, runRecord);
+  const step = runRecord?.steps[runRecord.steps.length - 1];
+  const summary: WorkspaceSummary = {
+    sandbox: record.sandbox,
+    workspace: record.name,
+    status,
+    accel: record.accel,
+    cpus: record.cpus,
+    memoryMiB: record.memoryMiB,
+    diskBytes: record.diskBytes,
+    ports: record.ports,
+    createdAt: record.createdAt,
+    file: record.file,
+    dir,
+  };
+  if (runRecord) {
+    summary.phase = runRecord.phase;
+    if (step) summary.step = step.name;
+    if (runRecord.timings) summary.timings = runRecord.timings;
+    if (supervisorAlive(runRecord) && runRecord.qemuPid) summary.pid = runRecord.qemuPid;
+  }
+  if (status === 'crashed') {
+    const how = runRecord?.exit ? `QEMU exited (${runRecord.exit.signal ? `signal ${runRecord.exit.signal}` : `code ${runRecord.exit.code}`})` : 'its supervisor is gone';
+    summary.error = `${how}; last console lines:\n${await tailFile(join(dir, FILES.console), 10)}`;
+  } else if (runRecord?.error) {
+    summary.error = runRecord.error;
+  }
+  return summary;
+}
+
+export async function listSandboxes(options: LifecycleOptions = {}): Promise<WorkspaceSummary[]> {
+  const out: WorkspaceSummary[] = [];
+  for (const ref of await listWorkspaces(options.env)) {
+    const summary = await summarize(ref.dir);
+    if (summary) out.push(summary);
+  }
+  return out;
+}
+
+export async function showSandbox(options: LifecycleOptions & { name: string }): Promise<SandboxResult> {
+  const name = options.name.toLowerCase();
+  const all = (await listSandboxes(options)).filter((w) => w.sandbox === name);
+  if (all.length === 0) throw new InputError(`no sandbox "${options.name}"`, { code: 'NOT_FOUND', suggestions: ['see `cs sandbox list`'] });
+  return { sandbox: name, file: all[0]?.file ?? '', workspaces: all };
+}
+
+/** SANDBOX/WORKSPACE, or SANDBOX alone when it has one workspace. */
+export async function resolveWorkspace(target: string, env?: Env): Promise<{ sandbox: string; workspace: string; dir: string }> {
+  const parts = target.toLowerCase().split('/');
+  if (parts.length > 2 || parts.some((p) => p === '')) throw new UsageError(`-W takes SANDBOX/WORKSPACE, not "${target}"`);
+  const all = await listWorkspaces(env);
+  const inSandbox = all.filter((w) => w.sandbox === parts[0]);
+  if (inSandbox.length === 0) throw new InputError(`no sandbox "${parts[0]}"`, { code: 'NOT_FOUND', suggestions: ['see `cs sandbox list`'] });
+  if (parts.length === 1) {
+    if (inSandbox.length === 1) return inSandbox[0] as { sandbox: string; workspace: string; dir: string };
+    throw new UsageError(`sandbox "${parts[0]}" has several workspaces (${inSandbox.map((w) => w.workspace).join(', ')}); say which with -W ${parts[0]}/WORKSPACE`);
+  }
+  const found = inSandbox.find((w) => w.workspace === parts[1]);
+  if (!found) throw new InputError(`sandbox "${parts[0]}" has no workspace "${parts[1]}" (it has: ${inSandbox.map((w) => w.workspace).join(', ')})`, { code: 'NOT_FOUND' });
+  return found;
+}
+
+async function sandboxWorkspaces(name: string, env?: Env): Promise<{ sandbox: string; workspace: string; dir: string }[]> {
+  const list = (await listWorkspaces(env)).filter((w) => w.sandbox === name.toLowerCase());
+  if (list.length === 0) throw new InputError(`no sandbox "${name}"`, { code: 'NOT_FOUND', suggestions: ['see `cs sandbox list`'] });
+  return list;
+}
+
+export async function suspendSandbox(options: LifecycleOptions & { name: string }): Promise<SandboxResult> {
+  for (const ws of await sandboxWorkspaces(options.name, options.env)) {
+    await withLock(join(ws.dir, FILES.lock), { purpose: `changing ${ws.sandbox}/${ws.workspace}` }, async () => {
+      const record = await readRecord(ws.dir);
+      if (!record) return;
+      await writeRecord(ws.dir, { ...record, desired: 'suspended' });
+      options.onPhase?.(`suspend ${ws.workspace}`);
+      await stopSupervisor(ws.dir, { graceful: true });
+    });
+  }
+  return showSandbox(options);
+}
+
+export async function resumeSandbox(options: LifecycleOptions & { name: string; wait?: boolean; waitTimeoutMs?: number }): Promise<SandboxResult> {
+  for (const ws of await sandboxWorkspaces(options.name, options.env)) {
+    await withLock(join(ws.dir, FILES.lock), { purpose: `changing ${ws.sandbox}/${ws.workspace}` }, async () => {
+      const record = await readRecord(ws.dir);
+      if (!record) return;
+      const runRecord = await readRun(ws.dir);
+      await writeRecord(ws.dir, { ...record, desired: 'running' });
+      if (supervisorAlive(runRecord)) return;
+      options.onPhase?.(`resume ${ws.workspace}`);
+      await startSupervisor(ws.dir, options.env);
+    });
+  }
+  for (const ws of await sandboxWorkspaces(options.name, options.env)) {
+    await waitUntil(ws.dir, options.wait ? 'ready' : 'booted', options);
+  }
+  return showSandbox(options);
+}
+
+export async function removeSandbox(options: LifecycleOptions & { name: string }): Promise<{ sandbox: string; removed: string[] }> {
+  const removed: string[] = [];
+  const list = await sandboxWorkspaces(options.name, options.env);
+  for (const ws of list) {
+    await withLock(join(ws.dir, FILES.lock), { purpose: `removing ${ws.sandbox}/${ws.workspace}` }, async () => {
+      options.onPhase?.(`stop ${ws.workspace}`);
+      await stopSupervisor(ws.dir, { graceful: true, deleting: true });
+    });
+    removed.push(ws.workspace);
+  }
+  const root = join(sandboxesDir(options.env), options.name.toLowerCase());
+  // Renamed away first: a crash in the middle leaves no half-removed sandbox visible.
+  const trash = join(sandboxesDir(options.env), `.removed-${options.name.toLowerCase()}-${Date.now()}`);
+  await rename(root, trash);
+  await rm(trash, { recursive: true, force: true });
+  return { sandbox: options.name.toLowerCase(), removed };
+}
+
+/**
+ * Stops a workspace's supervisor and VM: asks the supervisor (which runs the
+ * on_suspend or on_delete hook and powers the guest off cleanly), then falls
+ * back to signals if it does not finish in time.
+ */
+export async function stopSupervisor(dir: string, options: { graceful: boolean; deleting?: boolean; timeoutMs?: number }): Promise<void> {
+  const runRecord = await readRun(dir);
+  if (!runRecord || !supervisorAlive(runRecord)) {
+    // A QEMU left behind by a dead supervisor still holds the disk.
+    if (runRecord?.qemuPid && !runRecord.exit) killQuietly(runRecord.qemuPid, 'SIGKILL');
+    return;
+  }
+  const { requestStop } = await import('./control.js');
+  const ok = options.graceful ? await requestStop(dir, { deleting: options.deleting ?? false }).then(() => true, () => false) : false;
+  let deadline = Date.now() + (options.timeoutMs ?? 60_000);
+  let signalled = !ok;
+  if (signalled) killQuietly(runRecord.supervisorPid, 'SIGTERM');
+  while (supervisorAlive(await readRun(dir))) {
+    if (Date.now() > deadline) {
+      if (signalled) {
+        killQuietly(runRecord.supervisorPid, 'SIGKILL');
+        if (runRecord.qemuPid) killQuietly(runRecord.qemuPid, 'SIGKILL');
+        break;
+      }
+      killQuietly(runRecord.supervisorPid, 'SIGTERM');
+      signalled = true;
+      deadline = Date.now() + 10_000;
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function killQuietly(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // already gone
+  }
+}

@@ -1,0 +1,159 @@
+import { existsSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Workspace } from '../definition/model.js';
+import { InputError } from '../util/errors.js';
+import { writeFileAtomic } from '../util/fs.js';
+import { isAlive } from '../util/lock.js';
+import { dataDir, type Env } from '../util/paths.js';
+import type { Accelerator } from '../vm/qemu.js';
+
+/**
+ * What cs knows about a workspace, on disk. Two files in its folder:
+ * `workspace.json`, written by the commands (the desired state and the
+ * resolved inputs: images, kernel, ports), and `run.json`, written only by
+ * the workspace's supervisor while it runs (pids, phase, step, exit). The
+ * split means a command and the supervisor never write the same file.
+ */
+
+export type DesiredState = 'running' | 'suspended';
+
+export interface PortMapping {
+  name: string;
+  protocol: string;
+  guestPort: number;
+  hostPort: number;
+  /** Added with `cs port-forward`, not from the definition. */
+  adhoc?: boolean;
+}
+
+export interface WorkspaceRecord {
+  version: 1;
+  sandbox: string;
+  name: string;
+  /** The definition file it was created from. */
+  file: string;
+  createdAt: string;
+  desired: DesiredState;
+  /** The workspace from the definition, as validated. */
+  spec: Workspace;
+  /** Read-only snapshot images, top first. */
+  lowers: string[];
+  chainId: string;
+  kernel: { version: string; vmlinuz: string };
+  initramfs: string;
+  accel: Accelerator;
+  cpus: number;
+  memoryMiB: number;
+  diskBytes: number;
+  ports: PortMapping[];
+}
+
+export type Phase = 'booting' | 'starting' | 'ready' | 'failed' | 'stopping' | 'stopped';
+
+export interface StepRecord {
+  name: string;
+  startedAt: string;
+  endedAt?: string;
+  ok?: boolean;
+  error?: string;
+}
+
+export interface RunRecord {
+  supervisorPid: number;
+  qemuPid?: number;
+  bootId?: string;
+  startedAt: string;
+  /** Host wall-clock milestones of this boot, in ms since startedAt. */
+  timings: Record<string, number>;
+  phase: Phase;
+  steps: StepRecord[];
+  error?: string;
+  exit?: { code: number | null; signal: string | null; at: string; expected: boolean };
+}
+
+export type Status = 'creating' | 'starting' | 'running' | 'failed' | 'suspended' | 'crashed' | 'stopping';
+
+export function sandboxesDir(env?: Env): string {
+  return join(dataDir(env), 'sandboxes');
+}
+
+export function workspaceDir(sandbox: string, workspace: string, env?: Env): string {
+  return join(sandboxesDir(env), sandbox, workspace);
+}
+
+export const FILES = {
+  record: 'workspace.json',
+  run: 'run.json',
+  disk: 'disk.ext4',
+  console: 'console.log',
+  log: 'workspace.log',
+  supervisorLog: 'supervisor.log',
+  agentSocket: 'agent.sock',
+  qmpSocket: 'qmp.sock',
+  controlSocket: 'control.sock',
+  lock: '.lock',
+} as const;
+
+export async function readRecord(dir: string): Promise<WorkspaceRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(join(dir, FILES.record), 'utf8')) as WorkspaceRecord;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new InputError(`${join(dir, FILES.record)} is unreadable: ${(error as Error).message}`, { cause: error });
+  }
+}
+
+export async function writeRecord(dir: string, record: WorkspaceRecord): Promise<void> {
+  await writeFileAtomic(join(dir, FILES.record), JSON.stringify(record, null, 2) + '\n');
+}
+
+export async function readRun(dir: string): Promise<RunRecord | undefined> {
+  try {
+    return JSON.parse(await readFile(join(dir, FILES.run), 'utf8')) as RunRecord;
+  } catch {
+    return undefined;
+  }
+}
+
+export async function writeRun(dir: string, run: RunRecord): Promise<void> {
+  await writeFileAtomic(join(dir, FILES.run), JSON.stringify(run, null, 2) + '\n');
+}
+
+/** A supervisor that is alive: its pid exists and it wrote the run record this boot. */
+export function supervisorAlive(run: RunRecord | undefined): boolean {
+  return run !== undefined && run.exit === undefined && isAlive(run.supervisorPid);
+}
+
+/** The one honest answer to "what is this workspace doing", from both files and the process table. */
+export function statusOf(record: WorkspaceRecord, run: RunRecord | undefined): Status {
+  if (run && supervisorAlive(run)) {
+    if (run.phase === 'ready') return 'running';
+    if (run.phase === 'failed') return 'failed';
+    if (run.phase === 'stopping') return 'stopping';
+    return 'starting';
+  }
+  if (record.desired === 'suspended') return 'suspended';
+  if (!run) return 'creating';
+  if (run.exit?.expected) return 'suspended';
+  return 'crashed';
+}
+
+export interface WorkspaceRef {
+  sandbox: string;
+  workspace: string;
+  dir: string;
+}
+
+export async function listWorkspaces(env?: Env): Promise<WorkspaceRef[]> {
+  const out: WorkspaceRef[] = [];
+  const root = sandboxesDir(env);
+  for (const sandbox of (await readdir(root).catch(() => [] as string[])).sort()) {
+    if (sandbox.startsWith('.')) continue;
+    for (const workspace of (await readdir(join(root, sandbox)).catch(() => [] as string[])).sort()) {
+      const dir = join(root, sandbox, workspace);
+      if (!workspace.startsWith('.') && existsSync(join(dir, FILES.record))) out.push({ sandbox, workspace, dir });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,252 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync, unlinkSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { acquireLock, type Lock } from '../util/lock.js';
+import { AgentClient } from '../vm/agent-client.js';
+import { fieldText } from '../vm/protocol.js';
+import { QmpClient } from '../vm/qmp.js';
+import { QEMU_BINARY, qemuArgs } from '../vm/qemu.js';
+import { connectUnix } from './connect.js';
+import { ControlTag, ControlType, Mux } from './mux.js';
+import { qemuProtocol } from './ports.js';
+import { FILES, readRecord, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
+import { isFirstBoot, runLifecycle, startWorkspace, type StepContext } from './steps.js';
+
+/**
+ * The supervisor: one detached process per running workspace. It starts
+ * QEMU as its child (so it learns of its death at once), holds the single
+ * host end of the agent's virtio-serial port and shares it with every client
+ * through the control socket (see mux.ts), runs the start-up steps, and on a
+ * stop request runs the suspend hook and powers the guest off cleanly.
+ * Everything it learns goes to run.json, which `cs sandbox show` reads.
+ */
+
+const AGENT_TIMEOUT_MS = 5 * 60_000;
+
+export async function supervise(dir: string): Promise<void> {
+  process.chdir(dir);
+  const record = await readRecord(dir);
+  if (!record) throw new Error(`no workspace record in ${dir}`);
+  let lock: Lock;
+  try {
+    lock = await acquireLock(join(dir, 'supervisor.lock'), { purpose: 'supervising this workspace', timeoutMs: 0 });
+  } catch {
+    log(dir, 'another supervisor is running this workspace; exiting');
+    return;
+  }
+  const t0 = Date.now();
+  const state: RunRecord = { supervisorPid: process.pid, startedAt: new Date(t0).toISOString(), timings: {}, phase: 'booting', steps: [] };
+  const save = (): Promise<void> => writeRun(dir, state).catch(() => undefined);
+  const mark = (name: string): void => {
+    state.timings[name] = Date.now() - t0;
+  };
+  await save();
+
+  for (const name of [FILES.agentSocket, FILES.qmpSocket, FILES.controlSocket]) {
+    try {
+      unlinkSync(name);
+    } catch {
+      // not there
+    }
+  }
+  const args = qemuArgs({
+    accel: record.accel,
+    cpus: record.cpus,
+    memoryMiB: record.memoryMiB,
+    kernel: record.kernel.vmlinuz,
+    initrd: record.initramfs,
+    lowers: record.lowers,
+    disk: FILES.disk,
+    agentSocket: FILES.agentSocket,
+    qmpSocket: FILES.qmpSocket,
+    consoleLog: FILES.console,
+    hostname: record.name,
+    network: true,
+    forwards: record.ports.map((p) => ({ protocol: qemuProtocol(p.protocol), hostAddress: '127.0.0.1', hostPort: p.hostPort, guestPort: p.guestPort })),
+  });
+  // The console log of the previous boot is kept beside, not appended to.
+  const qemu: ChildProcess = spawn(QEMU_BINARY, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  mark('qemuSpawned');
+  let stopping = false;
+  let stderr = '';
+  qemu.stderr?.on('data', (c: Buffer) => {
+    stderr = (stderr + c.toString('utf8')).slice(-4000);
+    log(dir, `qemu: ${c.toString('utf8').trimEnd()}`);
+  });
+  if (qemu.pid) state.qemuPid = qemu.pid;
+  await save();
+
+  let control: Server | undefined;
+  let mux: Mux | undefined;
+  const exited = new Promise<void>((resolve) => {
+    qemu.on('exit', (code, signal) => {
+      state.exit = { code, signal, at: new Date().toISOString(), expected: stopping };
+      if (!stopping) {
+        state.phase = 'failed';
+        state.error = `the VM stopped unexpectedly (QEMU ${signal ? `killed by ${signal}` : `exit code ${code}`})${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' ')}` : ''}`;
+      } else {
+        state.phase = 'stopped';
+      }
+      resolve();
+    });
+    qemu.on('error', (error) => {
+      state.exit = { code: null, signal: null, at: new Date().toISOString(), expected: false };
+      state.phase = 'failed';
+      state.error = `cannot start ${QEMU_BINARY}: ${error.message}`;
+      resolve();
+    });
+  });
+
+  const finish = async (): Promise<void> => {
+    await exited;
+    mux?.closeClients();
+    control?.close();
+    await save();
+    await lock.release();
+    process.exit(0);
+  };
+  void finish();
+
+  const stop = async (reason: 'suspend' | 'delete'): Promise<void> => {
+    if (stopping) return exited;
+    state.phase = 'stopping';
+    await save();
+    if (mux && reason) {
+      const client = await internalClient(dir).catch(() => undefined);
+      if (client) {
+        const ctx = stepContext(dir, record, client, state, save);
+        const hook = reason === 'delete' ? record.spec.lifecycle.onDelete : record.spec.lifecycle.onSuspend;
+        await runLifecycle(ctx, reason === 'delete' ? 'on_delete' : 'on_suspend', hook).catch((error: Error) => log(dir, `stop hook failed: ${error.message}`));
+        client.close();
+      }
+    }
+    stopping = true;
+    mux?.poweroff();
+    const timer = setTimeout(() => qemu.kill('SIGTERM'), 20_000);
+    const killer = setTimeout(() => qemu.kill('SIGKILL'), 30_000);
+    await exited;
+    clearTimeout(timer);
+    clearTimeout(killer);
+  };
+  process.on('SIGTERM', () => void stop('suspend'));
+  process.on('SIGINT', () => void stop('suspend'));
+
+  // The agent's socket appears once QEMU has set up its devices.
+  let agentSocket: Socket | undefined;
+  while (!agentSocket && !state.exit) {
+    agentSocket = await connectUnix(join(dir, FILES.agentSocket)).catch(() => undefined);
+    if (!agentSocket) await new Promise((r) => setTimeout(r, 20));
+  }
+  if (!agentSocket) return;
+  agentSocket.on('error', () => undefined);
+  mux = new Mux(agentSocket, async (type, fields) => {
+    if (type === ControlType.STOP) {
+      const deleting = fieldText(fields, ControlTag.DELETING) === '1';
+      await stop(deleting ? 'delete' : 'suspend');
+      return;
+    }
+    if (type === ControlType.FORWARD) {
+      const proto = fieldText(fields, ControlTag.PROTO) ?? 'tcp';
+      const hostPort = Number(fieldText(fields, ControlTag.HOST_PORT));
+      const guestPort = Number(fieldText(fields, ControlTag.GUEST_PORT));
+      if (!(proto === 'tcp' || proto === 'udp') || !Number.isInteger(hostPort) || !Number.isInteger(guestPort)) throw new Error('bad port forward request');
+      const qmp = new QmpClient(await connectUnix(join(dir, FILES.qmpSocket)));
+      try {
+        await qmp.handshake();
+        const out = await qmp.hmp(`hostfwd_add net0 ${proto}:127.0.0.1:${hostPort}-:${guestPort}`);
+        if (out.trim() !== '') throw new Error(out.trim());
+      } finally {
+        qmp.close();
+      }
+      return;
+    }
+    throw new Error(`unknown control request ${type}`);
+  });
+  const agentHello = await Promise.race([
+    mux.hello().then(() => true),
+    exited.then(() => false),
+    new Promise<boolean>((r) => setTimeout(() => r(false), AGENT_TIMEOUT_MS)),
+  ]);
+  if (!agentHello) {
+    if (!state.exit) {
+      state.phase = 'failed';
+      state.error = `the guest agent did not answer within ${AGENT_TIMEOUT_MS / 1000} s`;
+      await save();
+    }
+    return;
+  }
+  mark('agentReady');
+
+  control = createServer((socket) => mux?.attach(socket));
+  await new Promise<void>((resolve, reject) => {
+    control?.once('error', reject);
+    control?.listen(FILES.controlSocket, resolve);
+  });
+  state.phase = 'starting';
+  await save();
+  log(dir, `agent ready after ${state.timings['agentReady']} ms`);
+
+  const client = await internalClient(dir);
+  const ctx = stepContext(dir, record, client, state, save);
+  try {
+    const firstBoot = await isFirstBoot(client);
+    await startWorkspace({ ...ctx, firstBoot });
+    if (!stopping) {
+      state.phase = 'ready';
+      mark('ready');
+    }
+  } catch (error) {
+    if (!stopping) {
+      state.phase = 'failed';
+      state.error = (error as Error).message;
+      appendLog(dir, `FAILED: ${state.error}`);
+    }
+  } finally {
+    client.close();
+  }
+  await save();
+}
+
+async function internalClient(dir: string): Promise<AgentClient> {
+  const client = new AgentClient(await connectUnix(join(dir, FILES.controlSocket)));
+  await client.hello();
+  return client;
+}
+
+function stepContext(dir: string, record: WorkspaceRecord, client: AgentClient, state: RunRecord, save: () => Promise<void>): StepContext {
+  return {
+    client,
+    record,
+    firstBoot: false,
+    log: (line) => appendLog(dir, line),
+    step: async (name, fn) => {
+      const entry = { name, startedAt: new Date().toISOString() } as RunRecord['steps'][number];
+      state.steps.push(entry);
+      await save();
+      appendLog(dir, `==> ${name}`);
+      try {
+        const result = await fn();
+        entry.ok = true;
+        return result;
+      } catch (error) {
+        entry.ok = false;
+        entry.error = (error as Error).message;
+        throw error;
+      } finally {
+        entry.endedAt = new Date().toISOString();
+        await save();
+      }
+    },
+  };
+}
+
+/** The workspace log: what each start-up step did, for `cs log`. */
+function appendLog(dir: string, line: string): void {
+  appendFileSync(join(dir, FILES.log), `${new Date().toISOString()} ${line}\n`);
+}
+
+/** The supervisor's own diagnostics. */
+function log(dir: string, line: string): void {
+  appendFileSync(join(dir, FILES.supervisorLog), `${new Date().toISOString()} ${line}\n`);
+}
