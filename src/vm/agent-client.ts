@@ -227,13 +227,20 @@ export class AgentClient {
     return this.#closed !== undefined;
   }
 
-  /** Opens the conversation; the agent ends what an earlier connection left running. */
+  /**
+   * Opens the conversation. The agent ends everything started before (on an
+   * earlier connection, or on this one: those requests reject).
+   */
   hello(): Promise<HelloResult> {
     const d = deferred<HelloResult>();
     if (this.#closed) {
       d.reject(this.#closed);
       return d.promise;
     }
+    const reset = new VmError('the request was cancelled: the agent connection was reset by a new HELLO', { code: 'AGENT_RESET' });
+    const sinks = [...this.#streams.values()];
+    this.#streams.clear();
+    for (const sink of sinks) sink.fail(reset);
     this.#hellos.push(d);
     this.#write(encodeFrame(FrameType.hello, CONNECTION_STREAM, encodeFields([[Tag.version, PROTOCOL_VERSION]])));
     return d.promise;

@@ -176,6 +176,8 @@ export class FrameDecoder {
 
   /** Removes and returns the first n buffered bytes (n <= buffered). */
   #take(n: number): Buffer {
+    // A frame with an empty payload (EOF on stdin) may end the buffer exactly.
+    if (n === 0) return Buffer.alloc(0);
     this.#buffered -= n;
     const first = this.#chunks[0] as Buffer;
     if (first.length === n) {
