@@ -92,7 +92,36 @@ mkdir -p /disk/upper /disk/work || fatal "cannot prepare the workspace disk"
 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=/disk/upper,workdir=/disk/work" /sysroot ||
   fatal "cannot stack the snapshots with overlayfs"
 
+# cs workspaces need a glibc userland (Debian family), as Crafting's do.
+if [ -e /sysroot/etc/alpine-release ] || ls /sysroot/lib/ld-musl-* >/dev/null 2>&1; then
+  fatal "this image uses musl libc (Alpine); cs workspaces need a glibc (Debian-family) base image"
+fi
 say "root ready"
+
+# Identity files. A symlink left by the image is replaced by a file: writes
+# from here never follow a link out of the guest's root.
+replace_file() {
+  rm -f "/sysroot$1"
+  cat >"/sysroot$1"
+}
+mkdir -p /sysroot/etc
+
+# QEMU user networking: fixed addresses, DNS on the gateway's neighbour.
+# The NIC is probed asynchronously after its module loads: wait for it briefly.
+ip link set lo up
+tries=0
+while [ ! -e /sys/class/net/eth0 ] && [ "$tries" -lt 40 ]; do
+  tries=$((tries + 1))
+  sleep 0.05
+done
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up
+  ip addr add 10.0.2.15/24 dev eth0
+  ip route add default via 10.0.2.2
+  echo "nameserver 10.0.2.3" | replace_file /etc/resolv.conf
+else
+  say "no network device; the workspace has no network"
+fi
 
 # Kernel and runtime filesystems inside the new root.
 for d in proc sys dev run tmp; do
@@ -113,26 +142,12 @@ cp /cs/agent /sysroot/run/cs/agent || fatal "cannot install the agent"
 cp /bin/busybox /sysroot/run/cs/busybox
 chmod 0755 /sysroot/run/cs/agent /sysroot/run/cs/busybox
 
-# Identity files. A symlink left by the image is replaced by a file: writes
-# from here never follow a link out of the guest's root.
 name="$(arg cs.hostname)" || name=workspace
 hostname "$name"
-replace_file() {
-  rm -f "/sysroot$1"
-  cat >"/sysroot$1"
-}
 mkdir -p /sysroot/etc
 echo "$name" | replace_file /etc/hostname
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" | replace_file /etc/hosts
 
-# QEMU user networking: fixed addresses, DNS on the gateway's neighbour.
-ip link set lo up
-if [ -e /sys/class/net/eth0 ]; then
-  ip link set eth0 up
-  ip addr add 10.0.2.15/24 dev eth0
-  ip route add default via 10.0.2.2
-  echo "nameserver 10.0.2.3" | replace_file /etc/resolv.conf
-fi
 
 say "starting the agent"
 exec switch_root /sysroot /run/cs/agent

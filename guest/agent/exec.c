@@ -175,7 +175,8 @@ static void reset_signals(void)
 static void close_other_fds(int keep)
 {
 #ifdef SYS_close_range
-	if (syscall(SYS_close_range, 3u, (unsigned)keep - 1u, 0u) == 0 &&
+	/* keep is at least 3: descriptors 0-2 always exist in the agent. */
+	if ((keep == 3 || syscall(SYS_close_range, 3u, (unsigned)keep - 1u, 0u) == 0) &&
 	    syscall(SYS_close_range, (unsigned)keep + 1u, ~0u, 0u) == 0)
 		return;
 #endif

@@ -359,8 +359,13 @@ static void handle_frame(uint8_t type, uint32_t id, const uint8_t *p, size_t n)
 			write_file_data(s, p, n);
 		return;
 	case F_SIGNAL:
-		if (s && s->kind == S_EXEC)
+		if (s && s->kind == S_EXEC) {
 			do_signal(s, p, n);
+		} else if (s) {
+			/* A file transfer has no process: a signal cancels it. */
+			stream_abort(s);
+			send_error(id, ECANCELED, "%s %s: cancelled", s->kind == S_READ ? "read" : "write", s->path);
+		}
 		return;
 	case F_RESIZE:
 		if (s && s->kind == S_EXEC)

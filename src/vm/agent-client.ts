@@ -528,11 +528,16 @@ export class AgentClient {
       if (frame.stream === CONNECTION_STREAM) {
         if (frame.type === FrameType.hello) {
           const f = fields();
-          this.#hellos.shift()?.resolve({
-            version: fieldText(f, Tag.version) ?? '',
-            agent: fieldText(f, Tag.agent) ?? '',
-            uptimeMs: fieldNumber(f, Tag.uptimeMs) ?? 0,
-          });
+          const version = fieldText(f, Tag.version) ?? '';
+          const waiter = this.#hellos.shift();
+          if (version !== PROTOCOL_VERSION) {
+            waiter?.reject(new VmError(`the workspace's agent speaks protocol version ${JSON.stringify(version)}, cs speaks ${PROTOCOL_VERSION}`, {
+              code: 'AGENT_VERSION',
+              suggestions: ['recreate the workspace with this version of cs'],
+            }));
+            return;
+          }
+          waiter?.resolve({ version, agent: fieldText(f, Tag.agent) ?? '', uptimeMs: fieldNumber(f, Tag.uptimeMs) ?? 0 });
         } else if (frame.type === FrameType.error) {
           const error = agentErrorFrom(fields());
           this.#agentMessage = error.message;

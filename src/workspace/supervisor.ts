@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, unlinkSync } from 'node:fs';
+import { appendFileSync, readFileSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { acquireLock, type Lock } from '../util/lock.js';
@@ -65,7 +65,7 @@ export async function supervise(dir: string): Promise<void> {
     network: true,
     forwards: record.ports.map((p) => ({ protocol: qemuProtocol(p.protocol), hostAddress: '127.0.0.1', hostPort: p.hostPort, guestPort: p.guestPort })),
   });
-  // The console log of the previous boot is kept beside, not appended to.
+  // QEMU truncates the console log at start: it always holds this boot only.
   const qemu: ChildProcess = spawn(QEMU_BINARY, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
   mark('qemuSpawned');
   let stopping = false;
@@ -84,7 +84,8 @@ export async function supervise(dir: string): Promise<void> {
       state.exit = { code, signal, at: new Date().toISOString(), expected: stopping };
       if (!stopping) {
         state.phase = 'failed';
-        state.error = `the VM stopped unexpectedly (QEMU ${signal ? `killed by ${signal}` : `exit code ${code}`})${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' ')}` : ''}`;
+        const fatal = guestFatal(dir);
+        state.error = fatal ?? `the VM stopped unexpectedly (QEMU ${signal ? `killed by ${signal}` : `exit code ${code}`})${stderr ? `: ${stderr.trim().split('\n').slice(-3).join(' ')}` : ''}`;
       } else {
         state.phase = 'stopped';
       }
@@ -239,6 +240,17 @@ function stepContext(dir: string, record: WorkspaceRecord, client: AgentClient, 
       }
     },
   };
+}
+
+/** The reason the guest's init gave before powering off, if it gave one. */
+function guestFatal(dir: string): string | undefined {
+  try {
+    const text = readFileSync(join(dir, FILES.console), 'utf8');
+    const match = /cs-init\[[^\]]*\]: FATAL: (.*)/.exec(text);
+    return match?.[1] ? `the workspace could not start: ${match[1].trim()}` : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The workspace log: what each start-up step did, for `cs log`. */

@@ -34,7 +34,7 @@ export async function vmHome(): Promise<{ home: string; env: Record<string, stri
     await mkdir(join(SHARED_HOME, dir), { recursive: true });
     await symlink(join(SHARED_HOME, dir), join(home, dir));
   }
-  const env = { CS_HOME: home, CS_CONFIG: join(home, 'config.yaml') };
+  const env: Record<string, string> = { ...(process.env as Record<string, string>), CS_HOME: home, CS_CONFIG: join(home, 'config.yaml') };
   return {
     home,
     env,

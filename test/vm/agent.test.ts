@@ -6,7 +6,7 @@
  * is a real process on this machine.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Server } from 'node:net';
@@ -54,10 +54,11 @@ function text(buffer: Buffer): string {
   return buffer.toString('utf8');
 }
 
+/** Whether a process runs (a zombie, killed and waiting for whoever reaps orphans here, does not). */
 function alive(pid: number): boolean {
   try {
-    process.kill(pid, 0);
-    return true;
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
   } catch {
     return false;
   }
@@ -164,12 +165,13 @@ describe('exec', () => {
     const handle = (await client()).exec({ argv: ['wc', '-c'], stdin: true });
     const out: Buffer[] = [];
     handle.stdout.on('data', (b: Buffer) => out.push(b));
+    const ended = new Promise((resolve) => handle.stdout.once('end', resolve));
     handle.stdin?.write('abc');
     handle.stdin?.write(Buffer.alloc(0)); // an empty write is not end-of-file
     handle.stdin?.write('defg');
     handle.stdin?.end();
     expect((await handle.exit).code).toBe(0);
-    await new Promise((resolve) => handle.stdout.once('end', resolve));
+    await ended;
     expect(text(Buffer.concat(out)).trim()).toBe('7');
   });
 
@@ -191,6 +193,34 @@ describe('exec', () => {
     expect(r.stdout.equals(data)).toBe(true);
   });
 
+  it('pauses the connection while a reading consumer falls behind, instead of buffering everything', async () => {
+    const total = 8 * 1024 * 1024;
+    const handle = (await client()).exec({ argv: ['head', '-c', String(total), '/dev/zero'] });
+    const stdout = handle.stdout;
+    stdout.on('readable', () => undefined); // the consumer pulls with read()
+    let most = 0;
+    let received = 0;
+    // 256 KiB every 10 ms: far slower than the agent can send.
+    while (!stdout.readableEnded) {
+      most = Math.max(most, stdout.readableLength);
+      const chunk = (stdout.read(256 * 1024) ?? stdout.read()) as Buffer | null;
+      if (chunk) received += chunk.length;
+      await sleep(10);
+    }
+    expect(received).toBe(total);
+    expect(most).toBeGreaterThan(0);
+    expect(most).toBeLessThan(3 * 1024 * 1024);
+    expect((await handle.exit).code).toBe(0);
+  });
+
+  it('output nobody has started to read does not stall the connection', async () => {
+    const c = await client();
+    const unread = c.exec({ argv: ['head', '-c', String(4 * 1024 * 1024), '/dev/zero'] });
+    expect((await c.run({ argv: ['echo', 'meanwhile'] })).stdout.toString()).toBe('meanwhile\n');
+    expect((await unread.exit).code).toBe(0);
+    expect(unread.stdout.readableLength).toBe(4 * 1024 * 1024);
+  });
+
   it('gives the program exactly the environment sent, and finds programs on that PATH', async () => {
     const c = await client();
     const r = await c.run({ argv: ['/usr/bin/env'], env: { A: '1', B: 'two words' } });
@@ -198,6 +228,16 @@ describe('exec', () => {
     const none = await c.run({ argv: ['/usr/bin/env'] });
     expect(text(none.stdout)).toBe('');
     await expect(c.run({ argv: ['true'], env: ['PATH=/nonexistent'] })).rejects.toThrow('exec true: No such file or directory');
+  });
+
+  it('starts programs in their own session, with default signals and no descriptors but 0-2', async () => {
+    const c = await client();
+    const signals = await c.run({ argv: ['grep', '-E', '^Sig(Blk|Ign)', '/proc/self/status'] });
+    expect(text(signals.stdout)).toBe('SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n');
+    const session = text((await c.run({ argv: ['sh', '-c', 'echo $$; cut -d" " -f6 /proc/$$/stat'] })).stdout).split('\n');
+    expect(session[1]).toBe(session[0]);
+    // ls itself holds 3, the folder it lists.
+    expect(text((await c.run({ argv: ['ls', '/proc/self/fd'] })).stdout)).toBe('0\n1\n2\n3\n');
   });
 
   it('runs in the requested folder, / by default', async () => {
