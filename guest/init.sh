@@ -18,7 +18,7 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
 # Console lines carry the kernel's uptime so the host can time each phase.
 say() {
-  read -r up _ </proc/uptime 2>/dev/null || up=?
+  read -r up _ </proc/uptime 2>/dev/null || read -r up _ </sysroot/proc/uptime 2>/dev/null || up=?
   echo "cs-init[$up]: $*" >/dev/console
 }
 

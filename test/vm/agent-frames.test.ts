@@ -89,6 +89,7 @@ describe('framing', () => {
     const error = await reader.next(on(FrameType.error, 0));
     expect(message(error)).toBe('protocol error: a frame of 4294967295 bytes exceeds the limit of 1048576');
     expect(await agent.exited).toBe(1);
+    for (let i = 0; i < 100 && alive(pid); i++) await sleep(20); // SIGKILL lands a moment later
     expect(alive(pid)).toBe(false);
   });
 
