@@ -1,4 +1,5 @@
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import { aptMirror } from '../src/snapshot/debian-base.js';
 import { join } from 'node:path';
 import { cacheDir, removeAll, sh } from './common.js';
 
@@ -9,28 +10,13 @@ import { cacheDir, removeAll, sh } from './common.js';
  * host written here.
  */
 
-async function aptMirror(): Promise<string> {
-  const files: string[] = [];
-  for (const dir of ['/etc/apt/sources.list.d']) {
-    for (const name of await readdir(dir).catch(() => [] as string[])) if (/\.(sources|list)$/.test(name)) files.push(join(dir, name));
-  }
-  files.push('/etc/apt/sources.list');
-  for (const file of files) {
-    const text = await readFile(file, 'utf8').catch(() => '');
-    const deb822 = /^URIs:\s*(\S+)/m.exec(text);
-    if (deb822?.[1]) return deb822[1];
-    const oneLine = /^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/m.exec(text);
-    if (oneLine?.[1]) return oneLine[1];
-  }
-  throw new Error('no Debian mirror found in /etc/apt/sources.list*');
-}
-
 export async function debianMinbase(): Promise<string> {
   const dir = join(cacheDir, 'debian-minbase');
   const marker = join(cacheDir, 'debian-minbase.complete');
   if (await stat(marker).then(() => true, () => false)) return dir;
   await removeAll(dir);
   const mirror = await aptMirror();
+  if (!mirror) throw new Error('no Debian mirror found in apt\'s sources');
   process.stderr.write(`debootstrap --variant=minbase bookworm from ${mirror} (once; cached in .bench-cache/)…\n`);
   await sh('debootstrap', ['--variant=minbase', 'bookworm', dir, mirror], { stdio: ['ignore', 'ignore', 'inherit'] });
   await sh('touch', [marker]);

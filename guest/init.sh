@@ -12,13 +12,13 @@
 # the host sees a clean exit with the reason in the console log instead of a
 # hung VM.
 
-/bin/busybox mkdir -p /proc /sys /dev /bin /sbin /usr/bin /usr/sbin /sysroot /lower /disk
-/bin/busybox --install -s
+# busybox's applet links are made when the archive is built (see initramfs.ts).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mkdir -p /lower /disk
 
 # Console lines carry the kernel's uptime so the host can time each phase.
 say() {
-  read -r up _ </proc/uptime 2>/dev/null || read -r up _ </sysroot/proc/uptime 2>/dev/null || up=?
+  { read -r up _ </proc/uptime || read -r up _ </sysroot/proc/uptime || up=?; } 2>/dev/null
   echo "cs-init[$up]: $*" >/dev/console
 }
 
@@ -144,7 +144,6 @@ chmod 0755 /sysroot/run/cs/agent /sysroot/run/cs/busybox
 
 name="$(arg cs.hostname)" || name=workspace
 hostname "$name"
-mkdir -p /sysroot/etc
 echo "$name" | replace_file /etc/hostname
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$name" | replace_file /etc/hosts
 

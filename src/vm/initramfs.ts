@@ -28,7 +28,7 @@ export const GUEST_MODULES = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'vi
 export const BUSYBOX_CANDIDATES = ['/bin/busybox', '/usr/bin/busybox'];
 
 /** Bumped when the archive's layout changes, so older caches are not reused. */
-const LAYOUT = 'cs-initramfs/1';
+const LAYOUT = 'cs-initramfs/2';
 
 export interface InitramfsOptions {
   kernel: Kernel;
@@ -106,6 +106,10 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
 
   const entries: CpioEntry[] = [
     { type: 'dir', path: 'bin' },
+    { type: 'dir', path: 'sbin' },
+    { type: 'dir', path: 'usr' },
+    { type: 'dir', path: 'usr/bin' },
+    { type: 'dir', path: 'usr/sbin' },
     { type: 'file', path: 'bin/busybox', data: busybox, mode: 0o755 },
     { type: 'dir', path: 'cs' },
     { type: 'file', path: 'cs/agent', data: agent, mode: 0o755 },
@@ -120,10 +124,26 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
     { type: 'dir', path: 'sysroot' },
     { type: 'dir', path: 'tmp', mode: 0o1777 },
   ];
+  // busybox's applets as symlinks, made here rather than by `busybox
+  // --install` at every boot (hundreds of syscalls under emulation).
+  for (const applet of await busyboxApplets(options.busybox ?? BUSYBOX_CANDIDATES.find((p) => existsSync(p)) ?? '/bin/busybox')) {
+    if (applet === 'bin/busybox' || entries.some((e) => e.path === applet)) continue;
+    entries.push({ type: 'symlink', path: applet, target: '/bin/busybox' });
+  }
   const archive = writeCpio(entries);
   await mkdir(dir, { recursive: true });
   await writeFileAtomic(path, archive);
   return { path, id, bytes: archive.length };
+}
+
+/** Applet paths (bin/sh, usr/bin/tr, ...) as busybox lists them, without the leading slash. */
+async function busyboxApplets(busybox: string): Promise<string[]> {
+  const { stdout } = await run(busybox, ['--list-full']);
+  return stdout
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => /^(bin|sbin|usr\/bin|usr\/sbin)\/[A-Za-z0-9._\[\]-]+$/.test(l))
+    .sort();
 }
 
 /** For `cs doctor`: whether the pieces of an initramfs are at hand, without building one. */
