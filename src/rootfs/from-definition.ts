@@ -20,7 +20,8 @@ export interface AssembleFlags {
   onPhase?: (phase: string) => void;
 }
 
-function imageOf(ref: SnapshotRef, field: string): string {
+/** The image a snapshot reference stands for; catalogue names wait for the snapshots issue. */
+export function imageOf(ref: SnapshotRef, field: string): string {
   if (ref.kind === 'oci') return formatReference(ref.reference);
   throw new InputError(
     `${field} "${ref.name}" names a snapshot from the catalogue, which cs cannot resolve yet; use oci://REF for an image`,

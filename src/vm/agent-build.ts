@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { ProcessError, VmError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
+import { packageRoot } from '../util/package-root.js';
 import { run } from '../util/process.js';
 
 /**
@@ -21,17 +21,6 @@ export interface BuildAgentOptions {
 const COMPILER = 'cc';
 const FLAGS = ['-std=gnu11', '-static', '-O2', '-Wall', '-Wextra'] as const;
 const BINARY = 'cs-agent';
-
-/** The folder holding package.json, found upwards from this module (src/vm under tsx, dist/vm when built). */
-export function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    if (existsSync(join(dir, 'package.json'))) return dir;
-    const parent = dirname(dir);
-    if (parent === dir) throw new VmError('cannot find the cs package folder (no package.json above the agent builder)', { code: 'AGENT_BUILD' });
-    dir = parent;
-  }
-}
 
 export function agentSourceDir(): string {
   return join(packageRoot(), 'guest', 'agent');

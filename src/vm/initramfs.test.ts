@@ -1,3 +1,4 @@
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,21 +18,8 @@ import type { Kernel } from './kernel.js';
  * real agent build, read back with GNU cpio.
  */
 
-const BUSYBOX = BUSYBOX_CANDIDATES.find((p) => {
-  try {
-    return isStaticElf(Buffer.from(require_(p)));
-  } catch {
-    return false;
-  }
-});
-
-function require_(path: string): Buffer {
-  // Synchronous read for the module-level lookup above.
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return (process as unknown as { binding?: unknown }) && Buffer.from(readFileSyncCompat(path));
-}
-
-import { readFileSync as readFileSyncCompat } from 'node:fs';
+/** The machine's static busybox, where cs looks for it. */
+const BUSYBOX = BUSYBOX_CANDIDATES.find((p) => existsSync(p) && isStaticElf(readFileSync(p)));
 
 /** A 64-bit little-endian ELF header with `phnum` program headers of the given types right after it. */
 function elf(types: number[], options: { cls?: number; truncate?: number } = {}): Buffer {
@@ -80,19 +68,29 @@ describe('initramfsPrerequisites', () => {
   });
 });
 
-/** Module files named as modules.dep names them; the content says which module it is. */
-const MODULE_FILES: Record<string, (name: string) => Buffer> = {
-  'kernel/drivers/virtio/virtio_ring.ko': (n) => Buffer.from(`module ${n}`),
-  'kernel/drivers/virtio/virtio.ko': (n) => Buffer.from(`module ${n}`),
-  'kernel/drivers/virtio/virtio_mmio.ko.gz': (n) => gzipSync(`module ${n}`),
-  'kernel/drivers/block/virtio_blk.ko': (n) => Buffer.from(`module ${n}`),
-  'kernel/drivers/char/virtio_console.ko': (n) => Buffer.from(`module ${n}`),
-  'kernel/net/core/failover.ko': (n) => Buffer.from(`module ${n}`),
-  'kernel/drivers/net/net_failover.ko': (n) => Buffer.from(`module ${n}`),
-  'kernel/drivers/net/virtio_net.ko.xz': (n) => Buffer.from(`module ${n}`), // compressed below with xz(1)
-  'kernel/fs/erofs/erofs.ko.zst': (n) => Buffer.from(`module ${n}`), // compressed below with zstd(1)
-  'kernel/fs/overlayfs/overlay.ko': (n) => Buffer.from(`module ${n}`),
-};
+/** Module files as modules.dep names them, some compressed as Debian ships them; each holds "module NAME". */
+const MODULE_FILES = [
+  'kernel/drivers/virtio/virtio_ring.ko',
+  'kernel/drivers/virtio/virtio.ko',
+  'kernel/drivers/virtio/virtio_mmio.ko.gz',
+  'kernel/drivers/block/virtio_blk.ko',
+  'kernel/drivers/char/virtio_console.ko',
+  'kernel/net/core/failover.ko',
+  'kernel/drivers/net/net_failover.ko',
+  'kernel/drivers/net/virtio_net.ko.xz',
+  'kernel/fs/erofs/erofs.ko.zst',
+  'kernel/fs/overlayfs/overlay.ko',
+];
+
+async function moduleFile(path: string): Promise<Buffer> {
+  const plain = Buffer.from(`module ${path.slice(path.lastIndexOf('/') + 1).replace(/\.ko.*$/, '')}`);
+  if (path.endsWith('.gz')) return gzipSync(plain);
+  if (path.endsWith('.xz') || path.endsWith('.zst')) {
+    const result = await execa(path.endsWith('.xz') ? 'xz' : 'zstd', ['-c', '-q'], { input: plain, encoding: 'buffer' });
+    return Buffer.from(result.stdout);
+  }
+  return plain;
+}
 
 const DEP = [
   'kernel/drivers/virtio/virtio_ring.ko:',
@@ -122,17 +120,9 @@ describe('ensureInitramfs', () => {
     await symlink(join(SHARED_HOME, 'agent'), join(home, 'agent'));
     const version = '6.1.0-99-test';
     const modules = join(work, 'kernel', 'lib', 'modules', version);
-    for (const [path, make] of Object.entries(MODULE_FILES)) {
-      const name = path.slice(path.lastIndexOf('/') + 1).replace(/\.ko.*$/, '');
-      const file = join(modules, path);
-      await mkdir(join(file, '..'), { recursive: true });
-      if (path.endsWith('.xz') || path.endsWith('.zst')) {
-        const plain = file.replace(/\.(xz|zst)$/, '');
-        await writeFile(plain, make(name));
-        await execa(path.endsWith('.xz') ? 'xz' : 'zstd', ['-q', '--rm', plain]);
-      } else {
-        await writeFile(file, make(name));
-      }
+    for (const path of MODULE_FILES) {
+      await mkdir(join(modules, path, '..'), { recursive: true });
+      await writeFile(join(modules, path), await moduleFile(path));
     }
     await writeFile(join(modules, 'modules.dep'), DEP);
     kernel = { version, dir: join(work, 'kernel'), vmlinuz: join(work, 'kernel', 'vmlinuz'), modules, source: 'test' };

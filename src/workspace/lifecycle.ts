@@ -4,11 +4,11 @@ import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadSandbox } from '../definition/load.js';
-import type { SnapshotRef, Workspace } from '../definition/model.js';
+import type { Workspace } from '../definition/model.js';
 import { WORKSPACE_HOME } from '../definition/model.js';
 import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
-import { formatReference } from '../oci/reference.js';
 import { assemble, type AssembleSnapshot } from '../rootfs/assemble.js';
+import { imageOf } from '../rootfs/from-definition.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import { dataDir, type Env } from '../util/paths.js';
@@ -63,14 +63,6 @@ export interface WorkspaceSummary {
   timings?: Record<string, number>;
 }
 
-function imageOf(ref: SnapshotRef, field: string, where: string): string {
-  if (ref.kind === 'oci') return formatReference(ref.reference);
-  // Catalogue names come with the snapshots issue; until then an image in the
-  // local store with that name stands in for the snapshot.
-  if (!ref.name) throw new InputError(`${where}: ${field} is empty`);
-  return ref.name;
-}
-
 function snapshotsOf(sandbox: string, ws: Workspace): AssembleSnapshot[] {
   const where = `workspace ${sandbox}/${ws.name}`;
   if (!ws.baseSnapshot) {
@@ -78,8 +70,8 @@ function snapshotsOf(sandbox: string, ws: Workspace): AssembleSnapshot[] {
       suggestions: ['set `base_snapshot: oci://REF` (an image) in the definition'],
     });
   }
-  const out: AssembleSnapshot[] = [{ reference: imageOf(ws.baseSnapshot, 'base_snapshot', where), kind: 'base' }];
-  if (ws.homeSnapshot) out.push({ reference: imageOf(ws.homeSnapshot, 'home_snapshot', where), kind: 'home' });
+  const out: AssembleSnapshot[] = [{ reference: imageOf(ws.baseSnapshot, 'base_snapshot'), kind: 'base' }];
+  if (ws.homeSnapshot) out.push({ reference: imageOf(ws.homeSnapshot, 'home_snapshot'), kind: 'home' });
   return out;
 }
 
