@@ -9,7 +9,7 @@ import { CsError, VmError } from '../util/errors.js';
 import { run } from '../util/process.js';
 import type { AgentClient } from '../vm/agent-client.js';
 import { expand, GUEST_AGENT, GUEST_BUSYBOX, runDir, runEnv, workspaceEnv, type GuestIdentity } from './guest-env.js';
-import type { WorkspaceRecord } from './state.js';
+import type { PortMapping, WorkspaceRecord } from './state.js';
 
 /**
  * A workspace's start-up, in Crafting's order: (snapshots are already the
@@ -25,6 +25,8 @@ export interface StepContext {
   /** First boot of this workspace (its disk is new). */
   firstBoot: boolean;
   log: (line: string) => void;
+  /** The port mappings of another workspace of the same sandbox (for port_forward_rules). */
+  siblingPorts: (workspace: string) => Promise<readonly PortMapping[] | undefined>;
   /** Records a step's start and end (the supervisor keeps them in run.json). */
   step: <T>(name: string, fn: () => Promise<T>) => Promise<T>;
 }
@@ -277,6 +279,37 @@ export async function startDaemons(ctx: StepContext, manifests: Record<string, M
   }
 }
 
+/** The host as QEMU's user-mode network shows it to the guest. */
+const HOST_FROM_GUEST = '10.0.2.2';
+
+/**
+ * `port_forward_rules`: LOCAL inside this workspace reaches a port of
+ * another workspace. The other workspace's port is forwarded to the host's
+ * loopback (its `ports`), which the guest reaches through QEMU's gateway; a
+ * busybox `nc` relay (one process per connection) joins the two.
+ */
+export async function startForwards(ctx: StepContext): Promise<void> {
+  for (const rule of ctx.record.spec.portForwardRules) {
+    await ctx.step(`forward ${rule.local.port} to ${rule.remote.target}:${rule.remote.port}`, async () => {
+      const ports = await ctx.siblingPorts(rule.remote.target);
+      if (!ports) throw new StepError(`port_forward_rules: workspace "${rule.remote.target}" does not exist in sandbox ${ctx.record.sandbox}`);
+      const mapping = ports.find((p) => p.guestPort === rule.remote.port && p.protocol !== 'UDP');
+      if (!mapping) {
+        throw new StepError(`port_forward_rules: workspace "${rule.remote.target}" declares no TCP port ${rule.remote.port} in its ports, so nothing forwards to it`);
+      }
+      const handle = ctx.client.exec({
+        argv: [GUEST_BUSYBOX, 'nc', '-ll', '-p', String(rule.local.port), '-e', GUEST_BUSYBOX, 'nc', HOST_FROM_GUEST, String(mapping.hostPort)],
+        env: ROOT_ENV,
+        user: 'root',
+        detach: { log: `${DAEMON_LOG_DIR}/forward-${rule.local.port}.log` },
+      });
+      await handle.started;
+      await handle.exit;
+      ctx.log(`  127.0.0.1:${rule.local.port} -> ${rule.remote.target}:${rule.remote.port} (host 127.0.0.1:${mapping.hostPort})`);
+    });
+  }
+}
+
 function probeArgv(probe: Probe): string[] {
   switch (probe.kind) {
     case 'command':
@@ -339,6 +372,7 @@ export async function startWorkspace(ctx: StepContext): Promise<void> {
   } else {
     await runLifecycle(ctx, 'on_resume', ctx.record.spec.lifecycle.onResume);
   }
+  await startForwards(ctx);
   await startDaemons(ctx, manifests);
   await waitReady(ctx);
 }

@@ -221,6 +221,7 @@ function stepContext(dir: string, record: WorkspaceRecord, client: AgentClient, 
     record,
     firstBoot: false,
     log: (line) => appendLog(dir, line),
+    siblingPorts: async (workspace) => (await readRecord(join(dir, '..', workspace)))?.ports,
     step: async (name, fn) => {
       const entry = { name, startedAt: new Date().toISOString() } as RunRecord['steps'][number];
       state.steps.push(entry);

@@ -18,19 +18,24 @@ function shellQuote(word: string): string {
 
 /**
  * Runs `cs ARGS` on a fresh terminal of ROWS x COLS, types `input` into it,
- * and returns everything the terminal showed. `script -e` exits with cs's code.
+ * and returns everything the terminal showed; `script -e` exits with cs's
+ * code. The input side stays open, as a user's keyboard does: at the end of
+ * its input `script` would type an end-of-file that reaches the guest as a
+ * stray byte once cs has switched the terminal to raw mode.
  */
 async function onTerminal(args: string[], options: { env: Record<string, string>; input: string; rows?: number; cols?: number }) {
   const cs = [process.execPath, BIN, ...args].map(shellQuote).join(' ');
   const size = `stty rows ${options.rows ?? 30} cols ${options.cols ?? 100}`;
-  const result = await execa('script', ['-qfec', `${size}; exec ${cs}`, '/dev/null'], {
+  const child = execa('script', ['-qfec', `${size}; exec ${cs}`, '/dev/null'], {
     cwd: ROOT,
     env: { ...userEnv(options.env), TERM: 'xterm-256color' },
     extendEnv: false,
-    input: options.input,
+    stdin: 'pipe',
     reject: false,
     timeout: 90_000,
   });
+  child.stdin.write(options.input);
+  const result = await child;
   // The terminal ends lines with CR LF.
   return { exitCode: result.exitCode, output: String(result.stdout).replace(/\r/g, '') };
 }

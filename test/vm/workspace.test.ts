@@ -323,3 +323,60 @@ describe('workspaces that cannot start', () => {
     expect(stdout.split('\n').filter((l) => l.includes(`${home.home}/sandboxes/twice/`))).toEqual([]);
   }, 300_000);
 });
+
+describe('two workspaces of one sandbox', () => {
+  let home: Awaited<ReturnType<typeof vmHome>>;
+  let work: string;
+
+  beforeAll(async () => {
+    await ensureBuilt('sandbox/create');
+    home = await vmHome();
+    work = await mkdtemp(join(tmpdir(), 'cs-ws-pair-'));
+    await importTinyImage(home.env);
+  }, 300_000);
+
+  afterAll(async () => {
+    await runCs(['sandbox', 'remove', 'pair'], { env: home.env, timeoutMs: 60_000 });
+    await home?.cleanup();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  it('reaches the other workspace through port_forward_rules', async () => {
+    const file = await writeDefinition(
+      work,
+      'pair',
+      [
+        'workspaces:',
+        '  - name: db',
+        '    base_snapshot: oci://localhost/test/tiny:1',
+        '    resources: { memory: 256Mi, disk: 1Gi }',
+        '    ports:',
+        '      - { name: data, port: 5050, protocol: TCP }',
+        '    system:',
+        '      files:',
+        '        - { path: /srv/data/index.html, content: "from the db workspace\\n" }',
+        '      daemons:',
+        '        - { name: serve, run: { cmd: exec busybox httpd -f -p 5050 -h /srv/data } }',
+        '    probes:',
+        '      readiness:',
+        '        - tcp_port: 5050',
+        '  - name: app',
+        '    base_snapshot: oci://localhost/test/tiny:1',
+        '    resources: { memory: 256Mi, disk: 1Gi }',
+        '    port_forward_rules:',
+        '      - { local: 7000, remote: { target: db, port: data } }',
+        '',
+      ].join('\n'),
+    );
+    const created = await runCs(['sandbox', 'create', '-f', file, '--wait'], { env: home.env, timeoutMs: 300_000 });
+    expect(created.stderr).not.toContain('Error');
+    expect(created.exitCode).toBe(0);
+    const fetched = await runCs(['exec', '-W', 'pair/app', '--', 'busybox', 'wget', '-qO-', 'http://127.0.0.1:7000/index.html'], { env: home.env });
+    expect(fetched.stdout).toBe('from the db workspace');
+    const list = JSON.parse((await runCs(['sandbox', 'list', '--json'], { env: home.env })).stdout) as { workspaces: Summary[] };
+    expect(list.workspaces.filter((w) => w.sandbox === 'pair').map((w) => `${w.workspace}:${w.status}`).sort()).toEqual(['app:running', 'db:running']);
+    const ambiguous = await runCs(['exec', '-W', 'pair', '--', 'true'], { env: home.env });
+    expect(ambiguous.exitCode).toBe(2);
+    expect(ambiguous.stderr).toContain('several workspaces');
+  }, 300_000);
+});
