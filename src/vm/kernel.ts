@@ -39,7 +39,7 @@ export function kernelsDir(env?: Env): string {
 
 const RECORD = 'kernel.json';
 
-async function readKernel(dir: string): Promise<Kernel | undefined> {
+export async function readKernel(dir: string): Promise<Kernel | undefined> {
   try {
     const record = JSON.parse(await readFile(join(dir, RECORD), 'utf8')) as { version: string; source: string };
     const kernel: Kernel = {
@@ -61,7 +61,7 @@ export async function findKernel(options: KernelOptions = {}): Promise<Kernel | 
   const names = await readdir(root).catch(() => [] as string[]);
   const kernels: Kernel[] = [];
   for (const name of names) {
-    if (name.startsWith('.')) continue;
+    if (name.startsWith('.') || name.startsWith('oci-')) continue;
     const kernel = await readKernel(join(root, name));
     if (kernel) kernels.push(kernel);
   }
@@ -140,7 +140,7 @@ export async function fetchDebianKernel(options: KernelOptions = {}): Promise<Ke
  * `lib/modules/VERSION/` (a Debian package's or an image's): copies both under
  * the kernels folder and writes `modules.dep`.
  */
-export async function installKernelTree(options: { tree: string; root: string; source: string; phase?: (p: string) => void }): Promise<Kernel> {
+export async function installKernelTree(options: { tree: string; root: string; source: string; name?: string; phase?: (p: string) => void }): Promise<Kernel> {
   const boot = join(options.tree, 'boot');
   const images = (await readdir(boot).catch(() => [] as string[])).filter((n) => n.startsWith('vmlinuz-'));
   if (images.length === 0) throw new VmError(`${options.source} holds no boot/vmlinuz-VERSION`, { code: 'KERNEL_INVALID' });
@@ -168,7 +168,7 @@ export async function installKernelTree(options: { tree: string; root: string; s
       });
     }
     await writeFile(join(stage, RECORD), JSON.stringify({ version, source: options.source }, null, 2) + '\n');
-    const dir = join(options.root, version);
+    const dir = join(options.root, options.name ?? version);
     await rm(dir, { recursive: true, force: true });
     await rename(stage, dir);
     const kernel = await readKernel(dir);

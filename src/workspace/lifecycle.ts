@@ -14,6 +14,7 @@ import { withLock } from '../util/lock.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { run } from '../util/process.js';
 import { chooseAccelerator } from '../vm/accel.js';
+import { resolveKernel } from './kernel-image.js';
 import { ensureInitramfs } from '../vm/initramfs.js';
 import { ensureKernel } from '../vm/kernel.js';
 import { allocatePorts } from './ports.js';
@@ -138,6 +139,8 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
         ...envOpt,
         onPhase: (p) => phase(`${ws.name}: ${p}`),
       });
+      const wsKernel = ws.kernel.kind === 'default' ? kernel : await resolveKernel(ws.kernel, { ...envOpt, onPhase: (p) => phase(`${ws.name}: ${p}`) });
+      const wsInitramfs = wsKernel === kernel ? initramfs : await ensureInitramfs({ kernel: wsKernel, ...envOpt });
       const dir = join(staging, ws.name);
       await mkdir(dir);
       phase(`disk of ${ws.name}`);
@@ -152,8 +155,8 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
         spec: ws,
         lowers: [image.out],
         chainId: image.chainId,
-        kernel: { version: kernel.version, vmlinuz: kernel.vmlinuz },
-        initramfs: initramfs.path,
+        kernel: { version: wsKernel.version, vmlinuz: wsKernel.vmlinuz },
+        initramfs: wsInitramfs.path,
         accel: verdict.accel,
         cpus: ws.resources.cpus,
         memoryMiB: ws.resources.memoryMiB,
