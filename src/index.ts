@@ -20,3 +20,17 @@ export { ContentStore } from './oci/store.js';
 export { importDirectory } from './snapshot/import-dir.js';
 export { applyLayer, type ApplyOptions, type ApplyResult } from './layers/apply.js';
 export { assemble, type AssembleOptions, type AssembleResult } from './rootfs/assemble.js';
+export { buildDebianBase } from './snapshot/debian-base.js';
+export { createSandbox, type CreateOptions } from './workspace/create.js';
+export {
+  listSandboxes,
+  removeSandbox,
+  resumeSandbox,
+  showSandbox,
+  suspendSandbox,
+  type SandboxResult,
+  type WorkspaceSummary,
+} from './workspace/lifecycle.js';
+export { addPortForward, execInWorkspace, showLog, type ExecOptions, type ExecResult } from './workspace/exec.js';
+export { doctor, setup } from './workspace/setup.js';
+export { AgentClient } from './vm/agent-client.js';

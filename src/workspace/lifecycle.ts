@@ -3,21 +3,9 @@ import { existsSync, openSync, closeSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadSandbox } from '../definition/load.js';
-import type { Workspace } from '../definition/model.js';
-import { WORKSPACE_HOME } from '../definition/model.js';
-import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
-import { assemble, type AssembleSnapshot } from '../rootfs/assemble.js';
-import { imageOf } from '../rootfs/from-definition.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
-import { dataDir, type Env } from '../util/paths.js';
-import { run } from '../util/process.js';
-import { chooseAccelerator } from '../vm/accel.js';
-import { resolveKernel } from './kernel-image.js';
-import { ensureInitramfs } from '../vm/initramfs.js';
-import { ensureKernel } from '../vm/kernel.js';
-import { allocatePorts } from './ports.js';
+import type { Env } from '../util/paths.js';
 import {
   FILES,
   listWorkspaces,
@@ -64,128 +52,13 @@ export interface WorkspaceSummary {
   timings?: Record<string, number>;
 }
 
-function snapshotsOf(sandbox: string, ws: Workspace): AssembleSnapshot[] {
-  const where = `workspace ${sandbox}/${ws.name}`;
-  if (!ws.baseSnapshot) {
-    throw new InputError(`${where} has no base_snapshot, so there is nothing to boot`, {
-      suggestions: ['set `base_snapshot: oci://REF` (an image) in the definition'],
-    });
-  }
-  const out: AssembleSnapshot[] = [{ reference: imageOf(ws.baseSnapshot, 'base_snapshot'), kind: 'base' }];
-  if (ws.homeSnapshot) out.push({ reference: imageOf(ws.homeSnapshot, 'home_snapshot'), kind: 'home' });
-  return out;
-}
-
-export function imagesDir(env?: Env): string {
-  return join(dataDir(env), 'images');
-}
-
-/** A sparse ext4 file: costs what is written to it, not its size. */
-export async function makeDisk(path: string, bytes: number): Promise<void> {
-  const mib = Math.max(64, Math.floor(bytes / (1024 * 1024)));
-  await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1', '-L', 'cs-workspace', path, `${mib}M`]);
-}
-
-export interface CreateOptions extends LifecycleOptions {
-  file: string;
-  /** The sandbox's name; default the definition's. */
-  name?: string;
-  wait?: boolean;
-  waitTimeoutMs?: number;
-}
-
 export interface SandboxResult {
   sandbox: string;
   file: string;
   workspaces: WorkspaceSummary[];
 }
 
-function checkName(name: string): string {
-  if (!isResourceName(name)) throw new UsageError(`invalid sandbox name "${name}": ${RESOURCE_NAME_RULE}`);
-  return name.toLowerCase();
-}
-
-export async function createSandbox(options: CreateOptions): Promise<SandboxResult> {
-  const phase = options.onPhase ?? (() => undefined);
-  const sandbox = await loadSandbox({ file: options.file });
-  const name = checkName(options.name ?? sandbox.name);
-  const root = join(sandboxesDir(options.env), name);
-  if (existsSync(root)) {
-    throw new InputError(`sandbox "${name}" already exists`, { suggestions: [`remove it first with \`cs sandbox remove ${name}\`, or pick another name`] });
-  }
-  if (sandbox.workspaces.length === 0) throw new InputError(`${options.file} defines no workspaces`);
-  const plans = sandbox.workspaces.map((ws) => ({ ws, snapshots: snapshotsOf(name, ws) }));
-
-  phase('kernel');
-  const envOpt = options.env ? { env: options.env } : {};
-  const kernel = await ensureKernel({ ...envOpt, onPhase: phase });
-  phase('initramfs');
-  const initramfs = await ensureInitramfs({ kernel, ...envOpt });
-  phase('accelerator');
-  const verdict = await chooseAccelerator({ kernel: kernel.vmlinuz, initrd: initramfs.path, ...envOpt });
-
-  await mkdir(sandboxesDir(options.env), { recursive: true });
-  const staging = join(sandboxesDir(options.env), `.new-${name}-${process.pid}-${Date.now()}`);
-  await mkdir(staging, { recursive: true });
-  try {
-    const taken = await portsInUse(options.env);
-    for (const { ws, snapshots } of plans) {
-      phase(`snapshots of ${ws.name}`);
-      const image = await assemble({
-        snapshots,
-        out: (chain) => join(imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
-        format: 'erofs',
-        home: WORKSPACE_HOME,
-        ...envOpt,
-        onPhase: (p) => phase(`${ws.name}: ${p}`),
-      });
-      const wsKernel = ws.kernel.kind === 'default' ? kernel : await resolveKernel(ws.kernel, { ...envOpt, onPhase: (p) => phase(`${ws.name}: ${p}`) });
-      const wsInitramfs = wsKernel === kernel ? initramfs : await ensureInitramfs({ kernel: wsKernel, ...envOpt });
-      const dir = join(staging, ws.name);
-      await mkdir(dir);
-      phase(`disk of ${ws.name}`);
-      await makeDisk(join(dir, FILES.disk), ws.resources.diskBytes);
-      const record: WorkspaceRecord = {
-        version: 1,
-        sandbox: name,
-        name: ws.name,
-        file: options.file,
-        createdAt: new Date().toISOString(),
-        desired: 'running',
-        spec: ws,
-        lowers: [image.out],
-        chainId: image.chainId,
-        kernel: { version: wsKernel.version, vmlinuz: wsKernel.vmlinuz },
-        initramfs: wsInitramfs.path,
-        accel: verdict.accel,
-        cpus: ws.resources.cpus,
-        memoryMiB: ws.resources.memoryMiB,
-        diskBytes: ws.resources.diskBytes,
-        ports: await allocatePorts(ws.ports, taken),
-      };
-      await writeRecord(dir, record);
-    }
-    await writeFile(join(staging, 'sandbox.json'), JSON.stringify({ name, file: options.file, createdAt: new Date().toISOString() }, null, 2) + '\n');
-    await rename(staging, root).catch((error: NodeJS.ErrnoException) => {
-      throw new InputError(`sandbox "${name}" was created by someone else meanwhile`, { cause: error });
-    });
-  } catch (error) {
-    await rm(staging, { recursive: true, force: true });
-    throw error;
-  }
-  for (const { ws } of plans) {
-    phase(`start ${ws.name}`);
-    await startSupervisor(join(root, ws.name), options.env);
-  }
-  if (options.wait) {
-    for (const { ws } of plans) await waitUntil(join(root, ws.name), 'ready', { ...options, onPhase: phase });
-  } else {
-    for (const { ws } of plans) await waitUntil(join(root, ws.name), 'booted', { ...options, onPhase: phase });
-  }
-  return showSandbox({ name, ...envOpt });
-}
-
-async function portsInUse(env?: Env): Promise<Set<number>> {
+export async function portsInUse(env?: Env): Promise<Set<number>> {
   const taken = new Set<number>();
   for (const ref of await listWorkspaces(env)) {
     const record = await readRecord(ref.dir);
@@ -244,7 +117,7 @@ export async function waitUntil(dir: string, goal: 'booted' | 'ready', options: 
       throw new VmError(`the supervisor of ${dir} did not start`, { suggestions: [`see ${join(dir, FILES.supervisorLog)}`] });
     }
     if (Date.now() > deadline) throw new VmError(`gave up waiting for the workspace to be ${goal}`);
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, 25));
   }
 }
 

@@ -11,7 +11,7 @@ import { connectUnix } from './connect.js';
 import { ControlTag, ControlType, Mux } from './mux.js';
 import { qemuProtocol } from './ports.js';
 import { FILES, readRecord, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
-import { isFirstBoot, runLifecycle, startWorkspace, type StepContext } from './steps.js';
+import type { StepContext } from './steps.js';
 
 /**
  * The supervisor: one detached process per running workspace. It starts
@@ -118,6 +118,7 @@ export async function supervise(dir: string): Promise<void> {
       if (client) {
         const ctx = stepContext(dir, record, client, state, save);
         const hook = reason === 'delete' ? record.spec.lifecycle.onDelete : record.spec.lifecycle.onSuspend;
+        const { runLifecycle } = await import('./steps.js');
         await runLifecycle(ctx, reason === 'delete' ? 'on_delete' : 'on_suspend', hook).catch((error: Error) => log(dir, `stop hook failed: ${error.message}`));
         client.close();
       }
@@ -188,6 +189,9 @@ export async function supervise(dir: string): Promise<void> {
   await save();
   log(dir, `agent ready after ${state.timings['agentReady']} ms`);
 
+  // The start-up steps read definitions (ajv and the schemas): loaded only
+  // now, so they do not delay QEMU's start.
+  const { isFirstBoot, startWorkspace } = await import('./steps.js');
   const client = await internalClient(dir);
   const ctx = stepContext(dir, record, client, state, save);
   try {

@@ -1,5 +1,6 @@
 import { Args, Flags } from '@oclif/core';
-import { createSandbox, type SandboxResult } from '../../workspace/lifecycle.js';
+import { createSandbox } from '../../workspace/create.js';
+import type { SandboxResult } from '../../workspace/lifecycle.js';
 import { CsCommand } from '../_base.js';
 import { workspaceDetails } from './_format.js';
 
