@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { decodeFields, encodeFields, encodeFrame, FrameDecoder, FrameType, Tag, type Field, type Frame } from '../vm/protocol.js';
+import { decodeFields, encodeFields, encodeFrame, endsStream, FrameDecoder, FrameType, Tag, type Field, type Frame } from '../vm/protocol.js';
 
 /**
  * One agent connection shared by many clients. The virtio-serial port has a
@@ -16,8 +16,6 @@ import { decodeFields, encodeFields, encodeFrame, FrameDecoder, FrameType, Tag, 
 
 const REQUESTS = new Set<number>([FrameType.exec, FrameType.readFile, FrameType.writeFile, FrameType.info]);
 const FOLLOW_UPS = new Set<number>([FrameType.stdin, FrameType.signal, FrameType.resize]);
-/** Agent frames after which a stream is over. */
-const TERMINAL = new Set<number>([FrameType.exit, FrameType.error, FrameType.info]);
 
 export const ControlType = {
   STOP: 0x21,
@@ -79,7 +77,7 @@ export class Mux {
     }
     const route = this.routes.get(frame.stream);
     if (!route) return;
-    const terminal = TERMINAL.has(frame.type);
+    const terminal = endsStream(frame.type);
     if (terminal) {
       this.routes.delete(frame.stream);
       route.client.streams.delete(route.local);
