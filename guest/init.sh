@@ -54,7 +54,7 @@ if [ "$(arg cs.probe)" = "1" ]; then
   poweroff -f
 fi
 
-# Time: the microvm has no RTC; the host passes its clock.
+# Time: the RTC gives whole seconds; the host's clock at boot is as good.
 now="$(arg cs.time)" && date -s "@$now" >/dev/null 2>&1
 
 # Disks, by serial number (device names depend on probe order).

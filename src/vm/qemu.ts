@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs';
+
 /**
  * The QEMU `microvm` command line for a workspace. One function builds it
  * from a typed description so the supervisor, the accelerator probe and the
@@ -32,6 +34,8 @@ export interface MachineSpec {
   hostname?: string;
   network?: boolean;
   forwards?: readonly PortForward[];
+  /** The host's TSC rate in kHz: under TCG the guest's TSC ticks at it (see hostTscKhz). */
+  tscKhz?: number;
   /** Extra `cs.*` settings for the guest init. */
   settings?: Readonly<Record<string, string>>;
 }
@@ -42,12 +46,12 @@ export interface MachineSpec {
  * 20 of 20 boots succeed. `panic=-1 reboot=t` with `-no-reboot` turns a guest
  * panic into a QEMU exit instead of a hang.
  */
-export function kernelCommandLine(spec: Pick<MachineSpec, 'accel' | 'hostname' | 'settings'>, now = Date.now()): string {
+export function kernelCommandLine(spec: Pick<MachineSpec, 'accel' | 'hostname' | 'settings' | 'tscKhz'>, now = Date.now()): string {
   // cryptomgr.notests and skipping the SP800-108 KDF's built-in self-test:
   // together about 0.3 s of a TCG boot spent testing the kernel build, not
   // the workspace. A microvm has no PCI bus to probe.
   const args = ['console=ttyS0', 'quiet', 'panic=-1', 'reboot=t', 'rw', 'cryptomgr.notests', 'initcall_blacklist=crypto_kdf108_init', 'pci=off'];
-  if (spec.accel === 'tcg') args.push('tsc_early_khz=2000000', 'no_timer_check');
+  if (spec.accel === 'tcg') args.push(`tsc_early_khz=${spec.tscKhz ?? DEFAULT_TSC_KHZ}`, 'no_timer_check');
   args.push(`cs.time=${Math.floor(now / 1000)}`);
   if (spec.hostname) args.push(`cs.hostname=${spec.hostname}`);
   for (const [key, value] of Object.entries(spec.settings ?? {})) {
@@ -55,6 +59,28 @@ export function kernelCommandLine(spec: Pick<MachineSpec, 'accel' | 'hostname' |
     args.push(`cs.${key}=${value}`);
   }
   return args.join(' ');
+}
+
+const DEFAULT_TSC_KHZ = 2_000_000;
+
+/**
+ * Under TCG the guest reads the host's own TSC, so the frequency the guest
+ * kernel is told must be the host's, or its clock drifts (by 5% on a
+ * 2.1 GHz host told 2 GHz). /proc/cpuinfo's "cpu MHz" is that rate on hosts
+ * with a constant TSC; elsewhere the constant is the best guess left.
+ */
+export function hostTscKhz(cpuinfo?: string): number {
+  let text = cpuinfo;
+  if (text === undefined) {
+    try {
+      text = readFileSync('/proc/cpuinfo', 'utf8');
+    } catch {
+      return DEFAULT_TSC_KHZ;
+    }
+  }
+  if (!/^flags\s*:.*\bconstant_tsc\b/m.test(text)) return DEFAULT_TSC_KHZ;
+  const mhz = Number(/^cpu MHz\s*:\s*([0-9.]+)/m.exec(text)?.[1]);
+  return Number.isFinite(mhz) && mhz > 100 ? Math.round(mhz * 1000) : DEFAULT_TSC_KHZ;
 }
 
 /** QEMU's option syntax doubles a comma inside a value. */

@@ -2,6 +2,7 @@ import { createReadStream, existsSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
+import type { AgentClient } from '../vm/agent-client.js';
 import { WORKSPACE_HOME, WORKSPACE_USER } from '../definition/model.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
@@ -51,10 +52,16 @@ export async function execInWorkspace(options: ExecOptions): Promise<ExecResult>
   }
   const client = await openAgent(ws.dir, `${ws.sandbox}/${ws.workspace}`);
   try {
+    // The user's own home and login shell, as the image's passwd file says.
+    const account = await guestAccount(client, user);
+    if (account) {
+      env['HOME'] = account.home;
+      env['SHELL'] = account.shell;
+    }
     const handle = client.exec({
       argv: options.argv,
       env,
-      cwd: options.cwd ?? (user === 'root' ? '/root' : user === WORKSPACE_USER ? WORKSPACE_HOME : '/'),
+      cwd: options.cwd ?? account?.home ?? (user === 'root' ? '/root' : user === WORKSPACE_USER ? WORKSPACE_HOME : '/'),
       user,
       ...(options.timeoutMs ? { timeoutMs: options.timeoutMs } : {}),
       ...(options.tty ? { tty: { rows: options.tty.rows, cols: options.tty.cols } } : {}),
@@ -82,14 +89,24 @@ function drained(stream: Readable): Promise<void> {
   });
 }
 
-/** The owner's login shell from the image's passwd file, else sh. */
+/** A user's home and login shell from the image's passwd file (by name or uid). */
+async function guestAccount(client: AgentClient, user: string): Promise<{ home: string; shell: string } | undefined> {
+  const passwd = await client.readFile('/etc/passwd').then((b) => b.toString('utf8'), () => '');
+  const numeric = /^\d+$/.test(user);
+  for (const line of passwd.split('\n')) {
+    const f = line.split(':');
+    if (f.length < 7 || (numeric ? f[2] !== user : f[0] !== user)) continue;
+    return { home: f[5] || '/', shell: f[6]?.trim() || '/bin/sh' };
+  }
+  return undefined;
+}
+
+/** The user's login shell from the image's passwd file, else sh. */
 export async function loginShell(target: string, user: string = WORKSPACE_USER, env?: Env): Promise<string> {
   const ws = await resolveWorkspace(target, env);
   const client = await openAgent(ws.dir, `${ws.sandbox}/${ws.workspace}`);
   try {
-    const passwd = (await client.readFile('/etc/passwd')).toString('utf8');
-    const line = passwd.split('\n').find((l: string) => l.startsWith(`${user}:`));
-    return line?.split(':')[6]?.trim() || '/bin/sh';
+    return (await guestAccount(client, user))?.shell ?? '/bin/sh';
   } finally {
     client.close();
   }

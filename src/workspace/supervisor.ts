@@ -6,7 +6,7 @@ import { acquireLock, type Lock } from '../util/lock.js';
 import { AgentClient } from '../vm/agent-client.js';
 import { fieldText } from '../vm/protocol.js';
 import { QmpClient } from '../vm/qmp.js';
-import { QEMU_BINARY, qemuArgs } from '../vm/qemu.js';
+import { hostTscKhz, QEMU_BINARY, qemuArgs } from '../vm/qemu.js';
 import { connectUnix } from './connect.js';
 import { ControlTag, ControlType, Mux } from './mux.js';
 import { qemuProtocol } from './ports.js';
@@ -30,7 +30,9 @@ export async function supervise(dir: string): Promise<void> {
   if (!record) throw new Error(`no workspace record in ${dir}`);
   let lock: Lock;
   try {
-    lock = await acquireLock(join(dir, 'supervisor.lock'), { purpose: 'supervising this workspace', timeoutMs: 0 });
+    // A supervisor that just recorded its exit may still be releasing the
+    // lock when a resume starts the next one: wait a little for it.
+    lock = await acquireLock(join(dir, 'supervisor.lock'), { purpose: 'supervising this workspace', timeoutMs: 5000 });
   } catch {
     log(dir, 'another supervisor is running this workspace; exiting');
     return;
@@ -63,6 +65,7 @@ export async function supervise(dir: string): Promise<void> {
     consoleLog: FILES.console,
     hostname: record.name,
     network: true,
+    tscKhz: hostTscKhz(),
     forwards: record.ports.map((p) => ({ protocol: qemuProtocol(p.protocol), hostAddress: '127.0.0.1', hostPort: p.hostPort, guestPort: p.guestPort })),
   });
   // QEMU truncates the console log at start: it always holds this boot only.
@@ -193,6 +196,9 @@ export async function supervise(dir: string): Promise<void> {
   // now, so they do not delay QEMU's start.
   const { isFirstBoot, startWorkspace } = await import('./steps.js');
   const client = await internalClient(dir);
+  // The guest's clock came from the RTC (whole seconds) during boot: set it
+  // to the host's now, before anything compares file times.
+  await client.run({ argv: ['/run/cs/busybox', 'date', '-u', '-s', `@${Math.round(Date.now() / 1000)}`], env: {}, user: 'root' }).catch(() => undefined);
   const ctx = stepContext(dir, record, client, state, save);
   try {
     const firstBoot = await isFirstBoot(client);
