@@ -153,6 +153,7 @@ async function fixture(name: string, content: string | Uint8Array): Promise<stri
 }
 
 const EXAMPLE_FILES = [
+  { file: 'examples/debian.yaml', kind: 'sandbox', ok: true },
   { file: 'examples/minimal.yaml', kind: 'sandbox', ok: true },
   { file: 'examples/team/frontend-repo/.sandbox/manifest.yaml', kind: 'manifest', ok: true },
   { file: 'examples/team/shop.yaml', kind: 'sandbox', ok: true },
@@ -164,7 +165,7 @@ describe('cs validate on the examples', () => {
     const [human, json] = await Promise.all([cs(['validate', 'examples/']), cs(['validate', 'examples/', '--json'])]);
 
     expect(human.exitCode, human.stderr).toBe(0);
-    expect(lines(human.stdout).at(-1)).toBe('✓ 4 definitions valid');
+    expect(lines(human.stdout).at(-1)).toBe('✓ 5 definitions valid');
     expect(human.stderr).toBe('');
 
     expect(json.exitCode, json.stderr).toBe(0);
