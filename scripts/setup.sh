@@ -8,9 +8,10 @@ cd "$(dirname "$0")/.."
 # interop tests and benchmarks; apache2-utils: htpasswd; openssl: test certificates;
 # zstd, attr (setfattr), erofs-utils, e2fsprogs: layers and images; python3: xattr checks in tests;
 # qemu-system-x86, busybox-static, kmod, gcc, libc6-dev: microVM workspaces (QEMU, the guest's
-# init, module indexing, the guest agent); debootstrap: a Debian base image built locally.
+# init, module indexing, the guest agent); lz4, xz-utils: unpacking the kernel for a PVH boot;
+# debootstrap: a Debian base image built locally.
 packages=(git ca-certificates python3 openssl zstd attr erofs-utils e2fsprogs docker-registry skopeo umoci apache2-utils
-  qemu-system-x86 busybox-static kmod gcc libc6-dev debootstrap)
+  qemu-system-x86 busybox-static kmod gcc libc6-dev lz4 xz-utils debootstrap)
 
 missing=()
 for p in "${packages[@]}"; do

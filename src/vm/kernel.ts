@@ -6,6 +6,7 @@ import { VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { run } from '../util/process.js';
+import { ensureVmlinux } from './vmlinux.js';
 
 /**
  * The guest kernel. By default Debian's `linux-image-cloud-amd64`, fetched
@@ -219,6 +220,15 @@ export async function moduleLoadOrder(kernel: Kernel, wanted: readonly string[])
 function moduleName(path: string): string {
   const base = path.slice(path.lastIndexOf('/') + 1);
   return base.replace(/\.ko(\.(xz|gz|zst))?$/, '').replace(/-/g, '_');
+}
+
+/**
+ * What QEMU should boot for this kernel: the uncompressed vmlinux through
+ * its PVH entry when the kernel has one (about half a second faster under
+ * TCG, see vmlinux.ts), else the bzImage.
+ */
+export async function bootImage(kernel: Kernel): Promise<string> {
+  return (await ensureVmlinux(kernel.vmlinuz, join(kernel.dir, 'vmlinux'))) ?? kernel.vmlinuz;
 }
 
 /** A short content id of a kernel, for cache keys. */

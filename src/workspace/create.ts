@@ -12,7 +12,7 @@ import { dataDir, type Env } from '../util/paths.js';
 import { run } from '../util/process.js';
 import { chooseAccelerator } from '../vm/accel.js';
 import { ensureInitramfs } from '../vm/initramfs.js';
-import { ensureKernel } from '../vm/kernel.js';
+import { bootImage, ensureKernel } from '../vm/kernel.js';
 import { resolveKernel } from './kernel-image.js';
 import { portsInUse, showSandbox, startSupervisor, waitUntil, type LifecycleOptions, type SandboxResult } from './lifecycle.js';
 import { allocatePorts } from './ports.js';
@@ -111,7 +111,7 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
         spec: ws,
         lowers: [image.out],
         chainId: image.chainId,
-        kernel: { version: wsKernel.version, vmlinuz: wsKernel.vmlinuz },
+        kernel: { version: wsKernel.version, vmlinuz: wsKernel.vmlinuz, boot: await bootImage(wsKernel) },
         initramfs: wsInitramfs.path,
         accel: verdict.accel,
         cpus: ws.resources.cpus,

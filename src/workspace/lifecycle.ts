@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
@@ -65,6 +65,25 @@ export async function portsInUse(env?: Env): Promise<Set<number>> {
     for (const p of record?.ports ?? []) taken.add(p.hostPort);
   }
   return taken;
+}
+
+/**
+ * A workspace boots the current initramfs (agent, init) and boot image of
+ * its kernel: after an upgrade of cs, a resume picks them up. Both are
+ * cached by content, so this costs a hash when nothing changed.
+ */
+async function refreshBootFiles(dir: string, env?: Env): Promise<void> {
+  const record = await readRecord(dir);
+  if (!record) return;
+  const { bootImage, readKernel } = await import('../vm/kernel.js');
+  const { ensureInitramfs } = await import('../vm/initramfs.js');
+  const kernel = await readKernel(dirname(record.kernel.vmlinuz));
+  if (!kernel) return;
+  const boot = await bootImage(kernel);
+  const initramfs = (await ensureInitramfs({ kernel, ...(env ? { env } : {}) })).path;
+  if (boot !== record.kernel.boot || initramfs !== record.initramfs) {
+    await writeRecord(dir, { ...record, kernel: { ...record.kernel, boot }, initramfs });
+  }
 }
 
 /** Where the supervisor's entry point is: next to this file, built or run through tsx. */
@@ -229,6 +248,7 @@ export async function resumeSandbox(options: LifecycleOptions & { name: string; 
       await writeRecord(ws.dir, { ...record, desired: 'running' });
       if (supervisorAlive(runRecord)) return;
       options.onPhase?.(`resume ${ws.workspace}`);
+      await refreshBootFiles(ws.dir, options.env);
       await startSupervisor(ws.dir, options.env);
     });
   }

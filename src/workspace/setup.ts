@@ -22,6 +22,8 @@ export const HOST_PACKAGES: readonly { pkg: string; check: string }[] = [
   { pkg: 'kmod', check: '/sbin/depmod' },
   { pkg: 'gcc', check: '/usr/bin/cc' },
   { pkg: 'libc6-dev', check: '/usr/include/stdio.h' },
+  { pkg: 'lz4', check: '/usr/bin/lz4' },
+  { pkg: 'xz-utils', check: '/usr/bin/xz' },
   { pkg: 'git', check: '/usr/bin/git' },
   { pkg: 'attr', check: '/usr/bin/setfattr' },
   { pkg: 'debootstrap', check: '/usr/sbin/debootstrap' },

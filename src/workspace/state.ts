@@ -40,7 +40,8 @@ export interface WorkspaceRecord {
   /** Read-only snapshot images, top first. */
   lowers: string[];
   chainId: string;
-  kernel: { version: string; vmlinuz: string };
+  /** `boot` is what QEMU loads: the PVH vmlinux when there is one, else `vmlinuz`. */
+  kernel: { version: string; vmlinuz: string; boot?: string };
   initramfs: string;
   accel: Accelerator;
   cpus: number;

@@ -56,7 +56,7 @@ export async function supervise(dir: string): Promise<void> {
     accel: record.accel,
     cpus: record.cpus,
     memoryMiB: record.memoryMiB,
-    kernel: record.kernel.vmlinuz,
+    kernel: record.kernel.boot ?? record.kernel.vmlinuz,
     initrd: record.initramfs,
     lowers: record.lowers,
     disk: FILES.disk,
