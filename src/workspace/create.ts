@@ -7,12 +7,13 @@ import { WORKSPACE_HOME } from '../definition/model.js';
 import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
 import { assemble, type AssembleSnapshot } from '../rootfs/assemble.js';
 import { imageOf } from '../rootfs/from-definition.js';
-import { InputError, UsageError } from '../util/errors.js';
+import { InputError, UsageError, VmError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { run } from '../util/process.js';
 import { chooseAccelerator } from '../vm/accel.js';
 import { ensureInitramfs } from '../vm/initramfs.js';
 import { bootImage, ensureKernel } from '../vm/kernel.js';
+import { QEMU_BINARY } from '../vm/qemu.js';
 import { resolveKernel } from './kernel-image.js';
 import { portsInUse, showSandbox, startSupervisor, waitUntil, type LifecycleOptions, type SandboxResult } from './lifecycle.js';
 import { allocatePorts } from './ports.js';
@@ -61,6 +62,14 @@ function checkName(name: string): string {
   return name.toLowerCase();
 }
 
+/** QEMU is looked up before anything is built, so its absence costs nothing to find out. */
+function requireQemu(): void {
+  const found = (process.env['PATH'] ?? '').split(':').some((dir) => dir !== '' && existsSync(join(dir, QEMU_BINARY)));
+  if (!found) {
+    throw new VmError(`${QEMU_BINARY} is not installed`, { code: 'MISSING_TOOL', suggestions: ['run `cs setup` as root (or apt-get install qemu-system-x86)', 'see `cs doctor`'] });
+  }
+}
+
 export async function createSandbox(options: CreateOptions): Promise<SandboxResult> {
   const phase = options.onPhase ?? (() => undefined);
   const sandbox = await loadSandbox({ file: options.file });
@@ -72,6 +81,7 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
   if (sandbox.workspaces.length === 0) throw new InputError(`${options.file} defines no workspaces`);
   const plans = sandbox.workspaces.map((ws) => ({ ws, snapshots: snapshotsOf(name, ws) }));
 
+  requireQemu();
   phase('kernel');
   const envOpt = options.env ? { env: options.env } : {};
   const kernel = await ensureKernel({ ...envOpt, onPhase: phase });
