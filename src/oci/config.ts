@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { InputError } from '../util/errors.js';
 import { configFile, type Env } from '../util/paths.js';
 import { hostOf, isLoopbackHost } from './address.js';
+import { isOciReference, parseReference, type Reference } from './reference.js';
 
 /**
  * Registry settings in cs's config file ($CS_CONFIG, default
@@ -34,6 +35,8 @@ export interface CsConfig {
   registries: RegistryConfig[];
   /** `host[:port]/path` under which snapshots are pushed; undefined keeps them local. */
   snapshotRegistry?: string;
+  /** `kernel: oci://REF`: the kernel image for workspaces whose definition says `default`. */
+  kernel?: { reference: Reference; text: string };
 }
 
 const MAX_CONFIG_BYTES = 1024 * 1024;
@@ -73,7 +76,7 @@ export function parseConfig(raw: unknown, file: string): CsConfig {
     return {};
   };
   const root = obj(raw, '(top level)');
-  for (const key of Object.keys(root)) if (!['registries', 'snapshot_registry'].includes(key)) problems.push(`${key}: unknown field (expected registries, snapshot_registry)`);
+  for (const key of Object.keys(root)) if (!['registries', 'snapshot_registry', 'kernel'].includes(key)) problems.push(`${key}: unknown field (expected registries, snapshot_registry, kernel)`);
   const registries: RegistryConfig[] = [];
   const list = root['registries'] ?? [];
   if (!Array.isArray(list)) problems.push('registries: must be a list');
@@ -102,8 +105,16 @@ export function parseConfig(raw: unknown, file: string): CsConfig {
       problems.push('snapshot_registry: must be HOST[:PORT][/PATH], e.g. registry.internal:5000/team');
     } else snapshotRegistry = value;
   }
+  let kernel: CsConfig['kernel'];
+  const kernelValue = root['kernel'];
+  if (kernelValue !== undefined && kernelValue !== 'default') {
+    const parsed = typeof kernelValue === 'string' && isOciReference(kernelValue) ? parseReference(kernelValue) : undefined;
+    if (!parsed) problems.push('kernel: must be "default" or oci://REF of a kernel image');
+    else if (!parsed.ok) problems.push(`kernel: invalid image reference: ${parsed.problem.message}`);
+    else kernel = { reference: parsed.reference, text: kernelValue as string };
+  }
   if (problems.length > 0) throw new InputError(`${file}: invalid config:\n${problems.map((p) => `  ${p}`).join('\n')}`);
-  return { file, registries, ...(snapshotRegistry === undefined ? {} : { snapshotRegistry }) };
+  return { file, registries, ...(snapshotRegistry === undefined ? {} : { snapshotRegistry }), ...(kernel === undefined ? {} : { kernel }) };
 }
 
 function host(value: unknown, where: string, problems: string[]): string | undefined {

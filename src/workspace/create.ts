@@ -5,6 +5,7 @@ import { loadSandbox } from '../definition/load.js';
 import type { Workspace } from '../definition/model.js';
 import { WORKSPACE_HOME } from '../definition/model.js';
 import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
+import { loadConfig } from '../oci/config.js';
 import { assemble, type AssembleSnapshot } from '../rootfs/assemble.js';
 import { imageOf } from '../rootfs/from-definition.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
@@ -82,8 +83,9 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
   const plans = sandbox.workspaces.map((ws) => ({ ws, snapshots: snapshotsOf(name, ws) }));
 
   requireQemu();
-  phase('kernel');
   const envOpt = options.env ? { env: options.env } : {};
+  const config = await loadConfig(envOpt);
+  phase('kernel');
   const kernel = await ensureKernel({ ...envOpt, onPhase: phase });
   phase('initramfs');
   const initramfs = await ensureInitramfs({ kernel, ...envOpt });
@@ -105,7 +107,9 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
         ...envOpt,
         onPhase: (p) => phase(`${ws.name}: ${p}`),
       });
-      const wsKernel = ws.kernel.kind === 'default' ? kernel : await resolveKernel(ws.kernel, { ...envOpt, onPhase: (p) => phase(`${ws.name}: ${p}`) });
+      // The definition's kernel, else the config's, else Debian's.
+      const kernelRef = ws.kernel.kind === 'oci' ? ws.kernel : config.kernel ? { kind: 'oci' as const, ...config.kernel } : undefined;
+      const wsKernel = kernelRef ? await resolveKernel(kernelRef, { ...envOpt, onPhase: (p) => phase(`${ws.name}: ${p}`) }) : kernel;
       const wsInitramfs = wsKernel === kernel ? initramfs : await ensureInitramfs({ kernel: wsKernel, ...envOpt });
       const dir = join(staging, ws.name);
       await mkdir(dir);

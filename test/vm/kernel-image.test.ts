@@ -3,7 +3,7 @@
  * image (boot/vmlinuz-VERSION and lib/modules/VERSION, as a Debian kernel
  * package lays them out), instead of the one `cs setup` fetched.
  */
-import { cp, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -60,6 +60,27 @@ describe('a kernel from an OCI image', () => {
     // It was installed apart from the default kernel, keyed by the image's digest.
     const record = JSON.parse(await readFile(join(home.home, 'sandboxes', 'kimg', 'dev', 'workspace.json'), 'utf8')) as { kernel: { vmlinuz: string } };
     expect(record.kernel.vmlinuz).toMatch(/\/kernels\/oci-[0-9a-f]{16}\/vmlinuz$/);
+  }, 300_000);
+
+  it('takes the kernel from the config file when the definition says default', async () => {
+    await writeFile(home.env['CS_CONFIG'] as string, 'kernel: oci://localhost/test/kernel:1\n');
+    try {
+      const file = await writeDefinition(work, 'kcfg', 'workspaces:\n  - name: dev\n    base_snapshot: oci://localhost/test/tiny:1\n    resources: { memory: 256Mi, disk: 1Gi }\n');
+      const created = await runCs(['sandbox', 'create', '-f', file], { env: home.env, timeoutMs: 240_000 });
+      expect(created.exitCode, created.stderr).toBe(0);
+      const record = JSON.parse(await readFile(join(home.home, 'sandboxes', 'kcfg', 'dev', 'workspace.json'), 'utf8')) as { kernel: { vmlinuz: string } };
+      expect(record.kernel.vmlinuz).toMatch(/\/kernels\/oci-[0-9a-f]{16}\/vmlinuz$/);
+      expect((await runCs(['exec', '-W', 'kcfg/dev', '--', 'uname', '-r'], { env: home.env })).stdout).toBe(version);
+    } finally {
+      await runCs(['sandbox', 'remove', 'kcfg'], { env: home.env, timeoutMs: 60_000 });
+      await rm(home.env['CS_CONFIG'] as string, { force: true });
+    }
+    const bad = join(work, 'bad-config.yaml');
+    await writeFile(bad, 'kernel: linux-6.1\n');
+    const file = await writeDefinition(work, 'kbad', 'workspaces:\n  - name: dev\n    base_snapshot: oci://localhost/test/tiny:1\n');
+    const refused = await runCs(['sandbox', 'create', '-f', file], { env: { ...home.env, CS_CONFIG: bad }, timeoutMs: 60_000 });
+    expect(refused.exitCode).toBe(3);
+    expect(refused.stderr).toContain('kernel: must be "default" or oci://REF of a kernel image');
   }, 300_000);
 
   it('refuses an image without a kernel', async () => {
