@@ -55,11 +55,19 @@ describe('parseConfig', () => {
     expect(parseConfig({}, FILE)).toEqual({ file: FILE, registries: [] });
   });
 
+  it('reads a kernel image reference, and "default" as none', () => {
+    expect(parseConfig({ kernel: 'oci://registry.example:5000/team/kernel:6.1' }, FILE).kernel?.text).toBe('oci://registry.example:5000/team/kernel:6.1');
+    expect(parseConfig({ kernel: 'oci://registry.example:5000/team/kernel:6.1' }, FILE).kernel?.reference.registry).toBe('registry.example:5000');
+    expect(parseConfig({ kernel: 'default' }, FILE).kernel).toBeUndefined();
+  });
+
   it.each([
     ['a list at the top', [], /\(top level\): must be a mapping/],
     ['a string at the top', 'registries', /\(top level\): must be a mapping/],
-    ['an unknown top-level field', { registry: [] }, /registry: unknown field \(expected registries, snapshot_registry\)/],
+    ['an unknown top-level field', { registry: [] }, /registry: unknown field \(expected registries, snapshot_registry, kernel\)/],
     ['registries as a mapping', { registries: { location: 'a' } }, /registries: must be a list/],
+    ['a kernel that is not oci://', { kernel: 'linux-6.1' }, /kernel: must be "default" or oci:\/\/REF of a kernel image/],
+    ['a kernel with a bad reference', { kernel: 'oci://registry.example/Kernel:1' }, /kernel: invalid image reference: repository name must be lowercase/],
     ['a registry that is a string', { registries: ['a.example'] }, /registries\.0: must be a mapping/],
     ['a registry without location', { registries: [{ insecure: true }] }, /registries\.0\.location: must be a registry HOST\[:PORT\]/],
     ['a location with a scheme', { registries: [{ location: 'https://a.example' }] }, /registries\.0\.location: must be a registry HOST\[:PORT\]/],
@@ -82,7 +90,7 @@ describe('parseConfig', () => {
   it('lists every problem, not only the first', () => {
     const message = problemsOf({ extra: 1, registries: [{ location: 'ok.example', insecure: 'no' }, { location: '' }], snapshot_registry: 'x y' });
     expect(message.split('\n').slice(1)).toEqual([
-      '  extra: unknown field (expected registries, snapshot_registry)',
+      '  extra: unknown field (expected registries, snapshot_registry, kernel)',
       '  registries.0.insecure: must be true or false',
       '  registries.1.location: must be a registry HOST[:PORT]',
       '  snapshot_registry: must be HOST[:PORT][/PATH], e.g. registry.internal:5000/team',
