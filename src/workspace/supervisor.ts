@@ -10,7 +10,7 @@ import { hostTscKhz, QEMU_BINARY, qemuArgs } from '../vm/qemu.js';
 import { connectUnix } from './connect.js';
 import { ControlTag, ControlType, Mux } from './mux.js';
 import { qemuProtocol } from './ports.js';
-import { FILES, readRecord, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
+import { FILES, readRecord, readRun, supervisorAlive, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
 import type { StepContext } from './steps.js';
 
 /**
@@ -195,6 +195,17 @@ export async function supervise(dir: string): Promise<void> {
   // The start-up steps read definitions (ajv and the schemas): loaded only
   // now, so they do not delay QEMU's start.
   const { isFirstBoot, startWorkspace } = await import('./steps.js');
+  // wait_for: start-up begins once the named workspaces are ready.
+  for (const other of record.spec.waitFor) {
+    const waitError = await waitForSibling(dir, other, state, save);
+    if (waitError) {
+      state.phase = 'failed';
+      state.error = waitError;
+      appendLog(dir, `FAILED: ${waitError}`);
+      await save();
+      return;
+    }
+  }
   const client = await internalClient(dir);
   // The guest's clock came from the RTC (whole seconds) during boot: set it
   // to the host's now, before anything compares file times.
@@ -217,6 +228,33 @@ export async function supervise(dir: string): Promise<void> {
     client.close();
   }
   await save();
+}
+
+/** Waits until another workspace of the sandbox is ready; returns why not, if it never will be. */
+async function waitForSibling(dir: string, name: string, state: RunRecord, save: () => Promise<void>): Promise<string | undefined> {
+  const step = { name: `wait for ${name}`, startedAt: new Date().toISOString() } as RunRecord['steps'][number];
+  state.steps.push(step);
+  await save();
+  appendLog(dir, `==> wait for ${name}`);
+  const other = join(dir, '..', name);
+  const deadline = Date.now() + 30 * 60_000;
+  let why: string | undefined;
+  for (;;) {
+    const record = await readRecord(other);
+    const run = await readRun(other);
+    if (!record) why = `wait_for: workspace "${name}" does not exist`;
+    else if (run?.phase === 'ready' && supervisorAlive(run)) break;
+    else if (run?.phase === 'failed') why = `wait_for: workspace "${name}" failed: ${run.error ?? 'unknown error'}`;
+    else if (record.desired === 'suspended') why = `wait_for: workspace "${name}" is suspended`;
+    else if (Date.now() > deadline) why = `wait_for: workspace "${name}" was not ready within 30 minutes`;
+    if (why) break;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  step.ok = why === undefined;
+  step.endedAt = new Date().toISOString();
+  if (why) step.error = why;
+  await save();
+  return why;
 }
 
 async function internalClient(dir: string): Promise<AgentClient> {

@@ -4,7 +4,7 @@
  * store. Everything goes through the `cs` binary as a user would run it.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -341,7 +341,7 @@ describe('two workspaces of one sandbox', () => {
     await rm(work, { recursive: true, force: true });
   });
 
-  it('reaches the other workspace through port_forward_rules', async () => {
+  it('waits for the workspace it names in wait_for, and reaches it through port_forward_rules', async () => {
     const file = await writeDefinition(
       work,
       'pair',
@@ -363,6 +363,7 @@ describe('two workspaces of one sandbox', () => {
         '  - name: app',
         '    base_snapshot: oci://localhost/test/tiny:1',
         '    resources: { memory: 256Mi, disk: 1Gi }',
+        '    wait_for: [db]',
         '    port_forward_rules:',
         '      - { local: 7000, remote: { target: db, port: data } }',
         '',
@@ -375,6 +376,13 @@ describe('two workspaces of one sandbox', () => {
     expect(fetched.stdout).toBe('from the db workspace');
     const list = JSON.parse((await runCs(['sandbox', 'list', '--json'], { env: home.env })).stdout) as { workspaces: Summary[] };
     expect(list.workspaces.filter((w) => w.sandbox === 'pair').map((w) => `${w.workspace}:${w.status}`).sort()).toEqual(['app:running', 'db:running']);
+    // wait_for: app's start-up began only after db was ready.
+    const appLog = (await runCs(['log', '-W', 'pair/app'], { env: home.env })).stdout;
+    expect(appLog).toContain('==> wait for db');
+    const dbRun = JSON.parse(await readFile(join(home.home, 'sandboxes', 'pair', 'db', 'run.json'), 'utf8')) as { startedAt: string; timings: Record<string, number> };
+    const dbReadyAt = Date.parse(dbRun.startedAt) + (dbRun.timings['ready'] ?? Infinity);
+    const waitLine = appLog.split('\n').find((l) => l.includes('==> forward 7000')) ?? '';
+    expect(Date.parse(waitLine.split(' ')[0] ?? '')).toBeGreaterThanOrEqual(dbReadyAt - 5);
     const ambiguous = await runCs(['exec', '-W', 'pair', '--', 'true'], { env: home.env });
     expect(ambiguous.exitCode).toBe(2);
     expect(ambiguous.stderr).toContain('several workspaces');
