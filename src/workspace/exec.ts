@@ -8,10 +8,9 @@ import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import { openAgent, requestForward } from './control.js';
-import { workspaceEnv } from './guest-env.js';
+import { DAEMON_LOG_DIR, GUEST_BUSYBOX, workspaceEnv } from './guest-env.js';
 import { resolveWorkspace } from './lifecycle.js';
 import { canListen, pickHostPort } from './ports.js';
-import { DAEMON_LOG_DIR } from './steps.js';
 import { FILES, listWorkspaces, readRecord, writeRecord, type PortMapping } from './state.js';
 
 /** `cs exec`, `cs ssh`, `cs log` and `cs port-forward`: what people do with a running workspace. */
@@ -131,7 +130,7 @@ export async function showLog(options: LogOptions): Promise<void> {
     const path = `${DAEMON_LOG_DIR}/${name}.log`;
     const client = await openAgent(ws.dir, `${ws.sandbox}/${ws.workspace}`);
     try {
-      const argv = options.follow ? ['/run/cs/busybox', 'tail', '-n', String(options.lines ?? 100), '-f', path] : ['/run/cs/busybox', 'tail', '-n', String(options.lines ?? 100), path];
+      const argv = options.follow ? [GUEST_BUSYBOX, 'tail', '-n', String(options.lines ?? 100), '-f', path] : [GUEST_BUSYBOX, 'tail', '-n', String(options.lines ?? 100), path];
       const handle = client.exec({ argv, env: { PATH: '/usr/bin:/bin' }, user: 'root' });
       await handle.started;
       handle.stdout.pipe(options.out, { end: false });

@@ -13,6 +13,8 @@ export const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 /** Where the initramfs leaves a static busybox inside every workspace. */
 export const GUEST_BUSYBOX = '/run/cs/busybox';
 export const GUEST_AGENT = '/run/cs/agent';
+/** Where daemons' output goes inside a workspace (DAEMON_LOG_DIR/NAME.log). */
+export const DAEMON_LOG_DIR = '/var/log/cs';
 
 export interface GuestIdentity {
   sandbox: string;

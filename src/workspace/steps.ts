@@ -8,7 +8,7 @@ import { packDirectory } from '../layers/pack.js';
 import { CsError, VmError } from '../util/errors.js';
 import { run } from '../util/process.js';
 import type { AgentClient } from '../vm/agent-client.js';
-import { expand, GUEST_AGENT, GUEST_BUSYBOX, runDir, runEnv, workspaceEnv, type GuestIdentity } from './guest-env.js';
+import { DAEMON_LOG_DIR, expand, GUEST_AGENT, GUEST_BUSYBOX, runDir, runEnv, workspaceEnv, type GuestIdentity } from './guest-env.js';
 import type { PortMapping, WorkspaceRecord } from './state.js';
 
 /**
@@ -255,7 +255,6 @@ export async function runLifecycle(ctx: StepContext, name: 'on_create' | 'on_res
   await runHook(ctx, `${name} hook`, hook.run, WORKSPACE_HOME, hook.timeoutMs);
 }
 
-export const DAEMON_LOG_DIR = '/var/log/cs';
 
 export async function startDaemons(ctx: StepContext, manifests: Record<string, Manifest>): Promise<void> {
   const daemons: { name: string; run: RunSpec; base: string; manifest?: Manifest }[] = [
