@@ -26,6 +26,9 @@ const AGENT_TIMEOUT_MS = 5 * 60_000;
 
 export async function supervise(dir: string): Promise<void> {
   process.chdir(dir);
+  // The control and agent sockets run commands as root in the guest: only
+  // their owner may connect (QEMU, our child, inherits this too).
+  process.umask(0o077);
   const record = await readRecord(dir);
   if (!record) throw new Error(`no workspace record in ${dir}`);
   let lock: Lock;
