@@ -17,6 +17,9 @@ import { decodeFields, encodeFields, encodeFrame, endsStream, FrameDecoder, Fram
 const REQUESTS = new Set<number>([FrameType.exec, FrameType.readFile, FrameType.writeFile, FrameType.info]);
 const FOLLOW_UPS = new Set<number>([FrameType.stdin, FrameType.signal, FrameType.resize]);
 
+/** Bytes a client may leave unread before the agent connection is paused. */
+const CLIENT_BACKLOG = 8 * 1024 * 1024;
+
 export const ControlType = {
   STOP: 0x21,
   FORWARD: 0x22,
@@ -82,7 +85,22 @@ export class Mux {
       this.routes.delete(frame.stream);
       route.client.streams.delete(route.local);
     }
-    if (!route.client.closed) route.client.socket.write(encodeFrame(frame.type, route.local, frame.payload));
+    if (!route.client.closed) {
+      route.client.socket.write(encodeFrame(frame.type, route.local, frame.payload));
+      this.throttle();
+    }
+  }
+
+  /**
+   * Backpressure: while a client has more than CLIENT_BACKLOG bytes it has
+   * not taken, the agent connection is paused (the agent then holds its
+   * programs' output, up to its own cap) instead of this process buffering
+   * without bound. Every client waits meanwhile: a rare case, bounded memory.
+   */
+  private throttle(): void {
+    const backedUp = [...this.clients].some((c) => !c.closed && c.socket.writableLength > CLIENT_BACKLOG);
+    if (backedUp && !this.agent.isPaused()) this.agent.pause();
+    else if (!backedUp && this.agent.isPaused()) this.agent.resume();
   }
 
   attach(socket: Socket): void {
@@ -99,10 +117,12 @@ export class Mux {
       }
       for (const frame of frames) this.fromClient(client, frame);
     });
+    socket.on('drain', () => this.throttle());
     const gone = (): void => {
       if (client.closed) return;
       client.closed = true;
       this.clients.delete(client);
+      this.throttle();
       // Commands of a client that went away are killed, as a closed terminal would.
       for (const global of client.streams.values()) {
         this.agent.write(encodeFrame(FrameType.signal, global, encodeFields([[Tag.signal, '9']])));
