@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { open, readFile, rm, stat } from 'node:fs/promises';
 import { CsError, ExitCode } from './errors.js';
@@ -32,13 +33,23 @@ export interface Lock {
   release(): Promise<void>;
 }
 
-/** Whether a process with this pid exists on this host (EPERM: it exists, but is not ours). */
+/**
+ * Whether a process with this pid exists on this host (EPERM: it exists, but
+ * is not ours). A zombie is dead: a killed detached process stays one until
+ * whoever adopted it reaps it, which some init processes do late or never.
+ */
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (error) {
-    return (error as { code?: string }).code === 'EPERM';
+    if ((error as { code?: string }).code !== 'EPERM') return false;
+  }
+  try {
+    // /proc/PID/stat: "pid (comm) state ...", and comm may hold spaces or parentheses.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
   }
 }
 

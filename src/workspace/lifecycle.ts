@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { readFile, readlink, realpath, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InputError, UsageError, VmError } from '../util/errors.js';
@@ -247,6 +247,7 @@ export async function resumeSandbox(options: LifecycleOptions & { name: string; 
       const runRecord = await readRun(ws.dir);
       await writeRecord(ws.dir, { ...record, desired: 'running' });
       if (supervisorAlive(runRecord)) return;
+      await killOrphanQemu(ws.dir, runRecord);
       options.onPhase?.(`resume ${ws.workspace}`);
       await refreshBootFiles(ws.dir, options.env);
       await startSupervisor(ws.dir, options.env);
@@ -284,8 +285,7 @@ export async function removeSandbox(options: LifecycleOptions & { name: string }
 export async function stopSupervisor(dir: string, options: { graceful: boolean; deleting?: boolean; timeoutMs?: number }): Promise<void> {
   const runRecord = await readRun(dir);
   if (!runRecord || !supervisorAlive(runRecord)) {
-    // A QEMU left behind by a dead supervisor still holds the disk.
-    if (runRecord?.qemuPid && !runRecord.exit) killQuietly(runRecord.qemuPid, 'SIGKILL');
+    await killOrphanQemu(dir, runRecord);
     return;
   }
   const { requestStop } = await import('./control.js');
@@ -305,6 +305,23 @@ export async function stopSupervisor(dir: string, options: { graceful: boolean; 
       deadline = Date.now() + 10_000;
     }
     await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * A QEMU whose supervisor was killed keeps running and holds the disk's
+ * lock. It is ours when its working directory is the workspace folder (a
+ * recycled pid would not be); it is stopped before anything boots again.
+ */
+async function killOrphanQemu(dir: string, runRecord: RunRecord | undefined): Promise<void> {
+  const pid = runRecord?.qemuPid;
+  if (!pid || runRecord.exit) return;
+  const real = await realpath(dir).catch(() => dir);
+  const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => undefined);
+  if (cwd !== real) return;
+  killQuietly(pid, 'SIGKILL');
+  for (let i = 0; i < 100 && (await readlink(`/proc/${pid}/cwd`).catch(() => undefined)) === real; i++) {
+    await new Promise((r) => setTimeout(r, 50));
   }
 }
 

@@ -4,7 +4,7 @@
  * store. Everything goes through the `cs` binary as a user would run it.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -233,6 +233,28 @@ describe('a workspace from a tiny image', () => {
     expect(resume.exitCode).toBe(0);
     const read = await runCs(['exec', '-W', 'tiny/dev', '--', 'cat', 'notes.txt'], { env: home.env });
     expect(read.stdout).toBe('survived');
+  }, 300_000);
+
+  it('reports a killed supervisor as crashed, and resumes without a second QEMU on the disk', async () => {
+    const run = JSON.parse(await readFile(join(home.home, 'sandboxes', 'tiny', 'dev', 'run.json'), 'utf8')) as { supervisorPid: number; qemuPid: number };
+    process.kill(run.supervisorPid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 300));
+    const show = JSON.parse((await runCs(['sandbox', 'show', 'tiny', '--json'], { env: home.env })).stdout) as { workspaces: Summary[] };
+    expect(show.workspaces[0]?.status).toBe('crashed');
+    expect(show.workspaces[0]?.error).toContain('supervisor is gone');
+    const resume = await runCs(['sandbox', 'resume', 'tiny', '--json'], { env: home.env, timeoutMs: 240_000 });
+    expect(resume.stderr).not.toContain('Error');
+    expect(resume.exitCode).toBe(0);
+    const read = await runCs(['exec', '-W', 'tiny/dev', '--', 'cat', 'notes.txt'], { env: home.env });
+    expect(read.stdout).toBe('survived');
+    const { stdout } = await execa('pgrep', ['-f', 'qemu-system'], { reject: false });
+    const ours = [];
+    for (const pid of stdout.split('\n').filter(Boolean)) {
+      const cwd = await readlink(`/proc/${pid}/cwd`).catch(() => '');
+      if (cwd.endsWith('/sandboxes/tiny/dev')) ours.push(pid);
+    }
+    expect(ours).toHaveLength(1);
+    expect(ours).not.toContain(String(run.qemuPid));
   }, 300_000);
 });
 
