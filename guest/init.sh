@@ -89,7 +89,9 @@ done
 disk="$(disk_by_serial cs-disk)"
 mount -t ext4 -o noatime "$disk" /disk || fatal "cannot mount the workspace disk ($disk)"
 mkdir -p /disk/upper /disk/work || fatal "cannot prepare the workspace disk"
-mount -t overlay overlay -o "lowerdir=$lowers,upperdir=/disk/upper,workdir=/disk/work" /sysroot ||
+# redirect_dir, index and metacopy off: the upper stays plain files and
+# whiteouts, which is what a snapshot of the workspace converts into a layer.
+mount -t overlay overlay -o "lowerdir=$lowers,upperdir=/disk/upper,workdir=/disk/work,redirect_dir=off,index=off,metacopy=off" /sysroot ||
   fatal "cannot stack the snapshots with overlayfs"
 
 # cs workspaces need a glibc userland (Debian family), as Crafting's do.

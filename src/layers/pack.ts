@@ -20,6 +20,12 @@ export interface PackOptions {
   owner?: { uid: number; gid: number };
   /** Paths (relative, `/`-separated) to leave out, with everything under them. */
   exclude?: (path: string) => boolean;
+  /**
+   * The tree is an overlayfs upper layer: its whiteouts (character devices
+   * 0/0) become OCI whiteouts (`.wh.NAME`), and the folders listed here
+   * (overlay-opaque) get an opaque marker (`.wh..wh..opq`) after them.
+   */
+  overlay?: { opaque: ReadonlySet<string> };
 }
 
 interface Entry {
@@ -59,8 +65,19 @@ export function packDirectory(root: string, options: PackOptions = {}): Readable
           gid: options.owner?.gid ?? info.gid,
           mtime: new Date((options.mtime ?? Math.floor(info.mtimeMs / 1000)) * 1000),
         };
-        if (info.isDirectory()) {
+        if (options.overlay && /(^|\/)\.wh\./.test(entry.path)) {
+          throw new InputError(`${entry.path}: a file whose name starts with ".wh." cannot be stored in an OCI layer (the name means a deletion there)`);
+        }
+        if (options.overlay && info.isCharacterDevice() && info.rdev === 0) {
+          // image-spec layer.md, "Whiteouts": deletion of NAME is recorded as an empty .wh.NAME.
+          const slash = entry.path.lastIndexOf('/');
+          const name = `${entry.path.slice(0, slash + 1)}.wh.${entry.path.slice(slash + 1)}`;
+          await addEntry(pack, { ...common, mode: 0o600, name, type: 'file', size: 0 });
+        } else if (info.isDirectory()) {
           await addEntry(pack, { ...common, name: `${entry.path}/`, type: 'directory' });
+          if (options.overlay?.opaque.has(entry.path)) {
+            await addEntry(pack, { ...common, mode: 0o600, name: `${entry.path}/.wh..wh..opq`, type: 'file', size: 0 });
+          }
         } else if (info.isSymbolicLink()) {
           await addEntry(pack, { ...common, name: entry.path, type: 'symlink', linkname: await readlink(entry.full) });
         } else if (info.isFile()) {
@@ -96,7 +113,10 @@ export function packDirectory(root: string, options: PackOptions = {}): Readable
 
 function addEntry(pack: Pack, header: Partial<Header> & Pick<Header, 'name'>): Promise<void> {
   return new Promise((resolve, reject) => {
-    pack.entry(header, (error) => (error ? reject(error) : resolve()));
+    const done = (error?: Error | null): void => (error ? reject(error) : resolve());
+    // An empty regular file (a whiteout) needs its (empty) body given, or the entry never ends.
+    if (header.type === 'file') pack.entry(header, Buffer.alloc(0), done);
+    else pack.entry(header, done);
   });
 }
 
