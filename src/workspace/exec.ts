@@ -69,7 +69,11 @@ export async function execInWorkspace(options: ExecOptions): Promise<ExecResult>
     await handle.started;
     handle.stdout.pipe(options.stdout, { end: false });
     handle.stderr.pipe(options.stderr, { end: false });
-    if (options.stdin && handle.stdin) options.stdin.pipe(handle.stdin);
+    if (options.stdin && handle.stdin) {
+      // Input the command no longer takes (it exited) is dropped, not an error.
+      handle.stdin.on('error', () => undefined);
+      options.stdin.pipe(handle.stdin);
+    }
     options.tty?.onResize?.((rows, cols) => handle.resize(rows, cols));
     const exit = await handle.exit;
     options.stdin?.unpipe();

@@ -1,4 +1,5 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { validateFile } from '../definition/load.js';
@@ -198,12 +199,18 @@ export async function checkout(ctx: StepContext, item: Checkout): Promise<Manife
       const stderr: Buffer[] = [];
       exec.stderr.on('data', (c: Buffer) => stderr.push(c));
       exec.stdout.resume();
-      const tar = packDirectory(join(host, 'repo'));
       const stdin = exec.stdin;
       if (!stdin) throw new VmError('the agent gave no stdin for the checkout copy');
-      tar.pipe(stdin);
+      // pipeline() reports an error on either side (a file the host cannot
+      // read, a guest tar that stopped early) instead of leaving it unhandled.
+      const copied = pipeline(packDirectory(join(host, 'repo')), stdin).then(
+        () => undefined,
+        (error: Error) => error,
+      );
       const result = await exec.exit;
+      const copyError = await copied;
       if (result.code !== 0) throw new StepError(`copying ${item.repo.git} into ${dest} failed${tailOf(Buffer.concat(stderr).toString('utf8'))}`);
+      if (copyError) throw new StepError(`copying ${item.repo.git} into ${dest} failed: ${copyError.message}`, { cause: copyError });
     }
     // The repo's own manifest: read from the workspace's copy (it may have been edited there).
     const text = await ctx.client.readFile(`${dest}/.sandbox/manifest.yaml`).catch(() => undefined);
