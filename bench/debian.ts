@@ -1,7 +1,6 @@
-import { stat } from 'node:fs/promises';
-import { aptMirror } from '../src/snapshot/debian-base.js';
 import { join } from 'node:path';
-import { cacheDir, removeAll, sh } from './common.js';
+import { debootstrapOnce } from '../test/helpers/vm.js';
+import { cacheDir } from './common.js';
 
 /**
  * A real Debian root for benchmarks: `debootstrap --variant=minbase
@@ -10,15 +9,8 @@ import { cacheDir, removeAll, sh } from './common.js';
  * host written here.
  */
 
-export async function debianMinbase(): Promise<string> {
-  const dir = join(cacheDir, 'debian-minbase');
-  const marker = join(cacheDir, 'debian-minbase.complete');
-  if (await stat(marker).then(() => true, () => false)) return dir;
-  await removeAll(dir);
-  const mirror = await aptMirror();
-  if (!mirror) throw new Error('no Debian mirror found in apt\'s sources');
-  process.stderr.write(`debootstrap --variant=minbase bookworm from ${mirror} (once; cached in .bench-cache/)…\n`);
-  await sh('debootstrap', ['--variant=minbase', 'bookworm', dir, mirror], { stdio: ['ignore', 'ignore', 'inherit'] });
-  await sh('touch', [marker]);
-  return dir;
+export function debianMinbase(): Promise<string> {
+  return debootstrapOnce(join(cacheDir, 'debian-minbase'), (mirror) =>
+    process.stderr.write(`debootstrap --variant=minbase bookworm from ${mirror} (once; cached in .bench-cache/)…\n`),
+  );
 }

@@ -57,14 +57,20 @@ export function isStaticElf(bytes: Buffer): boolean {
   return true;
 }
 
-async function findBusybox(explicit?: string): Promise<Buffer> {
-  const candidates = explicit ? [explicit] : BUSYBOX_CANDIDATES;
-  for (const path of candidates) {
+/** The first static busybox among the candidates (or the one given), with its bytes. */
+async function locateBusybox(explicit?: string): Promise<{ path: string; bytes: Buffer } | undefined> {
+  for (const path of explicit ? [explicit] : BUSYBOX_CANDIDATES) {
     if (!existsSync(path)) continue;
     const bytes = await readFile(path);
-    if (isStaticElf(bytes)) return bytes;
+    if (isStaticElf(bytes)) return { path, bytes };
     if (explicit) throw new VmError(`${path} is not a static busybox`, { code: 'BUSYBOX_MISSING' });
   }
+  return undefined;
+}
+
+async function findBusybox(explicit?: string): Promise<{ path: string; bytes: Buffer }> {
+  const found = await locateBusybox(explicit);
+  if (found) return found;
   throw new VmError('no static busybox found for the guest init', {
     code: 'BUSYBOX_MISSING',
     suggestions: ['install it with `apt-get install busybox-static`, or run `cs setup` as root'],
@@ -86,7 +92,7 @@ async function moduleBytes(path: string): Promise<Buffer> {
 
 export async function ensureInitramfs(options: InitramfsOptions): Promise<Initramfs> {
   const init = await readFile(join(packageRoot(), 'guest', 'init.sh'));
-  const busybox = await findBusybox(options.busybox);
+  const { path: busyboxPath, bytes: busybox } = await findBusybox(options.busybox);
   const agent = await readFile(await buildAgent(options.env ? { env: options.env } : {}));
   const modules: { name: string; data: Buffer }[] = [];
   for (const [i, path] of (await moduleLoadOrder(options.kernel, GUEST_MODULES)).entries()) {
@@ -126,7 +132,7 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
   ];
   // busybox's applets as symlinks, made here rather than by `busybox
   // --install` at every boot (hundreds of syscalls under emulation).
-  for (const applet of await busyboxApplets(options.busybox ?? BUSYBOX_CANDIDATES.find((p) => existsSync(p)) ?? '/bin/busybox')) {
+  for (const applet of await busyboxApplets(busyboxPath)) {
     if (applet === 'bin/busybox' || entries.some((e) => e.path === applet)) continue;
     entries.push({ type: 'symlink', path: applet, target: '/bin/busybox' });
   }
@@ -148,13 +154,7 @@ async function busyboxApplets(busybox: string): Promise<string[]> {
 
 /** For `cs doctor`: whether the pieces of an initramfs are at hand, without building one. */
 export async function initramfsPrerequisites(): Promise<{ busybox: string | undefined; cc: boolean }> {
-  let busybox: string | undefined;
-  for (const path of BUSYBOX_CANDIDATES) {
-    if (existsSync(path) && isStaticElf(await readFile(path))) {
-      busybox = path;
-      break;
-    }
-  }
+  const busybox = (await locateBusybox())?.path;
   const cc = await run('cc', ['--version']).then(
     () => true,
     () => false,

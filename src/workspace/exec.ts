@@ -8,10 +8,10 @@ import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import { openAgent, requestForward } from './control.js';
-import { DAEMON_LOG_DIR, GUEST_BUSYBOX, workspaceEnv } from './guest-env.js';
-import { resolveWorkspace } from './lifecycle.js';
+import { DAEMON_LOG_DIR, GUEST_BUSYBOX, parsePasswd, workspaceEnv } from './guest-env.js';
+import { portsInUse, resolveWorkspace } from './lifecycle.js';
 import { canListen, pickHostPort } from './ports.js';
-import { FILES, listWorkspaces, readRecord, writeRecord, type PortMapping } from './state.js';
+import { FILES, readRecord, writeRecord, type PortMapping } from './state.js';
 
 /** `cs exec`, `cs ssh`, `cs log` and `cs port-forward`: what people do with a running workspace. */
 
@@ -96,12 +96,8 @@ function drained(stream: Readable): Promise<void> {
 async function guestAccount(client: AgentClient, user: string): Promise<{ home: string; shell: string } | undefined> {
   const passwd = await client.readFile('/etc/passwd').then((b) => b.toString('utf8'), () => '');
   const numeric = /^\d+$/.test(user);
-  for (const line of passwd.split('\n')) {
-    const f = line.split(':');
-    if (f.length < 7 || (numeric ? f[2] !== user : f[0] !== user)) continue;
-    return { home: f[5] || '/', shell: f[6]?.trim() || '/bin/sh' };
-  }
-  return undefined;
+  const entry = parsePasswd(passwd).find((e) => e.home !== undefined && (numeric ? String(e.uid) === user : e.name === user));
+  return entry?.home !== undefined && entry.shell !== undefined ? { home: entry.home, shell: entry.shell } : undefined;
 }
 
 /** The user's login shell from the image's passwd file, else sh. */
@@ -205,8 +201,7 @@ export async function addPortForward(options: { target: string; spec: string; en
   return withLock(join(ws.dir, FILES.lock), { purpose: `changing ${ws.sandbox}/${ws.workspace}` }, async () => {
     const record = await readRecord(ws.dir);
     if (!record) throw new InputError(`workspace ${options.target} does not exist`);
-    const taken = new Set<number>();
-    for (const other of await listWorkspaces(options.env)) for (const p of (await readRecord(other.dir))?.ports ?? []) taken.add(p.hostPort);
+    const taken = await portsInUse(options.env);
     let hostPort: number;
     if (match[1]) {
       hostPort = Number(match[1]);

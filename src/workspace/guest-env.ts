@@ -61,3 +61,28 @@ export function runDir(run: RunSpec, base: string): string {
   if (!run.dir) return base;
   return run.dir.startsWith('/') ? run.dir : `${base}/${run.dir}`.replace(/\/+/g, '/');
 }
+
+export interface PasswdEntry {
+  name: string;
+  uid: number;
+  gid: number;
+  /** Home and shell, on lines that have all seven fields. */
+  home?: string;
+  shell?: string;
+}
+
+/** The entries of an image's /etc/passwd (lines with at least name, password, uid and gid). */
+export function parsePasswd(text: string): PasswdEntry[] {
+  const out: PasswdEntry[] = [];
+  for (const line of text.split('\n')) {
+    const f = line.split(':');
+    if (f.length < 4 || !f[0]) continue;
+    const entry: PasswdEntry = { name: f[0], uid: Number(f[2]), gid: Number(f[3]) };
+    if (f.length >= 7) {
+      entry.home = f[5] || '/';
+      entry.shell = f[6]?.trim() || '/bin/sh';
+    }
+    out.push(entry);
+  }
+  return out;
+}

@@ -18,6 +18,7 @@ import {
   type RunRecord,
   type Status,
   type WorkspaceRecord,
+  type WorkspaceRef,
 } from './state.js';
 
 /**
@@ -205,14 +206,12 @@ export async function showSandbox(options: LifecycleOptions & { name: string }):
 }
 
 /** SANDBOX/WORKSPACE, or SANDBOX alone when it has one workspace. */
-export async function resolveWorkspace(target: string, env?: Env): Promise<{ sandbox: string; workspace: string; dir: string }> {
+export async function resolveWorkspace(target: string, env?: Env): Promise<WorkspaceRef> {
   const parts = target.toLowerCase().split('/');
   if (parts.length > 2 || parts.some((p) => p === '')) throw new UsageError(`-W takes SANDBOX/WORKSPACE, not "${target}"`);
-  const all = await listWorkspaces(env);
-  const inSandbox = all.filter((w) => w.sandbox === parts[0]);
-  if (inSandbox.length === 0) throw new InputError(`no sandbox "${parts[0]}"`, { code: 'NOT_FOUND', suggestions: ['see `cs sandbox list`'] });
+  const inSandbox = await sandboxWorkspaces(parts[0] as string, env);
   if (parts.length === 1) {
-    if (inSandbox.length === 1) return inSandbox[0] as { sandbox: string; workspace: string; dir: string };
+    if (inSandbox.length === 1) return inSandbox[0] as WorkspaceRef;
     throw new UsageError(`sandbox "${parts[0]}" has several workspaces (${inSandbox.map((w) => w.workspace).join(', ')}); say which with -W ${parts[0]}/WORKSPACE`);
   }
   const found = inSandbox.find((w) => w.workspace === parts[1]);
@@ -220,7 +219,7 @@ export async function resolveWorkspace(target: string, env?: Env): Promise<{ san
   return found;
 }
 
-async function sandboxWorkspaces(name: string, env?: Env): Promise<{ sandbox: string; workspace: string; dir: string }[]> {
+async function sandboxWorkspaces(name: string, env?: Env): Promise<WorkspaceRef[]> {
   const list = (await listWorkspaces(env)).filter((w) => w.sandbox === name.toLowerCase());
   if (list.length === 0) throw new InputError(`no sandbox "${name}"`, { code: 'NOT_FOUND', suggestions: ['see `cs sandbox list`'] });
   return list;

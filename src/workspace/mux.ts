@@ -98,7 +98,8 @@ export class Mux {
    * without bound. Every client waits meanwhile: a rare case, bounded memory.
    */
   private throttle(): void {
-    const backedUp = [...this.clients].some((c) => !c.closed && c.socket.writableLength > CLIENT_BACKLOG);
+    let backedUp = false;
+    for (const c of this.clients) if (!c.closed && c.socket.writableLength > CLIENT_BACKLOG) backedUp = true;
     if (backedUp && !this.agent.isPaused()) this.agent.pause();
     else if (!backedUp && this.agent.isPaused()) this.agent.resume();
   }

@@ -9,7 +9,7 @@ import { packDirectory } from '../layers/pack.js';
 import { CsError, VmError } from '../util/errors.js';
 import { run } from '../util/process.js';
 import type { AgentClient } from '../vm/agent-client.js';
-import { DAEMON_LOG_DIR, expand, GUEST_AGENT, GUEST_BUSYBOX, runDir, runEnv, workspaceEnv, type GuestIdentity } from './guest-env.js';
+import { DAEMON_LOG_DIR, expand, GUEST_AGENT, GUEST_BUSYBOX, parsePasswd, runDir, runEnv, workspaceEnv, type GuestIdentity } from './guest-env.js';
 import type { PortMapping, WorkspaceRecord } from './state.js';
 
 /**
@@ -108,10 +108,7 @@ interface Ids {
 async function readIds(client: AgentClient): Promise<Ids> {
   const users = new Map<string, { uid: number; gid: number }>();
   const groups = new Map<string, number>();
-  for (const line of (await client.readFile('/etc/passwd')).toString('utf8').split('\n')) {
-    const f = line.split(':');
-    if (f.length >= 4 && f[0]) users.set(f[0], { uid: Number(f[2]), gid: Number(f[3]) });
-  }
+  for (const entry of parsePasswd((await client.readFile('/etc/passwd')).toString('utf8'))) users.set(entry.name, { uid: entry.uid, gid: entry.gid });
   const groupText = await client.readFile('/etc/group').catch(() => Buffer.alloc(0));
   for (const line of groupText.toString('utf8').split('\n')) {
     const f = line.split(':');

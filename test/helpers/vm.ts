@@ -74,18 +74,26 @@ export async function importTinyImage(env: Record<string, string>): Promise<stri
   return TINY_IMAGE;
 }
 
-/** debootstrap minbase, built once per machine into .test-cache (about a minute). */
-export async function debianTree(): Promise<string> {
-  const tree = join(CACHE, 'debian-minbase');
+/**
+ * debootstrap minbase into `tree`, once: a `TREE.complete` marker says a
+ * previous run finished (about a minute). Shared with the benchmarks.
+ */
+export async function debootstrapOnce(tree: string, onStart?: (mirror: string) => void): Promise<string> {
   if (existsSync(`${tree}.complete`)) return tree;
   await rm(tree, { recursive: true, force: true });
-  await mkdir(CACHE, { recursive: true });
+  await mkdir(join(tree, '..'), { recursive: true });
   const { aptMirror } = await import('../../src/snapshot/debian-base.js');
   const mirror = await aptMirror();
   if (!mirror) throw new Error('no apt mirror configured on this machine');
+  onStart?.(mirror);
   await execa('debootstrap', ['--variant=minbase', 'bookworm', tree, mirror], { timeout: 20 * 60_000 });
   await writeFile(`${tree}.complete`, '');
   return tree;
+}
+
+/** The tests' Debian minbase, cached in .test-cache/. */
+export function debianTree(): Promise<string> {
+  return debootstrapOnce(join(CACHE, 'debian-minbase'));
 }
 
 export async function importDebianImage(env: Record<string, string>): Promise<string> {

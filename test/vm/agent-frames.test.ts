@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isAlive } from '../../src/util/lock.js';
 import { FrameType, MAX_PAYLOAD, Tag, decodeFields, encodeFields, encodeFrame, fieldNumber, fieldText, type FieldInput, type Frame } from '../../src/vm/protocol.js';
 import { buildTestAgent, FrameReader, spawnAgent, type BuiltAgent, type RunningAgent } from './agent-harness.js';
 
@@ -39,15 +40,6 @@ function start(): { agent: RunningAgent; reader: FrameReader; send(type: number,
 
 const on = (type: number, stream: number) => (f: Frame) => f.type === type && f.stream === stream;
 const message = (f: Frame) => fieldText(decodeFields(f.payload), Tag.message);
-
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 async function rssKiB(pid: number): Promise<number> {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
@@ -89,8 +81,8 @@ describe('framing', () => {
     const error = await reader.next(on(FrameType.error, 0));
     expect(message(error)).toBe('protocol error: a frame of 4294967295 bytes exceeds the limit of 1048576');
     expect(await agent.exited).toBe(1);
-    for (let i = 0; i < 100 && alive(pid); i++) await sleep(20); // SIGKILL lands a moment later
-    expect(alive(pid)).toBe(false);
+    for (let i = 0; i < 100 && isAlive(pid); i++) await sleep(20); // SIGKILL lands a moment later
+    expect(isAlive(pid)).toBe(false);
   });
 
   it('one byte over the limit is refused too', async () => {
@@ -145,8 +137,8 @@ describe('malformed requests', () => {
     const pid = fieldNumber(decodeFields((await reader.next(on(FrameType.started, 3))).payload), Tag.pid) as number;
     send(FrameType.exec, 3, [[Tag.arg, 'true']]);
     expect(message(await reader.next(on(FrameType.error, 3)))).toBe('stream 3 is already in use; it was aborted');
-    for (let i = 0; i < 50 && alive(pid); i++) await sleep(20);
-    expect(alive(pid)).toBe(false);
+    for (let i = 0; i < 50 && isAlive(pid); i++) await sleep(20);
+    expect(isAlive(pid)).toBe(false);
     send(FrameType.info, 4);
     await reader.next(on(FrameType.info, 4));
     expect(reader.frames.filter((f) => f.stream === 3).map((f) => f.type)).toEqual([FrameType.started, FrameType.error]);

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isAlive } from '../../src/util/lock.js';
 import { buildAgent } from '../../src/vm/agent-build.js';
 import { AgentError, type AgentClient } from '../../src/vm/agent-client.js';
 import { VmError } from '../../src/util/errors.js';
@@ -54,15 +55,6 @@ function text(buffer: Buffer): string {
   return buffer.toString('utf8');
 }
 
-/** Whether a process runs (a zombie, killed and waiting for whoever reaps orphans here, does not). */
-function alive(pid: number): boolean {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
-  } catch {
-    return false;
-  }
-}
 
 async function waitFor(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 3000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -120,9 +112,9 @@ describe('connection', () => {
     const { client: c, agent } = await connect();
     const handle = c.exec({ argv: ['sleep', '30'] });
     const { pid } = await handle.started;
-    expect(alive(pid)).toBe(true);
+    expect(isAlive(pid)).toBe(true);
     expect(await agent.stop()).toBe(0);
-    await waitFor('the program to be killed', () => !alive(pid));
+    await waitFor('the program to be killed', () => !isAlive(pid));
     await expect(handle.exit).rejects.toThrow(/agent connection closed/);
   });
 
@@ -132,7 +124,7 @@ describe('connection', () => {
     const { pid } = await handle.started;
     await c.hello();
     await expect(handle.exit).rejects.toMatchObject({ code: 'AGENT_RESET' });
-    await waitFor('the program to be killed', () => !alive(pid));
+    await waitFor('the program to be killed', () => !isAlive(pid));
     expect((await c.run({ argv: ['echo', 'still serving'] })).stdout.toString()).toBe('still serving\n');
   });
 
@@ -375,7 +367,7 @@ describe('detached programs', () => {
     expect(pid).toBeGreaterThan(0);
     expect(await handle.exit).toEqual({ code: 0, timedOut: false });
     // EXIT came while the daemon still runs.
-    expect(alive(pid)).toBe(true);
+    expect(isAlive(pid)).toBe(true);
     expect(existsSync(log) ? await readFile(log, 'utf8') : '').not.toContain('survived');
     expect(await agent.stop()).toBe(0);
     await waitFor('the daemon to finish', async () => existsSync(log) && (await readFile(log, 'utf8')).includes('survived'));
