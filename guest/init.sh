@@ -143,6 +143,11 @@ mkdir -p /sysroot/run/cs
 cp /cs/agent /sysroot/run/cs/agent || fatal "cannot install the agent"
 cp /bin/busybox /sysroot/run/cs/busybox
 chmod 0755 /sysroot/run/cs/agent /sysroot/run/cs/busybox
+# A read-only view of the workspace disk, for snapshots: the host reads the
+# disk image while the agent holds the file system frozen (FIFREEZE).
+mkdir -p /sysroot/run/cs/disk
+{ mount --bind /disk /sysroot/run/cs/disk && mount -o remount,bind,ro /sysroot/run/cs/disk; } ||
+  say "no read-only view of the workspace disk: snapshots of the running workspace will not work"
 
 name="$(arg cs.hostname)" || name=workspace
 hostname "$name"

@@ -20,11 +20,11 @@ import {
 import type { Readable } from 'node:stream';
 import { extract, type Header } from 'tar-stream';
 import { LayerError } from '../util/errors.js';
-import { installPaxDecoder, XATTR_PAX_PREFIX } from './pax.js';
+import { installPaxCodec, XATTR_PAX_PREFIX } from './pax.js';
 import { cleanComponents, RootResolver } from './safe-path.js';
 
 // Binary xattr values must reach us as bytes (see pax.ts).
-installPaxDecoder();
+installPaxCodec();
 
 /**
  * Applying one layer (an uncompressed tar stream) onto a folder, with the

@@ -1,6 +1,4 @@
 import type { Readable } from 'node:stream';
-import { InputError } from '../util/errors.js';
-import { run } from '../util/process.js';
 import { packDirectory } from './pack.js';
 
 /**
@@ -9,7 +7,7 @@ import { packDirectory } from './pack.js';
  * metacopy off, so the upper is plain files): it is exactly what changed.
  * Overlay whiteouts (character devices 0/0) become `.wh.NAME`, and folders
  * marked `trusted.overlay.opaque=y` (a directory removed and made again)
- * get `.wh..wh..opq`, as image-spec layer.md defines.
+ * get `.wh..wh..opq`, as image-spec layer.md defines (see PackOptions.overlay).
  */
 
 /**
@@ -36,34 +34,6 @@ export function excludedBy(prefixes: readonly string[]): (path: string) => boole
   return (path) => prefixes.some((p) => path === p || path.startsWith(`${p}/`));
 }
 
-/** Folders of `upper` (relative paths) that overlayfs marked opaque. Reading trusted.* xattrs needs root. */
-export async function opaqueDirs(upper: string): Promise<Set<string>> {
-  const result = await run('getfattr', ['-R', '-P', '--absolute-names', '-d', '-m', '^trusted\\.overlay\\.opaque$', upper], { okExitCodes: [0, 1] });
-  const out = new Set<string>();
-  let current: string | undefined;
-  for (const line of result.stdout.split('\n')) {
-    if (line.startsWith('# file: ')) current = unescapeAttrPath(line.slice('# file: '.length));
-    else if (current && /^trusted\.overlay\.opaque="?y"?$/.test(line.trim())) {
-      if (current === upper) continue;
-      if (!current.startsWith(`${upper}/`)) throw new InputError(`getfattr reported a path outside ${upper}: ${current}`);
-      out.add(current.slice(upper.length + 1));
-    }
-  }
-  return out;
-}
-
-/** getfattr escapes bytes outside printable ASCII (and backslash) as \\ooo. */
-function unescapeAttrPath(text: string): string {
-  const bytes: number[] = [];
-  for (let i = 0; i < text.length; i++) {
-    if (text[i] === '\\' && /^[0-7]{3}$/.test(text.slice(i + 1, i + 4))) {
-      bytes.push(parseInt(text.slice(i + 1, i + 4), 8));
-      i += 3;
-    } else bytes.push(...Buffer.from(text[i] as string, 'utf8'));
-  }
-  return Buffer.from(bytes).toString('utf8');
-}
-
 export interface UpperLayerOptions {
   /** Relative path prefixes to leave out (default: BASE_SNAPSHOT_EXCLUDES). */
   exclude?: readonly string[];
@@ -71,11 +41,12 @@ export interface UpperLayerOptions {
   mtime?: number;
 }
 
-export async function packOverlayUpper(upper: string, options: UpperLayerOptions = {}): Promise<Readable> {
-  const opaque = await opaqueDirs(upper);
+/** An upper directory on the host (reading its trusted.overlay.* attributes needs root). */
+export function packOverlayUpper(upper: string, options: UpperLayerOptions = {}): Readable {
   return packDirectory(upper, {
     exclude: excludedBy(options.exclude ?? BASE_SNAPSHOT_EXCLUDES),
-    overlay: { opaque },
+    overlay: true,
+    xattrs: true,
     ...(options.mtime === undefined ? {} : { mtime: options.mtime }),
   });
 }

@@ -8,6 +8,7 @@ import { packDirectory } from '../layers/pack.js';
 import { cleanComponents, RootResolver } from '../layers/safe-path.js';
 import { openImageContext, pullImage, userReference, type ImageContext } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
+import type { ContentStore } from '../oci/store.js';
 import { formatReference } from '../oci/reference.js';
 import { InputError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
@@ -33,6 +34,8 @@ export interface AssembleSnapshot {
   /** An image reference (local store name or registry reference). */
   reference: string;
   kind: SnapshotKind;
+  /** The store holding it (a personal snapshot's private store); default the common one, pulling when absent. */
+  store?: ContentStore;
 }
 
 export interface AssembleOptions {
@@ -47,6 +50,12 @@ export interface AssembleOptions {
   format: OutputFormat;
   /** Replace `out` if it exists. */
   force?: boolean;
+  /**
+   * A folder only this user can read. Trees cached after a layer from a
+   * private store (a personal snapshot) are kept here instead of in the
+   * shared cache; write `out` under it too.
+   */
+  privateDir?: string;
   /** The owner's home inside the root (home and personal snapshots land here). */
   home?: string;
   env?: Env;
@@ -74,6 +83,9 @@ export const RUNTIME_DIRS = ['proc', 'sys', 'dev', 'run', 'tmp'] as const;
 const DEFAULT_HOME = '/home/owner';
 
 interface Unit {
+  store: ContentStore;
+  /** From a private store: this tree and every later one are private. */
+  private: boolean;
   layer: Descriptor;
   diffId: string;
   kind: SnapshotKind;
@@ -107,18 +119,26 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
 
   const context = options.context ?? (await openImageContext(options.env ? { env: options.env } : {}));
   const units: Unit[] = [];
+  let sawPrivate = false;
   for (const snapshot of options.snapshots) {
     const name = formatReference(userReference(snapshot.reference));
-    let descriptor = await context.store.resolveTag(name);
+    const store = snapshot.store ?? context.store;
+    if (snapshot.store) {
+      if (!options.privateDir) throw new InputError(`${name} comes from a private store; assembling it needs a private folder`);
+      sawPrivate = true;
+    }
+    let descriptor = await store.resolveTag(name);
+    if (!descriptor && snapshot.store) throw new InputError(`image ${name} is not in its store`);
     if (!descriptor) {
       phase(`pull ${name}`);
       await pullImage({ reference: name, context });
       descriptor = await context.store.resolveTag(name);
     }
     if (!descriptor) throw new InputError(`image ${name} is not in the local store`);
-    const { manifest, diffIds } = await readImageLayers(context.store, descriptor, name);
+    const { manifest, diffIds } = await readImageLayers(store, descriptor, name);
+    const isPrivate = sawPrivate;
     manifest.layers.forEach((layer, i) => {
-      units.push({ layer, diffId: diffIds[i] ?? '', kind: snapshot.kind, under: snapshot.kind === 'base' ? '' : home, boundary: i === manifest.layers.length - 1 });
+      units.push({ store, private: isPrivate, layer, diffId: diffIds[i] ?? '', kind: snapshot.kind, under: snapshot.kind === 'base' ? '' : home, boundary: i === manifest.layers.length - 1 });
     });
   }
   if (units.length === 0) throw new InputError('the snapshots have no layers');
@@ -143,12 +163,17 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   if (shared && existsSync(out)) {
     return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
   }
-  const cache = new TreeCache(join(dataDir(options.env), 'rootfs'));
-  await cache.prune();
+  const sharedCache = new TreeCache(join(dataDir(options.env), 'rootfs'));
+  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, 'rootfs')) : sharedCache;
+  await sharedCache.prune();
+  if (privateCache !== sharedCache) await privateCache.prune();
+  // The tree after unit i lives in the private cache from the first private unit on.
+  const cacheAt = (i: number): TreeCache => (units[i]?.private ? privateCache : sharedCache);
+  const cache = cacheAt(units.length - 1);
 
   let cached = -1;
   for (let i = keys.length - 1; i >= 0; i--) {
-    if (await cache.has(keys[i] as string)) {
+    if (await cacheAt(i).has(keys[i] as string)) {
       cached = i;
       break;
     }
@@ -164,7 +189,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
     try {
       if (cached >= 0) {
         phase('reuse cached layers');
-        await cache.cloneInto(keys[cached] as string, work);
+        await cacheAt(cached).cloneInto(keys[cached] as string, work);
       }
       const privileged = process.getuid?.() === 0;
       for (let i = cached + 1; i < units.length; i++) {
@@ -178,7 +203,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
         const deferred: DeferredMetadata[] = [];
         const xattrs: { path: string; xattrs: Record<string, string>; ino: number }[] = [];
         await unpackLayer({
-          store: context.store,
+          store: unit.store,
           layer: unit.layer,
           diffId: unit.diffId,
           root,
@@ -194,7 +219,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
         if (xattrs.length > 0) await applyXattrs(tree, xattrs);
         if (emptiesRuntime(units, i)) await clearRuntimeDirs(tree);
         if (deferred.length > 0) await appendFile(join(work, 'deferred.jsonl'), deferred.map((d) => JSON.stringify(d)).join('\n') + '\n');
-        if (unit.boundary && i < units.length - 1) await cache.commitCopy(keys[i] as string, work);
+        if (unit.boundary && i < units.length - 1) await cacheAt(i).commitCopy(keys[i] as string, work);
       }
       await cache.commit(finalChain, work);
     } catch (error) {
@@ -298,7 +323,7 @@ async function writeOutput(tree: string, out: string, format: OutputFormat): Pro
       return 0;
     }
     case 'tar': {
-      await pipeline(packDirectory(tree), createWriteStream(out, { flags: 'wx' }));
+      await pipeline(packDirectory(tree, { xattrs: true }), createWriteStream(out, { flags: 'wx' }));
       return (await stat(out)).size;
     }
     case 'erofs': {

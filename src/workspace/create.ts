@@ -6,8 +6,10 @@ import type { Workspace } from '../definition/model.js';
 import { WORKSPACE_HOME } from '../definition/model.js';
 import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
 import { loadConfig } from '../oci/config.js';
-import { assemble, type AssembleSnapshot } from '../rootfs/assemble.js';
-import { imageOf } from '../rootfs/from-definition.js';
+import { openImageContext } from '../oci/image.js';
+import { assemble } from '../rootfs/assemble.js';
+import { ensurePersonalDir } from '../snapshot/catalogue.js';
+import { resolvePersonal, resolveSnapshot, type ResolvedSnapshot } from '../snapshot/resolve.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { run } from '../util/process.js';
@@ -18,7 +20,7 @@ import { QEMU_BINARY } from '../vm/qemu.js';
 import { resolveKernel } from './kernel-image.js';
 import { portsInUse, showSandbox, startSupervisor, waitUntil, type LifecycleOptions, type SandboxResult } from './lifecycle.js';
 import { allocatePorts } from './ports.js';
-import { FILES, sandboxesDir, writeRecord, type WorkspaceRecord } from './state.js';
+import { FILES, sandboxesDir, writeRecord, type WorkspaceImage, type WorkspaceRecord } from './state.js';
 
 /**
  * `cs sandbox create`: from a definition to running workspaces. Kept apart
@@ -27,15 +29,31 @@ import { FILES, sandboxesDir, writeRecord, type WorkspaceRecord } from './state.
  * to load.
  */
 
-function snapshotsOf(sandbox: string, ws: Workspace): AssembleSnapshot[] {
+/** Base, home, then the user's personal snapshot: what a workspace's root is assembled from. */
+async function snapshotsOf(sandbox: string, ws: Workspace, personal: ResolvedSnapshot | undefined, env?: Env): Promise<ResolvedSnapshot[]> {
   const where = `workspace ${sandbox}/${ws.name}`;
   if (!ws.baseSnapshot) {
     throw new InputError(`${where} has no base_snapshot, so there is nothing to boot`, {
-      suggestions: ['set `base_snapshot: oci://REF` (an image) in the definition'],
+      suggestions: ['set `base_snapshot: NAME` (a snapshot) or `base_snapshot: oci://REF` (an image) in the definition'],
     });
   }
-  const out: AssembleSnapshot[] = [{ reference: imageOf(ws.baseSnapshot, 'base_snapshot'), kind: 'base' }];
-  if (ws.homeSnapshot) out.push({ reference: imageOf(ws.homeSnapshot, 'home_snapshot'), kind: 'home' });
+  const inWorkspace = (error: unknown): never => {
+    if (error instanceof InputError) error.message = `${where}: ${error.message}`;
+    throw error;
+  };
+  const out: ResolvedSnapshot[] = [await resolveSnapshot(ws.baseSnapshot, 'base', env).catch(inWorkspace)];
+  if (ws.homeSnapshot) out.push(await resolveSnapshot(ws.homeSnapshot, 'home', env).catch(inWorkspace));
+  if (personal) out.push(personal);
+  return out;
+}
+
+/** What a workspace record keeps of the images it booted from (a snapshot of it extends its base, as it was). */
+async function imagesOf(snapshots: readonly ResolvedSnapshot[], env?: Env): Promise<WorkspaceImage[]> {
+  const out: WorkspaceImage[] = [];
+  for (const s of snapshots) {
+    const digest = s.digest ?? (await (s.store ?? (await openImageContext(env ? { env } : {})).store).resolveTag(s.reference))?.digest;
+    out.push({ kind: s.kind, reference: s.reference, ...(s.snapshot ? { snapshot: s.snapshot } : {}), ...(digest ? { digest } : {}) });
+  }
   return out;
 }
 
@@ -55,6 +73,8 @@ export interface CreateOptions extends LifecycleOptions {
   name?: string;
   wait?: boolean;
   waitTimeoutMs?: number;
+  /** The personal snapshot to apply: a name, NONE, or (undefined) the user's default. */
+  personal?: string;
 }
 
 
@@ -80,7 +100,11 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
     throw new InputError(`sandbox "${name}" already exists`, { suggestions: [`remove it first with \`cs sandbox remove ${name}\`, or pick another name`] });
   }
   if (sandbox.workspaces.length === 0) throw new InputError(`${options.file} defines no workspaces`);
-  const plans = sandbox.workspaces.map((ws) => ({ ws, snapshots: snapshotsOf(name, ws) }));
+  const personal = await resolvePersonal(options.personal, options.env);
+  const plans: { ws: Workspace; snapshots: ResolvedSnapshot[] }[] = [];
+  for (const ws of sandbox.workspaces) plans.push({ ws, snapshots: await snapshotsOf(name, ws, personal, options.env) });
+  // A root with a personal snapshot in it is as private as the snapshot: it is kept in the user's own folder.
+  const privateDir = personal ? await ensurePersonalDir(options.env) : undefined;
 
   requireQemu();
   const envOpt = options.env ? { env: options.env } : {};
@@ -101,7 +125,8 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
       phase(`snapshots of ${ws.name}`);
       const image = await assemble({
         snapshots,
-        out: (chain) => join(imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
+        out: (chain) => join(privateDir ? join(privateDir, 'images') : imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
+        ...(privateDir ? { privateDir } : {}),
         format: 'erofs',
         home: WORKSPACE_HOME,
         ...envOpt,
@@ -124,6 +149,7 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
         desired: 'running',
         spec: ws,
         lowers: [image.out],
+        images: await imagesOf(snapshots),
         chainId: image.chainId,
         kernel: { version: wsKernel.version, vmlinuz: wsKernel.vmlinuz, boot: await bootImage(wsKernel) },
         initramfs: wsInitramfs.path,

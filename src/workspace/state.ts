@@ -27,6 +27,16 @@ export interface PortMapping {
   adhoc?: boolean;
 }
 
+/** An image a workspace's root was assembled from, as resolved when it was created. */
+export interface WorkspaceImage {
+  kind: 'base' | 'home' | 'personal';
+  /** Its tag in the store it came from. */
+  reference: string;
+  /** The catalogue name, when the definition named a snapshot. */
+  snapshot?: string;
+  digest?: string;
+}
+
 export interface WorkspaceRecord {
   version: 1;
   sandbox: string;
@@ -39,6 +49,8 @@ export interface WorkspaceRecord {
   spec: Workspace;
   /** Read-only snapshot images, top first. */
   lowers: string[];
+  /** What the root was assembled from, base first (absent in records of older cs versions). */
+  images?: WorkspaceImage[];
   chainId: string;
   /** `boot` is what QEMU loads: the PVH vmlinux when there is one, else `vmlinuz`. */
   kernel: { version: string; vmlinuz: string; boot?: string };

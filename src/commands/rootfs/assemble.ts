@@ -1,6 +1,8 @@
 import { Flags } from '@oclif/core';
 import { assembleFromFlags } from '../../rootfs/from-definition.js';
 import type { AssembleResult } from '../../rootfs/assemble.js';
+import { ensurePersonalDir } from '../../snapshot/catalogue.js';
+import { resolveForAssemble } from '../../snapshot/resolve.js';
 import { CsCommand } from '../_base.js';
 
 export default class RootfsAssemble extends CsCommand {
@@ -14,9 +16,9 @@ export default class RootfsAssemble extends CsCommand {
   static override flags = {
     file: Flags.string({ char: 'f', description: 'Sandbox definition file' }),
     workspace: Flags.string({ char: 'W', description: 'SANDBOX/WORKSPACE in the definition (with -f)' }),
-    base: Flags.string({ description: 'Base snapshot image (instead of -f/-W)' }),
-    home: Flags.string({ description: 'Home snapshot image, applied under the owner\'s home' }),
-    personal: Flags.string({ description: 'Personal snapshot image, applied last under the owner\'s home' }),
+    base: Flags.string({ description: 'Base snapshot: a name from the catalogue or an image (instead of -f/-W)' }),
+    home: Flags.string({ description: 'Home snapshot (name or image), applied under the owner\'s home' }),
+    personal: Flags.string({ description: 'Personal snapshot (one of yours, or an image), applied last under the owner\'s home' }),
     format: Flags.string({ description: 'Output format', options: ['dir', 'tar', 'erofs', 'ext4'], default: 'dir' }),
     out: Flags.string({ char: 'o', description: 'Where to write the result', required: true }),
     force: Flags.boolean({ description: 'Replace --out if it exists' }),
@@ -24,7 +26,12 @@ export default class RootfsAssemble extends CsCommand {
 
   async run(): Promise<AssembleResult> {
     const { flags } = await this.parse(RootfsAssemble);
-    const result = await assembleFromFlags({ ...flags, onPhase: (p) => this.say(p) });
+    const result = await assembleFromFlags({
+      ...flags,
+      onPhase: (p) => this.say(p),
+      resolve: (what, kind) => resolveForAssemble(what, kind),
+      privateDir: () => ensurePersonalDir(),
+    });
     this.say(`Wrote ${result.format} to ${result.out}: ${result.layers} layers, ${result.layersApplied} applied, ${result.cachedLayers} from cache`);
     return result;
   }

@@ -21,6 +21,7 @@ export default class SandboxCreate extends CsCommand {
     file: Flags.string({ char: 'f', aliases: ['definition'], charAliases: ['D'], description: 'Sandbox definition (YAML)', required: true }),
     wait: Flags.boolean({ description: 'Wait until every workspace finished its start-up and its readiness probes pass' }),
     timeout: Flags.integer({ description: 'With --wait: give up after this many seconds', default: 900 }),
+    personal: Flags.string({ description: 'Personal snapshot to apply (default: your default personal snapshot; NONE for none)' }),
   };
 
   async run(): Promise<SandboxResult> {
@@ -30,6 +31,7 @@ export default class SandboxCreate extends CsCommand {
       ...(args.name ? { name: args.name } : {}),
       wait: flags.wait,
       waitTimeoutMs: flags.timeout * 1000,
+      ...(flags.personal ? { personal: flags.personal } : {}),
       onPhase: (phase) => this.say(`… ${phase}`),
     });
     this.show(result.workspaces.map(workspaceDetails).join('\n'));

@@ -1,0 +1,150 @@
+import { lstat, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { hostEntries } from '../layers/pack.js';
+import type { TreeEntry } from '../layers/tree-entry.js';
+import { InputError } from '../util/errors.js';
+
+/**
+ * What a home or personal snapshot takes from a home folder:
+ * `includes.txt` read as `tar -T` (one path per line, relative to home, a
+ * folder with everything under it) minus `excludes.txt` read as `tar -X`
+ * (GNU tar's defaults for exclusion: shell wildcards, `*` also matching `/`,
+ * not anchored: a pattern matches the whole path or any part of it that
+ * starts after a `/`, and excluding a folder excludes what is under it).
+ *
+ * Unlike a bare `tar -T`, the folders leading to an included path are part
+ * of the layer too, with their own modes, so that when the layer lands
+ * under the owner's home they are not made up by whoever applies it.
+ */
+
+export interface SelectionFiles {
+  home: string;
+  /** The folder holding includes.txt and excludes.txt (`.snapshot` or `.snapshot.personal`). */
+  folder: string;
+}
+
+export interface Selection {
+  includes: string[];
+  excludes: string[];
+}
+
+const MAX_LIST_BYTES = 1024 * 1024;
+const MAX_LINES = 10_000;
+
+async function readList(file: string, required: boolean): Promise<string[] | undefined> {
+  let text: string;
+  try {
+    const bytes = await readFile(file);
+    if (bytes.length > MAX_LIST_BYTES) throw new InputError(`${file}: larger than 1 MiB`);
+    text = bytes.toString('utf8');
+  } catch (error) {
+    if (error instanceof InputError) throw error;
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT' && !required) return undefined;
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new InputError(`${file} does not exist: it lists, one per line, the paths under your home folder the snapshot takes`, {
+        code: 'NO_INCLUDES',
+        suggestions: [`for example: printf '.bashrc\\n.config/git\\n' > ${file}`],
+      });
+    }
+    throw new InputError(`cannot read ${file}: ${(error as Error).message}`, { cause: error });
+  }
+  // Lines as tar -T reads them: no trimming of spaces (they can be part of a name), empty lines ignored.
+  const lines = text.split('\n').map((l) => l.replace(/\r$/, ''));
+  if (lines.length > MAX_LINES) throw new InputError(`${file}: more than ${MAX_LINES} lines`);
+  return lines;
+}
+
+/** Read and check both lists: every problem of includes.txt is reported at once, with its line. */
+export async function readSelection(files: SelectionFiles): Promise<Selection> {
+  const includesFile = join(files.folder, 'includes.txt');
+  const excludesFile = join(files.folder, 'excludes.txt');
+  const includeLines = (await readList(includesFile, true)) ?? [];
+  const excludeLines = (await readList(excludesFile, false)) ?? [];
+  const problems: string[] = [];
+  const includes: string[] = [];
+  includeLines.forEach((line, i) => {
+    if (line === '') return;
+    const where = `${includesFile}:${i + 1}`;
+    if (line.startsWith('/')) problems.push(`${where}: "${line}" is absolute; paths are relative to your home folder`);
+    else if (line.includes('\0')) problems.push(`${where}: a path cannot contain a NUL byte`);
+    else {
+      const parts = line.replace(/\/+$/, '').split('/').filter((p) => p !== '');
+      if (parts.some((p) => p === '.' || p === '..')) problems.push(`${where}: "${line}" uses "." or ".."; name the path under your home folder directly`);
+      else if (parts.length > 0) includes.push(parts.join('/'));
+    }
+  });
+  if (includes.length === 0 && problems.length === 0) problems.push(`${includesFile}: lists no paths`);
+  if (problems.length === 0) {
+    const missing: string[] = [];
+    for (const path of includes) {
+      if (!(await lstat(join(files.home, path)).catch(() => undefined))) missing.push(path);
+    }
+    if (missing.length > 0) {
+      problems.push(`${missing.length === 1 ? 'an included path does' : `${missing.length} included paths do`} not exist under ${files.home}: ${missing.map((m) => `"${m}"`).join(', ')}`);
+    }
+  }
+  if (problems.length > 0) throw new InputError(problems.join('\n'), { code: 'BAD_INCLUDES' });
+  const excludes = excludeLines.filter((l) => l !== '').map((l) => l.replace(/\/+$/, ''));
+  return { includes: [...new Set(includes)].sort(), excludes };
+}
+
+/** GNU tar's exclusion match (see the comment at the top). */
+export function excludeMatcher(patterns: readonly string[]): (path: string) => boolean {
+  const regexes = patterns.filter((p) => p !== '').map(globToRegExp);
+  if (regexes.length === 0) return () => false;
+  return (path) => {
+    // Every part of the path that starts after a '/' and each of its leading folders.
+    const starts = [0];
+    for (let i = 0; i < path.length; i++) if (path[i] === '/') starts.push(i + 1);
+    for (const start of starts) {
+      const tail = path.slice(start);
+      const ends = [tail.length];
+      for (let i = 0; i < tail.length; i++) if (tail[i] === '/') ends.push(i);
+      for (const end of ends) {
+        const candidate = tail.slice(0, end);
+        if (regexes.some((r) => r.test(candidate))) return true;
+      }
+    }
+    return false;
+  };
+}
+
+/** fnmatch(3) without FNM_PATHNAME: `*` and `?` match any character, `/` too; `[...]` classes; `\\` escapes. */
+export function globToRegExp(pattern: string): RegExp {
+  let out = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i] as string;
+    if (c === '*') out += '.*';
+    else if (c === '?') out += '.';
+    else if (c === '\\' && i + 1 < pattern.length) out += escapeRegExp(pattern[++i] as string);
+    else if (c === '[') {
+      const close = pattern.indexOf(']', i + 2);
+      if (close === -1) out += '\\[';
+      else {
+        let body = pattern.slice(i + 1, close);
+        const negate = body.startsWith('!') || body.startsWith('^');
+        if (negate) body = body.slice(1);
+        out += `[${negate ? '^' : ''}${body.replace(/\\/g, '\\\\').replace(/^\]/, '\\]')}]`;
+        i = close;
+      }
+    } else out += escapeRegExp(c);
+  }
+  return new RegExp(`^${out}$`, 's');
+}
+
+function escapeRegExp(c: string): string {
+  return c.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+}
+
+/** The selected entries of `home`, in pack order: included paths, what is under them, and the folders leading to them. */
+export function selectedEntries(home: string, selection: Selection): AsyncGenerator<TreeEntry> {
+  const excluded = excludeMatcher(selection.excludes);
+  const included = (path: string): boolean => selection.includes.some((p) => path === p || path.startsWith(`${p}/`));
+  const leadsTo = (path: string): boolean => selection.includes.some((p) => p.startsWith(`${path}/`));
+  return hostEntries(home, {
+    exclude: (path) => {
+      if (included(path)) return excluded(path);
+      return !leadsTo(path);
+    },
+  });
+}

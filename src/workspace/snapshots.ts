@@ -1,0 +1,208 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadSandbox } from '../definition/load.js';
+import { Ext4Image, walkTree } from '../layers/ext4.js';
+import { BASE_SNAPSHOT_EXCLUDES, excludedBy } from '../layers/overlay-upper.js';
+import type { SnapshotKind, SnapshotRecord } from '../snapshot/catalogue.js';
+import { createSnapshot, type CreateSnapshotOptions, type CreateSnapshotResult } from '../snapshot/create.js';
+import { removeSnapshot, requireSnapshot, snapshotDetails, type SnapshotDetails } from '../snapshot/manage.js';
+import { resolveSnapshot } from '../snapshot/resolve.js';
+import { InputError, UsageError, VmError } from '../util/errors.js';
+import { withLock } from '../util/lock.js';
+import type { Env } from '../util/paths.js';
+import type { AgentClient } from '../vm/agent-client.js';
+import { openAgent } from './control.js';
+import { GUEST_BUSYBOX } from './guest-env.js';
+import { resolveWorkspace } from './lifecycle.js';
+import { FILES, listWorkspaces, readRecord, readRun, statusOf, supervisorAlive, type WorkspaceRecord } from './state.js';
+
+/**
+ * Snapshots that involve workspaces: a base snapshot of a workspace's
+ * changed files, and the catalogue questions only workspaces can answer
+ * (who uses a snapshot).
+ *
+ * A workspace's changes are the overlayfs upper folder on its ext4 disk.
+ * cs reads that disk image directly (layers/ext4.ts): no mount, no root, and
+ * time in proportion to what changed. A running workspace's file system is
+ * frozen for the read (FIFREEZE through the agent), which flushes it and
+ * holds writers still, so the image on the host is consistent; a watchdog
+ * in the guest thaws it if this process dies mid-way.
+ */
+
+/** Where init keeps a read-only view of the workspace disk for the agent (guest/init.sh). */
+export const GUEST_DISK = '/run/cs/disk';
+
+export interface SnapshotCreateOptions extends Omit<CreateSnapshotOptions, 'source' | 'parentImage'> {
+  /** SANDBOX/WORKSPACE; default the workspace cs runs in ($CS_SANDBOX/$CS_WORKSPACE). */
+  workspace?: string;
+}
+
+export async function snapshotCreate(options: SnapshotCreateOptions): Promise<CreateSnapshotResult> {
+  const env = options.env ?? process.env;
+  const { workspace: target, ...rest } = options;
+  if (options.kind !== 'base') {
+    if (target) throw new UsageError(`${options.kind} snapshots are made from the home folder cs runs in ($HOME); -W is for base snapshots`);
+    return createSnapshot(rest);
+  }
+  if (options.fromDir) {
+    if (target) throw new UsageError('give either -W SANDBOX/WORKSPACE or --from-dir DIR, not both');
+    return createSnapshot(rest);
+  }
+  const name = target ?? (env['CS_SANDBOX'] && env['CS_WORKSPACE'] ? `${env['CS_SANDBOX']}/${env['CS_WORKSPACE']}` : undefined);
+  if (!name) {
+    const all = await listWorkspaces(options.env);
+    throw new UsageError('say which workspace to snapshot with -W SANDBOX/WORKSPACE (or make one from a folder with --from-dir DIR)', {
+      suggestions: all.length > 0 ? [`workspaces: ${all.map((w) => `${w.sandbox}/${w.workspace}`).join(', ')}`] : ['create one with `cs sandbox create`'],
+    });
+  }
+  const ws = await resolveWorkspace(name, options.env);
+  const label = `${ws.sandbox}/${ws.workspace}`;
+  const record = await readRecord(ws.dir);
+  if (!record) throw new InputError(`workspace ${label} does not exist`);
+  const base = await baseImageOf(record, options.env);
+  return withWorkspaceDisk(ws.dir, label, record, options.onPhase ?? (() => undefined), async (image, upper) =>
+    createSnapshot({
+      ...rest,
+      source: {
+        entries: walkTree(image, upper, { exclude: excludedBy(BASE_SNAPSHOT_EXCLUDES) }),
+        overlay: true,
+        describe: { workspace: label },
+      },
+      parentImage: base,
+    }),
+  );
+}
+
+/** The base image a workspace booted from, as recorded at creation (or, for older records, as its definition names it now). */
+async function baseImageOf(record: WorkspaceRecord, env?: Env): Promise<{ reference: string; digest?: string; name?: string }> {
+  const recorded = record.images?.find((i) => i.kind === 'base');
+  if (recorded) return { reference: recorded.reference, ...(recorded.digest ? { digest: recorded.digest } : {}), ...(recorded.snapshot ? { name: recorded.snapshot } : {}) };
+  if (!record.spec.baseSnapshot) throw new InputError(`workspace ${record.sandbox}/${record.name} has no base snapshot`);
+  const resolved = await resolveSnapshot(record.spec.baseSnapshot, 'base', env);
+  return { reference: resolved.reference, ...(resolved.snapshot ? { name: resolved.snapshot } : {}) };
+}
+
+/**
+ * Run `fn` on the workspace's disk image, consistent: frozen in the guest
+ * when the workspace runs, and under the workspace's lock either way (no
+ * resume, suspend or remove meanwhile).
+ */
+async function withWorkspaceDisk<T>(dir: string, label: string, record: WorkspaceRecord, phase: (p: string) => void, fn: (image: Ext4Image, upper: number) => Promise<T>): Promise<T> {
+  return withLock(join(dir, FILES.lock), { purpose: `snapshotting ${label}` }, async () => {
+    const run = await readRun(dir);
+    const live = supervisorAlive(run);
+    let thaw: (() => Promise<void>) | undefined;
+    if (live) {
+      phase(`freeze ${label}'s disk`);
+      thaw = await freeze(await openAgent(dir, label), label);
+    } else if (statusOf(record, run) === 'creating') {
+      throw new VmError(`workspace ${label} has not booted yet`, { code: 'NOT_READY' });
+    }
+    try {
+      const image = await Ext4Image.open(join(dir, FILES.disk)).catch((error: Error) => {
+        if (error instanceof InputError || (error as { code?: string }).code === 'LAYER_NEEDS_RECOVERY' || /not cleanly/.test(error.message)) {
+          throw Object.assign(error, { suggestions: [`resume it once (\`cs sandbox resume ${record.sandbox}\`), then snapshot it again`] });
+        }
+        throw error;
+      });
+      try {
+        const upper = await image.lookup('upper');
+        if (upper === undefined) throw new InputError(`workspace ${label} has no changes on its disk yet (no /upper)`);
+        phase('read the changed files');
+        return await fn(image, upper);
+      } finally {
+        await image.close();
+      }
+    } finally {
+      if (thaw) await thaw();
+    }
+  });
+}
+
+/**
+ * Freeze the guest's workspace disk. The script starts a watchdog first
+ * (in its own session, so it outlives a killed exec) that thaws the disk
+ * when the script is gone; the script itself thaws on end of input.
+ */
+const FREEZE_SCRIPT = `
+BB=${GUEST_BUSYBOX}
+D=${GUEST_DISK}
+[ -d "$D/upper" ] || { echo "the workspace disk is not visible at $D" >&2; exit 3; }
+me=$$
+$BB setsid $BB sh -c "while $BB kill -0 $me 2>/dev/null; do $BB sleep 1; done; $BB fsfreeze --unfreeze $D 2>/dev/null" </dev/null >/dev/null 2>&1 &
+$BB fsfreeze --freeze "$D" || exit 4
+echo frozen
+read -t 600 line
+$BB fsfreeze --unfreeze "$D" || exit 5
+echo thawed
+`;
+
+async function freeze(client: AgentClient, label: string): Promise<() => Promise<void>> {
+  const handle = client.exec({ argv: [GUEST_BUSYBOX, 'sh', '-c', FREEZE_SCRIPT], stdin: true, timeoutMs: 15 * 60 * 1000 });
+  let out = '';
+  let err = '';
+  handle.stderr.on('data', (chunk: Buffer) => (err += chunk.toString('utf8')));
+  const frozen = new Promise<void>((resolve, reject) => {
+    handle.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString('utf8');
+      if (out.includes('frozen\n')) resolve();
+    });
+    void handle.exit.then((status) => {
+      const why = err.trim() || `exit ${status.code}`;
+      reject(
+        new VmError(`cannot freeze the disk of workspace ${label}: ${why}`, {
+          code: 'FREEZE_FAILED',
+          suggestions: status.code === 3 ? [`it booted with an older cs: suspend and resume it, then try again`] : [],
+        }),
+      );
+    }, reject);
+  });
+  try {
+    await frozen;
+  } catch (error) {
+    client.close();
+    throw error;
+  }
+  return async () => {
+    handle.stdin?.end();
+    await handle.exit.catch(() => undefined);
+    client.close();
+  };
+}
+
+/** Who uses a snapshot: workspaces built from it, and the definitions of cs's sandboxes that name it. */
+export async function snapshotUsers(record: Pick<SnapshotRecord, 'name' | 'kind'>, env?: Env): Promise<string[]> {
+  const key = record.name.toLowerCase();
+  const users: string[] = [];
+  const files = new Set<string>();
+  for (const ws of await listWorkspaces(env)) {
+    const wsRecord = await readRecord(ws.dir).catch(() => undefined);
+    if (!wsRecord) continue;
+    files.add(wsRecord.file);
+    if (usesSnapshot(wsRecord, record.kind, key)) users.push(`workspace ${ws.sandbox}/${ws.workspace}`);
+  }
+  if (record.kind === 'personal') return users;
+  for (const file of [...files].sort()) {
+    if (!existsSync(file)) continue;
+    const sandbox = await loadSandbox({ file }).catch(() => undefined);
+    const field = record.kind === 'base' ? 'baseSnapshot' : 'homeSnapshot';
+    if (sandbox?.workspaces.some((w) => { const ref = w[field]; return ref?.kind === 'name' && ref.name.toLowerCase() === key; })) users.push(`definition ${file}`);
+  }
+  return users;
+}
+
+function usesSnapshot(record: WorkspaceRecord, kind: SnapshotKind, key: string): boolean {
+  if (record.images) return record.images.some((i) => i.kind === kind && i.snapshot?.toLowerCase() === key);
+  const ref = kind === 'base' ? record.spec.baseSnapshot : kind === 'home' ? record.spec.homeSnapshot : undefined;
+  return ref?.kind === 'name' && ref.name.toLowerCase() === key;
+}
+
+export async function snapshotRemove(options: { name: string; force?: boolean; env?: Env }): Promise<{ removed: string; kind: SnapshotKind; wasUsedBy: string[] }> {
+  const record = await requireSnapshot(options.name, options.env);
+  return removeSnapshot({ ...options, usedBy: await snapshotUsers(record, options.env) });
+}
+
+export async function snapshotShow(options: { name: string; env?: Env }): Promise<SnapshotDetails & { usedBy: string[] }> {
+  const details = await snapshotDetails(options);
+  return { ...details, usedBy: await snapshotUsers(details, options.env) };
+}
