@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { loadSandbox } from '../definition/load.js';
 import { Ext4Image, walkTree } from '../layers/ext4.js';
 import { BASE_SNAPSHOT_EXCLUDES, excludedBy } from '../layers/overlay-upper.js';
-import type { SnapshotKind, SnapshotRecord } from '../snapshot/catalogue.js';
+import { checkSnapshotName, type SnapshotKind, type SnapshotRecord } from '../snapshot/catalogue.js';
 import { createSnapshot, type CreateSnapshotOptions, type CreateSnapshotResult } from '../snapshot/create.js';
 import { removeSnapshot, requireSnapshot, snapshotDetails, type SnapshotDetails } from '../snapshot/manage.js';
 import { resolveSnapshot } from '../snapshot/resolve.js';
@@ -39,6 +39,7 @@ export interface SnapshotCreateOptions extends Omit<CreateSnapshotOptions, 'sour
 
 export async function snapshotCreate(options: SnapshotCreateOptions): Promise<CreateSnapshotResult> {
   const env = options.env ?? process.env;
+  checkSnapshotName(options.name);
   const { workspace: target, ...rest } = options;
   if (options.kind !== 'base') {
     if (target) throw new UsageError(`${options.kind} snapshots are made from the home folder cs runs in ($HOME); -W is for base snapshots`);
