@@ -1,3 +1,4 @@
+import { lstatSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, rm, chmod } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import { join } from 'node:path';
@@ -84,9 +85,23 @@ export function currentUser(): { user: string; uid: number } {
   return { user, uid };
 }
 
-/** This user's private folder, for reading (undefined when it does not exist yet). */
+/** This user's private folder (it may not exist yet). */
 export function personalDir(env?: Env, uid = currentUser().uid): string {
   return join(snapshotsDir(env), 'personal', String(uid));
+}
+
+/**
+ * The private folder to read from: only when it is really this user's (a
+ * folder someone else planted there could hold made-up entries).
+ */
+function ownPersonalDir(env?: Env): string | undefined {
+  const dir = personalDir(env);
+  try {
+    const info = lstatSync(dir);
+    return info.isDirectory() && info.uid === (process.getuid?.() ?? 0) ? dir : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -200,7 +215,8 @@ export async function listRecordsAt(dir: string): Promise<SnapshotRecord[]> {
 /** Every snapshot this user can see: the shared ones, then their own. */
 export async function listSnapshots(env?: Env): Promise<SnapshotRecord[]> {
   const shared = await listRecordsAt(sharedDir(env));
-  const personal = await listRecordsAt(personalDir(env));
+  const own = ownPersonalDir(env);
+  const personal = own ? await listRecordsAt(own) : [];
   return [...shared, ...personal];
 }
 
@@ -214,7 +230,8 @@ export async function findSnapshot(name: string, env?: Env, kinds: readonly Snap
     const shared = await readRecordAt(sharedDir(env), key);
     if (shared && kinds.includes(shared.kind)) return shared;
   }
-  if (kinds.includes('personal')) return readRecordAt(personalDir(env), key);
+  const own = ownPersonalDir(env);
+  if (kinds.includes('personal') && own) return readRecordAt(own, key);
   return undefined;
 }
 
@@ -222,8 +239,10 @@ const DEFAULT_FILE = 'default';
 
 /** The user's default personal snapshot's key, if any. */
 export async function personalDefault(env?: Env): Promise<string | undefined> {
+  const own = ownPersonalDir(env);
+  if (!own) return undefined;
   try {
-    const text = (await readFile(join(personalDir(env), DEFAULT_FILE), 'utf8')).trim();
+    const text = (await readFile(join(own, DEFAULT_FILE), 'utf8')).trim();
     return text === '' ? undefined : text;
   } catch {
     return undefined;
