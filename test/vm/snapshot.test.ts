@@ -1,0 +1,157 @@
+/**
+ * Base snapshots of real workspaces: files added, changed and deleted and a
+ * folder replaced inside a running microVM become one new layer on top of
+ * the workspace's base (read from its ext4 disk while the guest holds the
+ * file system frozen, and from the disk of a stopped workspace); a
+ * workspace booted from that snapshot finds the same files; a snapshot of
+ * it stacks one more layer; removing a snapshot in use is refused.
+ */
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { importDirectory } from '../../src/snapshot/import-dir.js';
+import { ensureBuilt, runCs, type Run } from '../helpers/cli.js';
+import { buildTinyRoot, vmHome, writeDefinition } from '../helpers/vm.js';
+
+const IMAGE = 'localhost/test/snapbase:1';
+
+interface Created {
+  name: string;
+  digest: string;
+  layers: number;
+  parent?: string;
+}
+
+describe('base snapshots of workspaces', () => {
+  let home: Awaited<ReturnType<typeof vmHome>> | undefined;
+  let work: string;
+  let env: Record<string, string>;
+  const cs = (...args: string[]): Promise<Run> => runCs(args, { env, timeoutMs: 300_000 });
+  const sh = (target: string, command: string): Promise<Run> => cs('exec', '-W', target, '--user', 'root', '--', 'sh', '-c', command);
+  const json = async <T,>(...args: string[]): Promise<T> => {
+    const result = await cs(...args, '--json');
+    if (result.exitCode !== 0) throw new Error(`cs ${args.join(' ')} failed (${result.exitCode}): ${result.stdout}\n${result.stderr}`);
+    return JSON.parse(result.stdout) as T;
+  };
+  /** What a user would compare: every path under the changed folders with type, mode, owner and content hash. */
+  const inventory = async (target: string): Promise<string> => {
+    const result = await sh(
+      target,
+      'cd / && find etc opt srv usr/local | sort | while read -r p; do if [ -f "$p" ] && [ ! -L "$p" ]; then h=$(md5sum < "$p" | cut -c1-32); else h=-; fi; echo "$p $(stat -c "%F %a %u:%g" "$p") $h"; done | grep -v -e "^etc/hostname " -e "^etc/hosts " -e "^etc/resolv.conf "',
+    );
+    expect(result.exitCode, result.stderr).toBe(0);
+    return result.stdout;
+  };
+
+  beforeAll(async () => {
+    await ensureBuilt('snapshot/create');
+    home = await vmHome();
+    env = home.env;
+    work = await mkdtemp(join(tmpdir(), 'cs-vmsnap-'));
+    const root = join(work, 'root');
+    await buildTinyRoot(root);
+    await writeFile(join(root, 'etc', 'motd'), 'base motd\n');
+    await writeFile(join(root, 'etc', 'deleteme'), 'to be deleted\n');
+    await mkdir(join(root, 'srv', 'data'), { recursive: true });
+    await writeFile(join(root, 'srv', 'data', 'lower-a'), 'a\n');
+    await writeFile(join(root, 'srv', 'data', 'lower-b'), 'b\n');
+    await importDirectory({ dir: root, reference: IMAGE, env });
+    const file = await writeDefinition(work, 'src', ['workspaces:', '  - name: dev', `    base_snapshot: oci://${IMAGE}`, '    resources: { memory: 256Mi, disk: 1Gi }', ''].join('\n'));
+    const created = await cs('sandbox', 'create', '-f', file, '--wait');
+    expect(created.exitCode, created.stderr).toBe(0);
+    const changed = await sh(
+      'src/dev',
+      [
+        'mkdir -p /opt/tool/bin && printf "#!/bin/sh\\necho tool\\n" > /opt/tool/bin/tool && chmod 0755 /opt/tool/bin/tool',
+        'echo changed motd > /etc/motd',
+        'rm /etc/deleteme',
+        'rm -rf /srv/data && mkdir /srv/data && echo only > /srv/data/only',
+        'mkdir -p /usr/local/share && ln -s /opt/tool/bin/tool /usr/local/share/tool-link',
+        'dd if=/dev/urandom of=/opt/tool/blob bs=64k count=16 2>/dev/null',
+        'echo in-home > /home/owner/mine && echo scratch > /tmp/scratch',
+      ].join(' && '),
+    );
+    expect(changed.exitCode, changed.stderr).toBe(0);
+  }, 600_000);
+
+  afterAll(async () => {
+    if (home) {
+      for (const sandbox of ['src', 'copy']) await runCs(['sandbox', 'remove', sandbox], { env: home.env, timeoutMs: 60_000 });
+      await home.cleanup();
+    }
+    if (work) await rm(work, { recursive: true, force: true });
+  });
+
+  it('from a running workspace: the base\'s layers plus one layer of what changed, deletions as whiteouts and the replaced folder opaque', async () => {
+    const created = await json<Created>('snapshot', 'create', 'snap1', '-W', 'src/dev');
+    expect(created.layers).toBe(2);
+    expect(created.parent).toBe(IMAGE);
+    // The workspace is thawed and writable again.
+    expect((await sh('src/dev', 'echo after > /opt/after && cat /opt/after')).stdout).toBe('after');
+    const shown = await json<{ layerList: { digest: string }[]; source: { workspace: string } }>('snapshot', 'show', 'snap1');
+    expect(shown.source.workspace).toBe('src/dev');
+    const blob = join(env['CS_HOME'] as string, 'store', 'blobs', 'sha256', (shown.layerList[1] as { digest: string }).digest.slice(7));
+    const { execa } = await import('execa');
+    const names = (await execa('tar', ['-tzf', blob])).stdout.split('\n');
+    expect(names).toContain('etc/.wh.deleteme');
+    expect(names).toContain('srv/data/.wh..wh..opq');
+    expect(names).toContain('opt/tool/bin/tool');
+    expect(names).toContain('etc/motd');
+    expect(names.filter((n) => n.startsWith('home') || n.startsWith('tmp') || n.startsWith('var/lib/cs') || n === 'etc/hostname')).toEqual([]);
+  });
+
+  it('a workspace booted from the snapshot has the same files', async () => {
+    const before = await inventory('src/dev');
+    expect(before).toMatch(/^opt\/tool\/bin\/tool regular file 755 0:0 [0-9a-f]{32}$/m);
+    expect(before).toMatch(/^srv\/data\/only regular file 644 0:0 [0-9a-f]{32}$/m);
+    expect(before.split('\n').length).toBeGreaterThan(10);
+    const file = await writeDefinition(work, 'copy', ['workspaces:', '  - name: dev', '    base_snapshot: snap1', '    resources: { memory: 256Mi, disk: 1Gi }', ''].join('\n'));
+    const created = await cs('sandbox', 'create', '-f', file, '--wait');
+    expect(created.exitCode, created.stderr).toBe(0);
+    // /opt/after was written after the snapshot: it is the one expected difference.
+    expect(await inventory('copy/dev')).toBe(before.split('\n').filter((l) => !l.startsWith('opt/after ')).join('\n'));
+    const checks = await sh('copy/dev', 'cat /etc/motd; ls /srv/data; [ -e /etc/deleteme ] || echo deleted; /usr/local/share/tool-link; [ -e /home/owner/mine ] || echo home-not-in-base');
+    expect(checks.stdout.split('\n')).toEqual(['changed motd', 'only', 'deleted', 'tool', 'home-not-in-base']);
+  });
+
+  it('a snapshot of a workspace booted from a snapshot stacks one more layer', async () => {
+    expect((await sh('copy/dev', 'echo more > /etc/more')).exitCode).toBe(0);
+    const created = await json<Created>('snapshot', 'create', 'snap2', '-W', 'copy/dev');
+    expect(created.layers).toBe(3);
+    expect(created.parent).toBe('snap1');
+  });
+
+  it('from a stopped workspace, read from its disk', async () => {
+    expect((await cs('sandbox', 'suspend', 'src')).exitCode).toBe(0);
+    const created = await json<Created>('snapshot', 'create', 'snap-stopped', '-W', 'src/dev');
+    expect(created.layers).toBe(2);
+    const shown = await json<{ layerList: { digest: string }[] }>('snapshot', 'show', 'snap-stopped');
+    const blob = join(env['CS_HOME'] as string, 'store', 'blobs', 'sha256', (shown.layerList[1] as { digest: string }).digest.slice(7));
+    const { execa } = await import('execa');
+    const names = (await execa('tar', ['-tzf', blob])).stdout.split('\n');
+    expect(names).toContain('opt/after');
+    expect(names).toContain('etc/.wh.deleteme');
+  });
+
+  it('removing a snapshot a workspace or definition uses is refused unless forced', async () => {
+    const refused = await cs('snapshot', 'remove', 'snap1');
+    expect(refused.exitCode).toBe(3);
+    expect(refused.stderr).toContain('workspace copy/dev');
+    expect(refused.stderr).toContain('copy.yaml');
+    const shown = await json<{ usedBy: string[] }>('snapshot', 'show', 'snap1');
+    expect(shown.usedBy).toContain('workspace copy/dev');
+    expect((await cs('snapshot', 'remove', 'snap1', '-f')).exitCode).toBe(0);
+    // The workspace keeps running on its own image.
+    expect((await sh('copy/dev', 'cat /etc/motd')).stdout).toBe('changed motd');
+  });
+
+  it('bad requests are clear errors', async () => {
+    const noWs = await cs('snapshot', 'create', 'x', '-W', 'nope/dev');
+    expect(noWs.exitCode).toBe(3);
+    expect(noWs.stderr).toContain('no sandbox "nope"');
+    const clash = await cs('snapshot', 'create', 'snap2', '-W', 'copy/dev');
+    expect(clash.exitCode).toBe(3);
+    expect(clash.stderr).toContain('already exists');
+  });
+});
