@@ -7,6 +7,7 @@ const scenarios: Record<string, () => Promise<void>> = {
   pull: async () => (await import('./pull.js')).benchPull(),
   assemble: async () => (await import('./assemble.js')).benchAssemble(),
   boot: async () => (await import('./boot.js')).benchBoot(),
+  snapshot: async () => (await import('./snapshot.js')).benchSnapshot(),
 };
 
 const name = process.argv[2];

@@ -2,7 +2,6 @@ import { stat } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { loadConfig } from '../oci/config.js';
-import { openImageContext, pullImage, pushImage, userReference } from '../oci/image.js';
 import type { ContentStore } from '../oci/store.js';
 import { formatReference } from '../oci/reference.js';
 import { SNAPSHOT_NAME } from '../definition/names.js';
@@ -70,6 +69,10 @@ export interface CreateSnapshotOptions {
   parentImage?: { reference: string; digest?: string; name?: string };
   /** Home and personal: the home folder to read (default $HOME). */
   home?: string;
+  /** Home and personal: the lists, already read and checked (a workspace's); default: read from `home`. */
+  selection?: { includes: string[]; excludes: string[] };
+  /** How to describe `home` in the catalogue (default its path). */
+  homeLabel?: string;
   env?: Env;
   onPhase?: (phase: string) => void;
 }
@@ -114,6 +117,8 @@ async function resolveParent(text: string, store: ContentStore, env: Env | undef
     const record = await findSnapshot(text, env, ['base']);
     if (record) return { image: await readParent(store, record.reference), name: record.name };
   }
+  // The registry client is loaded only when an image has to be pulled or pushed.
+  const { openImageContext, pullImage, userReference } = await import('../oci/image.js');
   const reference = formatReference(userReference(bare));
   if (!(await store.resolveTag(reference))) {
     phase(`pull ${reference}`);
@@ -157,8 +162,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     } else {
       const home = options.home ?? env['HOME'] ?? homedir();
       const folder = join(home, kind === 'home' ? '.snapshot' : '.snapshot.personal');
-      selection = await readSelection({ home, folder });
-      source = { entries: selectedEntries(home, selection), describe: { home } };
+      selection = options.selection ?? (await readSelection({ home, folder }));
+      source = { entries: selectedEntries(home, selection), describe: { home: options.homeLabel ?? home } };
       owner = OWNER_IDS;
     }
 
@@ -210,6 +215,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     if (kind !== 'personal' && config.snapshotRegistry) {
       const destination = `${config.snapshotRegistry}:${key}`;
       phase(`push ${destination}`);
+      const { openImageContext, pushImage } = await import('../oci/image.js');
       const context = await openImageContext({ env });
       await pushImage({ source: record.reference, destination, context });
       pushed = destination;

@@ -31,61 +31,79 @@ export interface Selection {
 const MAX_LIST_BYTES = 1024 * 1024;
 const MAX_LINES = 10_000;
 
-async function readList(file: string, required: boolean): Promise<string[] | undefined> {
-  let text: string;
+async function readText(file: string): Promise<string | undefined> {
   try {
     const bytes = await readFile(file);
     if (bytes.length > MAX_LIST_BYTES) throw new InputError(`${file}: larger than 1 MiB`);
-    text = bytes.toString('utf8');
+    return bytes.toString('utf8');
   } catch (error) {
     if (error instanceof InputError) throw error;
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT' && !required) return undefined;
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new InputError(`${file} does not exist: it lists, one per line, the paths under your home folder the snapshot takes`, {
-        code: 'NO_INCLUDES',
-        suggestions: [`for example: printf '.bashrc\\n.config/git\\n' > ${file}`],
-      });
-    }
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new InputError(`cannot read ${file}: ${(error as Error).message}`, { cause: error });
   }
-  // Lines as tar -T reads them: no trimming of spaces (they can be part of a name), empty lines ignored.
+}
+
+/** Lines as tar -T reads them: no trimming of spaces (they can be part of a name); empty lines are skipped later. */
+function linesOf(text: string, file: string): string[] {
+  if (Buffer.byteLength(text) > MAX_LIST_BYTES) throw new InputError(`${file}: larger than 1 MiB`);
   const lines = text.split('\n').map((l) => l.replace(/\r$/, ''));
   if (lines.length > MAX_LINES) throw new InputError(`${file}: more than ${MAX_LINES} lines`);
   return lines;
 }
 
-/** Read and check both lists: every problem of includes.txt is reported at once, with its line. */
-export async function readSelection(files: SelectionFiles): Promise<Selection> {
-  const includesFile = join(files.folder, 'includes.txt');
-  const excludesFile = join(files.folder, 'excludes.txt');
-  const includeLines = (await readList(includesFile, true)) ?? [];
-  const excludeLines = (await readList(excludesFile, false)) ?? [];
+export interface SelectionTexts {
+  /** includes.txt's text; undefined when the file does not exist. */
+  includes: string | undefined;
+  excludes: string | undefined;
+  /** How to name the files in messages. */
+  includesFile: string;
+  excludesFile: string;
+}
+
+/** Check both lists: every problem of includes.txt is reported at once, with its line. */
+export function parseSelection(texts: SelectionTexts): Selection {
+  if (texts.includes === undefined) {
+    throw new InputError(`${texts.includesFile} does not exist: it lists, one per line, the paths under the home folder the snapshot takes`, {
+      code: 'NO_INCLUDES',
+      suggestions: [`for example: printf '.bashrc\\n.config/git\\n' > ${texts.includesFile}`],
+    });
+  }
   const problems: string[] = [];
   const includes: string[] = [];
-  includeLines.forEach((line, i) => {
+  linesOf(texts.includes, texts.includesFile).forEach((line, i) => {
     if (line === '') return;
-    const where = `${includesFile}:${i + 1}`;
-    if (line.startsWith('/')) problems.push(`${where}: "${line}" is absolute; paths are relative to your home folder`);
+    const where = `${texts.includesFile}:${i + 1}`;
+    if (line.startsWith('/')) problems.push(`${where}: "${line}" is absolute; paths are relative to the home folder`);
     else if (line.includes('\0')) problems.push(`${where}: a path cannot contain a NUL byte`);
     else {
       const parts = line.replace(/\/+$/, '').split('/').filter((p) => p !== '');
-      if (parts.some((p) => p === '.' || p === '..')) problems.push(`${where}: "${line}" uses "." or ".."; name the path under your home folder directly`);
+      if (parts.some((p) => p === '.' || p === '..')) problems.push(`${where}: "${line}" uses "." or ".."; name the path under the home folder directly`);
       else if (parts.length > 0) includes.push(parts.join('/'));
     }
   });
-  if (includes.length === 0 && problems.length === 0) problems.push(`${includesFile}: lists no paths`);
-  if (problems.length === 0) {
-    const missing: string[] = [];
-    for (const path of includes) {
-      if (!(await lstat(join(files.home, path)).catch(() => undefined))) missing.push(path);
-    }
-    if (missing.length > 0) {
-      problems.push(`${missing.length === 1 ? 'an included path does' : `${missing.length} included paths do`} not exist under ${files.home}: ${missing.map((m) => `"${m}"`).join(', ')}`);
-    }
-  }
+  if (includes.length === 0 && problems.length === 0) problems.push(`${texts.includesFile}: lists no paths`);
   if (problems.length > 0) throw new InputError(problems.join('\n'), { code: 'BAD_INCLUDES' });
-  const excludes = excludeLines.filter((l) => l !== '').map((l) => l.replace(/\/+$/, ''));
+  const excludes = texts.excludes === undefined ? [] : linesOf(texts.excludes, texts.excludesFile).filter((l) => l !== '').map((l) => l.replace(/\/+$/, ''));
   return { includes: [...new Set(includes)].sort(), excludes };
+}
+
+/** Every included path must exist: the error lists each one that does not. */
+export function checkMissing(missing: readonly string[], home: string): void {
+  if (missing.length === 0) return;
+  throw new InputError(`${missing.length === 1 ? 'an included path does' : `${missing.length} included paths do`} not exist under ${home}: ${missing.map((m) => `"${m}"`).join(', ')}`, {
+    code: 'BAD_INCLUDES',
+  });
+}
+
+/** The lists of a home folder on this machine. */
+export async function readSelection(files: SelectionFiles): Promise<Selection> {
+  const includesFile = join(files.folder, 'includes.txt');
+  const excludesFile = join(files.folder, 'excludes.txt');
+  const selection = parseSelection({ includes: await readText(includesFile), excludes: await readText(excludesFile), includesFile, excludesFile });
+  const missing: string[] = [];
+  for (const path of selection.includes) if (!(await lstat(join(files.home, path)).catch(() => undefined))) missing.push(path);
+  checkMissing(missing, files.home);
+  return selection;
 }
 
 /** GNU tar's exclusion match (see the comment at the top). */

@@ -1,18 +1,18 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { loadSandbox } from '../definition/load.js';
 import { Ext4Image, walkTree } from '../layers/ext4.js';
 import { BASE_SNAPSHOT_EXCLUDES, excludedBy } from '../layers/overlay-upper.js';
 import { checkSnapshotName, type SnapshotKind, type SnapshotRecord } from '../snapshot/catalogue.js';
 import { createSnapshot, type CreateSnapshotOptions, type CreateSnapshotResult } from '../snapshot/create.js';
 import { removeSnapshot, requireSnapshot, snapshotDetails, type SnapshotDetails } from '../snapshot/manage.js';
-import { resolveSnapshot } from '../snapshot/resolve.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import type { AgentClient } from '../vm/agent-client.js';
 import { openAgent } from './control.js';
 import { GUEST_BUSYBOX } from './guest-env.js';
+import { stageWorkspaceHome } from './home-snapshot.js';
+import { WORKSPACE_HOME } from '../definition/model.js';
 import { resolveWorkspace } from './lifecycle.js';
 import { FILES, listWorkspaces, readRecord, readRun, statusOf, supervisorAlive, type WorkspaceRecord } from './state.js';
 
@@ -42,8 +42,21 @@ export async function snapshotCreate(options: SnapshotCreateOptions): Promise<Cr
   checkSnapshotName(options.name);
   const { workspace: target, ...rest } = options;
   if (options.kind !== 'base') {
-    if (target) throw new UsageError(`${options.kind} snapshots are made from the home folder cs runs in ($HOME); -W is for base snapshots`);
-    return createSnapshot(rest);
+    if (!target) return createSnapshot(rest);
+    const ws = await resolveWorkspace(target, options.env);
+    const label = `${ws.sandbox}/${ws.workspace}`;
+    const client = await openAgent(ws.dir, label);
+    try {
+      (options.onPhase ?? (() => undefined))(`copy the selected files out of ${label}`);
+      const staged = await stageWorkspaceHome(client, options.kind, label);
+      try {
+        return await createSnapshot({ ...rest, home: staged.dir, selection: staged.selection, homeLabel: `${label}:${WORKSPACE_HOME}` });
+      } finally {
+        await staged.cleanup();
+      }
+    } finally {
+      client.close();
+    }
   }
   if (options.fromDir) {
     if (target) throw new UsageError('give either -W SANDBOX/WORKSPACE or --from-dir DIR, not both');
@@ -79,6 +92,7 @@ async function baseImageOf(record: WorkspaceRecord, env?: Env): Promise<{ refere
   const recorded = record.images?.find((i) => i.kind === 'base');
   if (recorded) return { reference: recorded.reference, ...(recorded.digest ? { digest: recorded.digest } : {}), ...(recorded.snapshot ? { name: recorded.snapshot } : {}) };
   if (!record.spec.baseSnapshot) throw new InputError(`workspace ${record.sandbox}/${record.name} has no base snapshot`);
+  const { resolveSnapshot } = await import('../snapshot/resolve.js');
   const resolved = await resolveSnapshot(record.spec.baseSnapshot, 'base', env);
   return { reference: resolved.reference, ...(resolved.snapshot ? { name: resolved.snapshot } : {}) };
 }
@@ -183,6 +197,8 @@ export async function snapshotUsers(record: Pick<SnapshotRecord, 'name' | 'kind'
     if (usesSnapshot(wsRecord, record.kind, key)) users.push(`workspace ${ws.sandbox}/${ws.workspace}`);
   }
   if (record.kind === 'personal') return users;
+  // The definition reader (JSON Schema compiling) is loaded only when there is a definition to read.
+  const { loadSandbox } = await import('../definition/load.js');
   for (const file of [...files].sort()) {
     if (!existsSync(file)) continue;
     const sandbox = await loadSandbox({ file }).catch(() => undefined);

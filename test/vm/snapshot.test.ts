@@ -77,7 +77,7 @@ describe('base snapshots of workspaces', () => {
 
   afterAll(async () => {
     if (home) {
-      for (const sandbox of ['src', 'copy']) await runCs(['sandbox', 'remove', sandbox], { env: home.env, timeoutMs: 60_000 });
+      for (const sandbox of ['src', 'copy', 'third']) await runCs(['sandbox', 'remove', sandbox], { env: home.env, timeoutMs: 60_000 });
       await home.cleanup();
     }
     if (work) await rm(work, { recursive: true, force: true });
@@ -153,5 +153,55 @@ describe('base snapshots of workspaces', () => {
     const clash = await cs('snapshot', 'create', 'snap2', '-W', 'copy/dev');
     expect(clash.exitCode).toBe(3);
     expect(clash.stderr).toContain('already exists');
+  });
+
+  it('a home snapshot from a workspace takes what its lists select, owned by the owner', async () => {
+    const owner = (command: string): Promise<Run> => cs('exec', '-W', 'copy/dev', '--', 'sh', '-c', command);
+    const setup = await owner(
+      'cd ~ && mkdir -p .snapshot proj/obj && echo "alias ll=ls" > .bash_extra && echo "int main;" > proj/main.c && echo bin > proj/obj/main.o && echo obj > proj/main.o && printf ".bash_extra\\nproj\\n" > .snapshot/includes.txt && printf "*.o\\n" > .snapshot/excludes.txt',
+    );
+    expect(setup.exitCode, setup.stderr).toBe(0);
+    const created = await json<Created>('snapshot', 'create', '--home', 'ws-home', '-W', 'copy/dev');
+    expect(created.layers).toBe(1);
+    const shown = await json<{ layerList: { digest: string }[]; source: { home: string }; includes: string[] }>('snapshot', 'show', 'ws-home');
+    expect(shown.source.home).toBe('copy/dev:/home/owner');
+    expect(shown.includes).toEqual(['.bash_extra', 'proj']);
+    const blob = join(env['CS_HOME'] as string, 'store', 'blobs', 'sha256', (shown.layerList[0] as { digest: string }).digest.slice(7));
+    const { execa } = await import('execa');
+    const listing = (await execa('tar', ['--numeric-owner', '-tvzf', blob])).stdout.split('\n').map((l) => { const f = l.split(/\s+/); return `${f[1]} ${f.slice(5).join(' ')}`; });
+    expect(listing.sort()).toEqual(['1000/1000 .bash_extra', '1000/1000 proj/', '1000/1000 proj/main.c', '1000/1000 proj/obj/'].sort());
+
+    expect((await owner('echo nope >> ~/.snapshot/includes.txt')).exitCode).toBe(0);
+    const missing = await cs('snapshot', 'create', '--home', 'ws-home2', '-W', 'copy/dev');
+    expect(missing.exitCode).toBe(3);
+    expect(missing.stderr).toContain('an included path does not exist under copy/dev:/home/owner: "nope"');
+  });
+
+  it('a new workspace gets base, home and the creator\'s default personal snapshot, in that order, the root kept private', async () => {
+    const hostHome = join(work, 'host-home');
+    await mkdir(join(hostHome, '.snapshot.personal'), { recursive: true });
+    await writeFile(join(hostHome, '.bash_extra'), 'alias ll="ls -l"  # mine\n');
+    await writeFile(join(hostHome, '.snapshot.personal', 'includes.txt'), '.bash_extra\n');
+    const personal = await runCs(['snapshot', 'create', '--personal', 'me', '--json'], { env: { ...env, HOME: hostHome }, timeoutMs: 120_000 });
+    expect(personal.exitCode, personal.stderr).toBe(0);
+    expect(JSON.parse(personal.stdout)).toMatchObject({ isDefault: true });
+    expect((await cs('sandbox', 'suspend', 'copy')).exitCode).toBe(0);
+    const file = await writeDefinition(work, 'third', ['workspaces:', '  - name: dev', `    base_snapshot: oci://${IMAGE}`, '    home_snapshot: ws-home', '    resources: { memory: 256Mi, disk: 1Gi }', ''].join('\n'));
+    const created = await runCs(['sandbox', 'create', '-f', file, '--wait'], { env: { ...env, HOME: hostHome }, timeoutMs: 300_000 });
+    expect(created.exitCode, created.stderr).toBe(0);
+    const seen = await cs('exec', '-W', 'third/dev', '--', 'sh', '-c', 'cat ~/.bash_extra; cat ~/proj/main.c; ls ~/proj/obj | wc -l; stat -c "%u:%g" ~/proj/main.c ~/proj');
+    expect(seen.stdout.split('\n')).toEqual(['alias ll="ls -l"  # mine', 'int main;', '0', '1000:1000', '1000:1000']);
+    const { readFile } = await import('node:fs/promises');
+    const record = JSON.parse(await readFile(join(env['CS_HOME'] as string, 'sandboxes', 'third', 'dev', 'workspace.json'), 'utf8')) as { lowers: string[]; images: { kind: string; snapshot?: string }[] };
+    expect(record.images.map((i) => `${i.kind}:${i.snapshot ?? '-'}`)).toEqual(['base:-', 'home:ws-home', 'personal:me']);
+    const privateDir = join(env['CS_HOME'] as string, 'snapshots', 'personal', String(process.getuid?.() ?? 0));
+    expect(record.lowers.every((l) => l.startsWith(`${privateDir}/images/`))).toBe(true);
+    // NONE leaves the personal snapshot out.
+    const none = await runCs(['sandbox', 'create', 'fourth', '-f', file, '--personal', 'NONE', '--json'], { env: { ...env, HOME: hostHome }, timeoutMs: 300_000 });
+    expect(none.exitCode, none.stderr).toBe(0);
+    const fourth = JSON.parse(await readFile(join(env['CS_HOME'] as string, 'sandboxes', 'fourth', 'dev', 'workspace.json'), 'utf8')) as { images: { kind: string }[]; lowers: string[] };
+    expect(fourth.images.map((i) => i.kind)).toEqual(['base', 'home']);
+    expect(fourth.lowers.every((l) => l.startsWith(join(env['CS_HOME'] as string, 'images')))).toBe(true);
+    expect((await cs('sandbox', 'remove', 'fourth')).exitCode).toBe(0);
   });
 });
