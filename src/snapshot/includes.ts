@@ -82,8 +82,16 @@ export function parseSelection(texts: SelectionTexts): Selection {
     }
   });
   if (includes.length === 0 && problems.length === 0) problems.push(`${texts.includesFile}: lists no paths`);
+  const excludes: string[] = [];
+  if (texts.excludes !== undefined) {
+    linesOf(texts.excludes, texts.excludesFile).forEach((line, i) => {
+      if (line === '') return;
+      // GNU tar never matches a pattern that ends in "/": rather than silently exclude nothing, say so.
+      if (line.endsWith('/')) problems.push(`${texts.excludesFile}:${i + 1}: "${line}" ends with "/", which tar -X never matches; write "${line.replace(/\/+$/, '')}" to exclude that folder`);
+      else excludes.push(line);
+    });
+  }
   if (problems.length > 0) throw new InputError(problems.join('\n'), { code: 'BAD_INCLUDES' });
-  const excludes = texts.excludes === undefined ? [] : linesOf(texts.excludes, texts.excludesFile).filter((l) => l !== '').map((l) => l.replace(/\/+$/, ''));
   return { includes: [...new Set(includes)].sort(), excludes };
 }
 
