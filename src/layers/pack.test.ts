@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
 import { applyLayer } from './apply.js';
@@ -50,7 +50,7 @@ describe('packDirectory', () => {
     await execa('setfattr', ['-n', 'user.text', '-v', 'wörld', join(dir, 'b')]);
     const tar = await bytes(packDirectory(dir, { xattrs: true }));
     const seen = new Map<string, Record<string, string>>();
-    await applyLayer({ root: mkdtempSync(join(root, 'out-')), tar: [tar], privileged: true, onXattrs: (path, values) => seen.set(path, values) });
+    await applyLayer({ root: mkdtempSync(join(root, 'out-')), tar: Readable.from([tar]), privileged: true, onXattrs: (path, values) => seen.set(path, values) });
     expect(Buffer.from(seen.get('b/sub/file')?.['user.binary'] ?? '', 'latin1')).toEqual(binary);
     expect(Buffer.from(seen.get('b')?.['user.text'] ?? '', 'latin1').toString('utf8')).toBe('wörld');
     // GNU tar agrees on the bytes.
@@ -64,7 +64,7 @@ describe('packDirectory', () => {
     const dir = sample();
     await execa('setfattr', ['-n', 'user.x', '-v', 'y', join(dir, 'a')]);
     const seen: string[] = [];
-    await applyLayer({ root: mkdtempSync(join(root, 'out-')), tar: [await bytes(packDirectory(dir))], privileged: true, onXattrs: (path) => seen.push(path) });
+    await applyLayer({ root: mkdtempSync(join(root, 'out-')), tar: Readable.from([await bytes(packDirectory(dir))]), privileged: true, onXattrs: (path) => seen.push(path) });
     expect(seen).toEqual([]);
   });
 });
