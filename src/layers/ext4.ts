@@ -13,6 +13,15 @@ import { compareNames, type TreeEntry } from './tree-entry.js';
  * and the fault. Nothing reads the whole image: positioned reads of single
  * metadata blocks (kept in a small cache) and large reads of file content.
  *
+ * Read: extent trees (any depth up to 5), classic block maps (ext2/3),
+ * holes and unwritten extents (as zeros), inline data, linear and hashed
+ * (htree) directories, fast and slow symlinks, attributes in the inode, in
+ * a block and (ea_inode) in inodes of their own; flex_bg, meta_bg, 64bit,
+ * bigalloc, block sizes 1 to 64 KiB. Refused: a journal that needs
+ * replaying, and the incompatible features compression, journal_dev,
+ * dirdata, encrypt and any unknown one. Checksums are not verified: a
+ * hostile guest can forge them, so the bounds checks are what protect.
+ *
  * Format facts are from the kernel's Documentation/filesystems/ext4/
  * (globals.rst: super block and group descriptors; dynamic.rst: inodes,
  * i_block / extent tree, directories, extended attributes).
@@ -179,7 +188,7 @@ export class Ext4Image {
     try {
       fh = await openFile(path, 'r');
     } catch (error) {
-      throw new LayerError(`${name}: cannot open: ${(error as Error).message}`, { code: 'EXT4_OPEN', cause: error });
+      throw new LayerError(`${name}: cannot open: ${(error as Error).message}`, { code: 'LAYER_EXT4_OPEN', cause: error });
     }
     try {
       const { size } = await fh.stat();
@@ -207,7 +216,7 @@ export class Ext4Image {
     let ino = 2;
     for (const part of path.split('/')) {
       if (part === '' || part === '.') continue;
-      if (part === '..') throw new LayerError(`${this.name}: lookup of ${path}: ".." is not supported`, { code: 'EXT4_BAD_PATH' });
+      if (part === '..') throw new LayerError(`${this.name}: lookup of ${path}: ".." is not supported`, { code: 'LAYER_EXT4_BAD_PATH' });
       const dir = await this.readInode(ino);
       if ((dir.mode & S_IFMT) !== S_IFDIR) return undefined;
       const wanted = Buffer.from(part, 'utf8');
@@ -225,13 +234,13 @@ export class Ext4Image {
    */
   async readDir(ino: number): Promise<{ name: string; ino: number }[]> {
     const dir = await this.readInode(ino);
-    if ((dir.mode & S_IFMT) !== S_IFDIR) this.fail(`inode ${ino} is not a directory`, 'EXT4_NOT_A_DIRECTORY');
+    if ((dir.mode & S_IFMT) !== S_IFDIR) this.fail(`inode ${ino} is not a directory`, 'LAYER_EXT4_NOT_A_DIRECTORY');
     return (await this.dirEntries(dir)).filter((e) => e.name !== '.' && e.name !== '..').map(({ name, ino: child }) => ({ name, ino: child }));
   }
 
   async readlink(ino: number): Promise<string> {
     const inode = await this.readInode(ino);
-    if ((inode.mode & S_IFMT) !== S_IFLNK) this.fail(`inode ${ino} is not a symlink`, 'EXT4_NOT_A_SYMLINK');
+    if ((inode.mode & S_IFMT) !== S_IFLNK) this.fail(`inode ${ino} is not a symlink`, 'LAYER_EXT4_NOT_A_SYMLINK');
     if (inode.size === 0) this.fail(`inode ${ino}: symlink has an empty target`);
     if (inode.size > MAX_SYMLINK_BYTES) this.fail(`inode ${ino}: symlink target of ${inode.size} bytes is longer than ${MAX_SYMLINK_BYTES}`);
     // A fast symlink keeps its target in i_block (dynamic.rst, "Symbolic Links").
@@ -263,7 +272,7 @@ export class Ext4Image {
     const self = this;
     async function* chunks(): AsyncGenerator<Buffer> {
       const inode = await self.readInode(ino);
-      if ((inode.mode & S_IFMT) !== S_IFREG) self.fail(`inode ${ino} is not a regular file`, 'EXT4_NOT_A_FILE');
+      if ((inode.mode & S_IFMT) !== S_IFREG) self.fail(`inode ${ino} is not a regular file`, 'LAYER_EXT4_NOT_A_FILE');
       yield* self.content(inode);
     }
     return Readable.from(chunks(), { objectMode: false });
@@ -271,7 +280,7 @@ export class Ext4Image {
 
   // --- reading the image ---
 
-  private fail(message: string, code = 'EXT4_CORRUPT'): never {
+  private fail(message: string, code = 'LAYER_EXT4_CORRUPT'): never {
     throw new LayerError(`${this.name}: ${message}`, { code });
   }
 
@@ -283,9 +292,9 @@ export class Ext4Image {
       try {
         ({ bytesRead } = await this.fh.read(buffer, done, length - done, position + done));
       } catch (error) {
-        throw new LayerError(`${this.name}: cannot read at byte ${position + done}: ${(error as Error).message}`, { code: 'EXT4_IO', cause: error });
+        throw new LayerError(`${this.name}: cannot read at byte ${position + done}: ${(error as Error).message}`, { code: 'LAYER_EXT4_IO', cause: error });
       }
-      if (bytesRead === 0) this.fail(`the image file ends at byte ${position + done}`, 'EXT4_TRUNCATED');
+      if (bytesRead === 0) this.fail(`the image file ends at byte ${position + done}`, 'LAYER_EXT4_TRUNCATED');
       done += bytesRead;
     }
     return buffer;
@@ -323,7 +332,8 @@ export class Ext4Image {
       at = firstDataBlock + first * this.sb.blocksPerGroup + (this.hasSuper(first) ? 1 : 0);
       if (first === 0 && firstDataBlock === 0 && blockSize === 1024) at += 1;
     } else {
-      at = firstDataBlock + 1 + descBlock;
+      // Right after the block holding the superblock (block 1 with 1 KiB blocks, even when bigalloc makes s_first_data_block 0).
+      at = Math.floor(SUPERBLOCK_AT / blockSize) + 1 + descBlock;
     }
     const data = await this.block(at, `group descriptor ${g}`);
     const o = (g % perBlock) * descSize;
@@ -401,7 +411,7 @@ export class Ext4Image {
       const dev = raw.readUInt32LE(I_BLOCK + 4);
       inode.rdev = old !== 0 ? { major: (old >> 8) & 0xff, minor: old & 0xff } : { major: (dev & 0xfff00) >>> 8, minor: (dev & 0xff) | ((dev >>> 12) & 0xfff00) };
     }
-    if (flags & EXT4_ENCRYPT_FL) this.fail(`inode ${ino} is encrypted`, 'EXT4_UNSUPPORTED');
+    if (flags & EXT4_ENCRYPT_FL) this.fail(`inode ${ino} is encrypted`, 'LAYER_EXT4_UNSUPPORTED');
     return inode;
   }
 
@@ -550,8 +560,8 @@ export class Ext4Image {
     if (dir.flags & EXT4_INLINE_DATA_FL) {
       // An inline directory starts with its parent's inode number; '.' and '..' are not stored.
       const { head, tail } = await this.inlineData(dir);
-      this.parseDirBlock(dir.ino, head, 4, out);
-      if (tail.length > 0) this.parseDirBlock(dir.ino, tail, 0, out);
+      this.parseDirBlock(dir.ino, head, 4, 'inline data', out);
+      if (tail.length > 0) this.parseDirBlock(dir.ino, tail, 0, 'inline data (system.data)', out);
       return out;
     }
     if (dir.size > MAX_DIR_BYTES) this.fail(`${what}: directory of ${dir.size} bytes is larger than ${MAX_DIR_BYTES}`);
@@ -561,31 +571,32 @@ export class Ext4Image {
       for (let done = 0; done < run.count; ) {
         const n = Math.min(run.count - done, READ_CHUNK / blockSize);
         const data = await this.readAt((run.physical + done) * blockSize, n * blockSize);
-        for (let b = 0; b < n; b++) this.parseDirBlock(dir.ino, data.subarray(b * blockSize, (b + 1) * blockSize), 0, out);
+        for (let b = 0; b < n; b++) this.parseDirBlock(dir.ino, data.subarray(b * blockSize, (b + 1) * blockSize), 0, `block ${run.logical + done + b}`, out);
         done += n;
       }
     }
     return out;
   }
 
-  private parseDirBlock(dirIno: number, block: Buffer, start: number, out: { name: string; raw: Buffer; ino: number }[]): void {
-    const what = `inode ${dirIno}`;
+  /** Linear ext4_dir_entry_2 records filling `block` from `start`; `where` names the block in messages. */
+  private parseDirBlock(dirIno: number, block: Buffer, start: number, where: string, out: { name: string; raw: Buffer; ino: number }[]): void {
+    const what = `inode ${dirIno}: directory ${where}`;
     const narrowName = (this.sb.incompat & INCOMPAT.filetype) !== 0;
     for (let o = start; o < block.length; ) {
-      if (block.length - o < 8) this.fail(`${what}: directory entry at ${o} overruns its block`);
+      if (block.length - o < 8) this.fail(`${what}: entry at ${o} overruns its block`);
       const ino = block.readUInt32LE(o);
       let recLen = block.readUInt16LE(o + 4);
       if (this.sb.blockSize >= 65536 && block.length >= 65536) recLen = recLen === 65535 || recLen === 0 ? 65536 : (recLen & 65532) | ((recLen & 3) << 16);
       const nameLen = narrowName ? block.readUInt8(o + 6) : block.readUInt16LE(o + 6);
-      if (recLen < 8) this.fail(`${what}: directory entry at ${o} has rec_len ${recLen}, less than 8`);
-      if (recLen % 4 !== 0) this.fail(`${what}: directory entry at ${o} has rec_len ${recLen}, not a multiple of 4`);
-      if (o + recLen > block.length) this.fail(`${what}: directory entry at ${o} (rec_len ${recLen}) overruns its block`);
-      if (nameLen > recLen - 8) this.fail(`${what}: directory entry at ${o} has name_len ${nameLen}, more than its rec_len ${recLen} holds`);
+      if (recLen < 8) this.fail(`${what}: entry at ${o} has rec_len ${recLen}, less than 8`);
+      if (recLen % 4 !== 0) this.fail(`${what}: entry at ${o} has rec_len ${recLen}, not a multiple of 4`);
+      if (o + recLen > block.length) this.fail(`${what}: entry at ${o} (rec_len ${recLen}) overruns its block`);
+      if (nameLen > recLen - 8) this.fail(`${what}: entry at ${o} has name_len ${nameLen}, more than its rec_len ${recLen} holds`);
       if (ino !== 0) {
         const raw = block.subarray(o + 8, o + 8 + nameLen);
-        if (nameLen === 0) this.fail(`${what}: directory entry at ${o} has an empty name`);
-        if (raw.includes(0x2f) || raw.includes(0)) this.fail(`${what}: directory entry name ${JSON.stringify(raw.toString('utf8'))} contains "/" or NUL`);
-        if (ino > this.sb.inodesCount) this.fail(`${what}: directory entry ${JSON.stringify(raw.toString('utf8'))} names inode ${ino}, out of range (1..${this.sb.inodesCount})`);
+        if (nameLen === 0) this.fail(`${what}: entry at ${o} has an empty name`);
+        if (raw.includes(0x2f) || raw.includes(0)) this.fail(`${what}: entry name ${JSON.stringify(raw.toString('utf8'))} contains "/" or NUL`);
+        if (ino > this.sb.inodesCount) this.fail(`${what}: entry ${JSON.stringify(raw.toString('utf8'))} names inode ${ino}, out of range (1..${this.sb.inodesCount})`);
         out.push({ name: raw.toString('utf8'), raw: Buffer.from(raw), ino });
       }
       o += recLen;
@@ -605,7 +616,7 @@ export class Ext4Image {
     }
     if (!bodyOnly && inode.fileAcl !== 0) {
       const what = `inode ${inode.ino}: attribute block ${inode.fileAcl}`;
-      const block = await this.block(inode.fileAcl, what);
+      const block = await this.block(inode.fileAcl, `inode ${inode.ino}: attribute block`);
       if (block.readUInt32LE(0) !== XATTR_MAGIC) this.fail(`${what} has a bad magic number`);
       if (block.readUInt32LE(8) !== 1) this.fail(`${what} claims ${block.readUInt32LE(8)} blocks, not 1`);
       await this.parseXattrs(inode.ino, block, XATTR_BLOCK_HEADER, 0, 'attribute block', out);
@@ -692,22 +703,22 @@ function featureNames(bits: number, table: Record<string, number>): string[] {
 }
 
 function parseSuperblock(raw: Buffer, name: string, fileSize: number): Superblock {
-  const fail = (message: string, code = 'EXT4_BAD_SUPERBLOCK'): never => {
+  const fail = (message: string, code = 'LAYER_EXT4_BAD_SUPERBLOCK'): never => {
     throw new LayerError(`${name}: ${message}`, { code });
   };
-  if (raw.readUInt16LE(0x38) !== EXT4_MAGIC) fail('not an ext4 file system (no superblock magic at byte 1080)', 'EXT4_NOT_EXT4');
+  if (raw.readUInt16LE(0x38) !== EXT4_MAGIC) fail('not an ext4 file system (no superblock magic at byte 1080)', 'LAYER_NOT_EXT4');
   const incompat = raw.readUInt32LE(0x60);
   if (incompat & INCOMPAT.needs_recovery) {
     throw new LayerError(`${name}: the disk was not cleanly stopped: its journal has not been replayed (needs_recovery is set), so what is on it is not consistent`, {
-      code: 'EXT4_NEEDS_RECOVERY',
+      code: 'LAYER_NEEDS_RECOVERY',
       suggestions: ['Start the workspace and stop it cleanly, then try again', `Or replay the journal with: e2fsck -fy ${name}`],
     });
   }
   const refused = incompat & ~INCOMPAT_READABLE;
-  if (refused) fail(`uses file system features this reader cannot read: ${featureNames(refused, INCOMPAT).join(', ')}`, 'EXT4_UNSUPPORTED');
+  if (refused) fail(`uses file system features this reader cannot read: ${featureNames(refused, INCOMPAT).join(', ')}`, 'LAYER_EXT4_UNSUPPORTED');
   const revLevel = raw.readUInt32LE(0x4c);
-  if (revLevel > 1) fail(`unknown revision level ${revLevel}`, 'EXT4_UNSUPPORTED');
-  if (raw.readUInt32LE(0x48) !== 0) fail(`was not made by Linux (creator OS ${raw.readUInt32LE(0x48)})`, 'EXT4_UNSUPPORTED');
+  if (revLevel > 1) fail(`unknown revision level ${revLevel}`, 'LAYER_EXT4_UNSUPPORTED');
+  if (raw.readUInt32LE(0x48) !== 0) fail(`was not made by Linux (creator OS ${raw.readUInt32LE(0x48)})`, 'LAYER_EXT4_UNSUPPORTED');
   const logBlockSize = raw.readUInt32LE(0x18);
   if (logBlockSize > 6) fail(`invalid block size 2^${10 + logBlockSize}`);
   const blockSize = 1024 << logBlockSize;
@@ -729,7 +740,7 @@ function parseSuperblock(raw: Buffer, name: string, fileSize: number): Superbloc
   if (firstDataBlock > 1 || blocksCount <= firstDataBlock) fail(`invalid block count ${blocksCount} (first data block ${firstDataBlock})`);
   const groupCount = Math.ceil((blocksCount - firstDataBlock) / blocksPerGroup);
   if (inodesCount < 11 || inodesCount > inodesPerGroup * groupCount) fail(`invalid inode count ${inodesCount}`);
-  if (blocksCount * blockSize > fileSize) fail(`the file system needs ${blocksCount * blockSize} bytes, but the image file has ${fileSize} (truncated?)`, 'EXT4_TRUNCATED');
+  if (blocksCount * blockSize > fileSize) fail(`the file system needs ${blocksCount * blockSize} bytes, but the image file has ${fileSize} (truncated?)`, 'LAYER_EXT4_TRUNCATED');
   const firstMetaBg = raw.readUInt32LE(0x104);
   const descBlocks = Math.ceil(groupCount / (blockSize / descSize));
   if (incompat & INCOMPAT.meta_bg && firstMetaBg > descBlocks) fail(`invalid first meta group ${firstMetaBg}`);
@@ -760,7 +771,7 @@ function parseSuperblock(raw: Buffer, name: string, fileSize: number): Superbloc
  */
 export async function* walkTree(image: Ext4Image, dirIno: number, options: WalkOptions = {}): AsyncGenerator<TreeEntry> {
   const fail = (message: string): never => {
-    throw new LayerError(`${image.name}: ${message}`, { code: 'EXT4_CORRUPT' });
+    throw new LayerError(`${image.name}: ${message}`, { code: 'LAYER_EXT4_CORRUPT' });
   };
   const seenDirs = new Set<number>([dirIno]);
   const firstPaths = new Map<number, string>();

@@ -1,4 +1,4 @@
-import { createReadStream } from 'node:fs';
+import { closeSync, constants, createReadStream, fstatSync, openSync, type Stats } from 'node:fs';
 import { lstat, readdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -23,6 +23,8 @@ installPaxCodec();
 export interface PackOptions {
   /** Set every mtime to this (seconds since the epoch); undefined keeps real mtimes. */
   mtime?: number;
+  /** Set every folder's mtime to this (a folder's mtime moves whenever something in it changes, even what is left out). */
+  dirMtime?: number;
   /** Record this uid/gid for every entry instead of the real owner (e.g. the workspace owner for home snapshots). */
   owner?: { uid: number; gid: number };
   /**
@@ -72,7 +74,7 @@ export async function* hostEntries(root: string, options: { exclude?: (path: str
           continue;
         }
         if (info.nlink > 1) inodes.set(inode, path);
-        yield { ...common, ...withAttrs, type: 'file', size: info.size, open: () => createReadStream(full) };
+        yield { ...common, ...withAttrs, type: 'file', size: info.size, open: () => openSame(full, info) };
       } else if (info.isFIFO()) {
         yield { ...common, ...withAttrs, type: 'fifo' };
       } else if (info.isCharacterDevice() || info.isBlockDevice()) {
@@ -82,6 +84,21 @@ export async function* hostEntries(root: string, options: { exclude?: (path: str
     }
   }
   yield* walk(root, '');
+}
+
+/**
+ * Open the file that was listed, not whatever is at its path now: O_NOFOLLOW
+ * and the same device, inode and size, or the pack fails (a file swapped for
+ * a symlink to something else between listing and reading must not be read).
+ */
+function openSame(path: string, listed: Stats): Readable {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  const now = fstatSync(fd);
+  if (now.dev !== listed.dev || now.ino !== listed.ino || now.size !== listed.size || !now.isFile()) {
+    closeSync(fd);
+    throw new InputError(`${path} changed while it was being packed`);
+  }
+  return createReadStream('', { fd });
 }
 
 /** The tar stream of `root`'s contents (not `root` itself). */
@@ -105,6 +122,10 @@ export function packEntries(entries: AsyncIterable<TreeEntry>, options: PackOpti
 }
 
 async function packEntry(pack: Pack, entry: TreeEntry, options: PackOptions): Promise<void> {
+  // Sources are trusted to give clean relative paths; a bad one (from a corrupt disk, say) stops the pack.
+  if (entry.path === '' || entry.path.startsWith('/') || entry.path.includes('\0') || entry.path.split('/').some((p) => p === '' || p === '.' || p === '..')) {
+    throw new InputError(`refusing to pack an entry named ${JSON.stringify(entry.path)}`);
+  }
   const xattrs = { ...entry.xattrs };
   let opaque = false;
   if (options.overlay) {
@@ -120,7 +141,7 @@ async function packEntry(pack: Pack, entry: TreeEntry, options: PackOptions): Pr
     mode: entry.mode,
     uid: options.owner?.uid ?? entry.uid,
     gid: options.owner?.gid ?? entry.gid,
-    mtime: new Date((options.mtime ?? entry.mtime) * 1000),
+    mtime: new Date((options.mtime ?? (entry.type === 'directory' ? options.dirMtime : undefined) ?? entry.mtime) * 1000),
     ...(Object.keys(pax).length > 0 ? { pax } : {}),
   };
   if (options.overlay && entry.type === 'char' && entry.devmajor === 0 && entry.devminor === 0) {

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, readdirSync, createWriteStream } from 'node:fs';
-import { appendFile, lstat, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, lstat, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { DeferredMetadata } from '../layers/apply.js';
@@ -233,6 +233,8 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   if (!shared) {
     if (outInfo) await rm(out, { recursive: true, force: true });
     const bytes = await writeOutput(tree, out, options.format);
+    // A root with a personal snapshot in it is as private as the snapshot, wherever it is written.
+    if (units.some((u) => u.private)) await chmod(out, options.format === 'dir' ? 0o700 : 0o600);
     return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
   }
   await mkdir(dirname(out), { recursive: true });

@@ -1,7 +1,7 @@
-import { lstatSync } from 'node:fs';
+import { existsSync, lstatSync, realpathSync, statSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, rm, chmod } from 'node:fs/promises';
-import { userInfo } from 'node:os';
-import { join } from 'node:path';
+import { homedir, userInfo } from 'node:os';
+import { dirname, join } from 'node:path';
 import { SNAPSHOT_NAME, SNAPSHOT_NAME_RULE } from '../definition/names.js';
 import { ContentStore } from '../oci/store.js';
 import { InputError, UsageError } from '../util/errors.js';
@@ -85,55 +85,102 @@ export function currentUser(): { user: string; uid: number } {
   return { user, uid };
 }
 
-/** This user's private folder (it may not exist yet). */
-export function personalDir(env?: Env, uid = currentUser().uid): string {
-  return join(snapshotsDir(env), 'personal', String(uid));
+/**
+ * Where this user's personal snapshots live. A personal folder is only as
+ * private as the folders above it: someone who can rename any of them can
+ * swap the folder for one of theirs between a check and a write. So the
+ * folder is `$CS_HOME/snapshots/personal/UID` only when every folder above
+ * it can be changed by no one but this user and root (owned by one of them
+ * and not writable by group or others, or root's and sticky, like /tmp);
+ * in a data directory a team shares (group-writable), it is the user's own
+ * `$XDG_DATA_HOME/cs/personal/UID` instead, under the same rule. When
+ * neither qualifies, cs refuses to keep personal snapshots (the same rule
+ * as ssh's StrictModes).
+ */
+function personalCandidates(env: Env | undefined, uid: number): string[] {
+  const e = env ?? process.env;
+  const xdg = e['XDG_DATA_HOME'] || join(e['HOME'] || homedir(), '.local', 'share');
+  return [join(snapshotsDir(env), 'personal', String(uid)), join(xdg, 'cs', 'personal', String(uid))];
 }
 
-/**
- * The private folder to read from: only when it is really this user's (a
- * folder someone else planted there could hold made-up entries).
- */
-function ownPersonalDir(env?: Env): string | undefined {
-  const dir = personalDir(env);
+/** Whether `dir` (created as needed) and every folder above it can be changed only by `uid` and root. */
+function trustedChain(dir: string, uid: number): boolean {
+  let current = dir;
+  while (!existsSync(current)) current = dirname(current);
+  try {
+    current = realpathSync(current);
+  } catch {
+    return false;
+  }
+  for (;;) {
+    let info;
+    try {
+      info = statSync(current);
+    } catch {
+      return false;
+    }
+    const owner = info.uid === uid || info.uid === 0;
+    const closed = (info.mode & 0o022) === 0 || (info.uid === 0 && (info.mode & 0o1000) !== 0);
+    if (!info.isDirectory() || !owner || !closed) return false;
+    const parent = dirname(current);
+    if (parent === current) return true;
+    current = parent;
+  }
+}
+
+/** A folder that is really this user's: a real directory they own, open to no one else. */
+function isOwnPrivate(dir: string, uid: number): boolean {
   try {
     const info = lstatSync(dir);
-    return info.isDirectory() && info.uid === (process.getuid?.() ?? 0) ? dir : undefined;
+    return info.isDirectory() && info.uid === uid && (info.mode & 0o077) === 0;
   } catch {
-    return undefined;
+    return false;
   }
 }
 
-/**
- * Make (or check) this user's private folder. `personal/` is shared like
- * /tmp (sticky, everyone may add a folder); a user's folder must be a real
- * directory owned by them and closed to everyone else, or cs refuses to put
- * private data there: someone else could have made it first, open, to read
- * what lands in it.
- */
-export async function ensurePersonalDir(env?: Env): Promise<string> {
-  const parent = join(snapshotsDir(env), 'personal');
-  await mkdir(parent, { recursive: true });
-  const parentInfo = await lstat(parent);
-  if (parentInfo.uid === process.getuid?.() && (parentInfo.mode & 0o7777) !== 0o1777) await chmod(parent, 0o1777);
-  const dir = personalDir(env);
-  await mkdir(dir, { mode: 0o700 }).catch((error: NodeJS.ErrnoException) => {
-    if (error.code !== 'EEXIST') throw error;
-  });
-  await checkPrivate(dir);
-  return dir;
-}
-
-async function checkPrivate(dir: string): Promise<void> {
-  const info = await lstat(dir);
+/** This user's personal folder if it exists and can be trusted (reads never follow a planted folder). */
+export function personalDir(env?: Env): string | undefined {
   const uid = process.getuid?.() ?? 0;
-  if (!info.isDirectory() || info.uid !== uid) {
-    throw new InputError(`${dir} is not a folder owned by you (uid ${uid}); cs will not keep personal snapshots there`, {
-      code: 'PERSONAL_DIR_UNSAFE',
-      suggestions: ['ask the owner of the data directory to remove it'],
-    });
+  return personalCandidates(env, uid).find((dir) => isOwnPrivate(dir, uid) && trustedChain(dirname(dir), uid));
+}
+
+/** Make (or find) this user's personal folder, or refuse with the reason. */
+export async function ensurePersonalDir(env?: Env): Promise<string> {
+  const uid = process.getuid?.() ?? 0;
+  const existing = personalDir(env);
+  if (existing) return existing;
+  const candidates = personalCandidates(env, uid);
+  for (const dir of candidates) {
+    if (!trustedChain(dir, uid)) continue;
+    try {
+      await makePrivate(dir);
+    } catch (error) {
+      throw new InputError(`cannot create ${dir}: ${(error as Error).message}`, { cause: error, code: 'PERSONAL_DIR' });
+    }
+    if (isOwnPrivate(dir, uid) && trustedChain(dirname(dir), uid)) return dir;
   }
-  if ((info.mode & 0o077) !== 0) await chmod(dir, 0o700);
+  throw new InputError(`there is no folder only you can change to keep personal snapshots in (checked ${candidates.join(' and ')})`, {
+    code: 'PERSONAL_DIR_UNSAFE',
+    suggestions: ['a folder above them is writable by others or owned by another user; set XDG_DATA_HOME to a folder of yours'],
+  });
+}
+
+/** mkdir -p with folders closed to group and others (0755 on the way, 0700 at the end), whatever the umask. */
+async function makePrivate(dir: string): Promise<void> {
+  const missing: string[] = [];
+  let current = dir;
+  while (!existsSync(current)) {
+    missing.unshift(current);
+    current = dirname(current);
+  }
+  for (const path of missing) {
+    const last = path === dir;
+    await mkdir(path, { mode: last ? 0o700 : 0o755 }).catch((error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EEXIST') throw error;
+    });
+    const info = await lstat(path);
+    if (info.uid === (process.getuid?.() ?? 0)) await chmod(path, last ? 0o700 : 0o755);
+  }
 }
 
 export interface CatalogueLocation {
@@ -142,15 +189,20 @@ export interface CatalogueLocation {
   repository: string;
 }
 
-/** Where snapshots of a kind are recorded and stored. */
-export async function locationOf(kind: SnapshotKind, env?: Env, options: { create?: boolean } = {}): Promise<CatalogueLocation> {
+/** Where snapshots of a kind are recorded and stored (made if missing). */
+export async function locationOf(kind: SnapshotKind, env?: Env): Promise<CatalogueLocation> {
   if (kind === 'personal') {
-    const dir = options.create ? await ensurePersonalDir(env) : personalDir(env);
+    const dir = await ensurePersonalDir(env);
     return { dir, store: () => ContentStore.open(join(dir, 'store')), repository: PERSONAL_REPOSITORY };
   }
   const dir = sharedDir(env);
-  if (options.create) await mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true });
   return { dir, store: () => ContentStore.open(storeDir(env)), repository: SHARED_REPOSITORY };
+}
+
+/** The folder holding the records of a kind, for reading; undefined when this user has no personal folder yet. */
+export function recordsDir(kind: SnapshotKind, env?: Env): string | undefined {
+  return kind === 'personal' ? personalDir(env) : sharedDir(env);
 }
 
 export function tagOf(location: CatalogueLocation, key: string): string {
@@ -163,7 +215,7 @@ export function catalogueLock(env?: Env): string {
 
 /** One lock for every change to the catalogue (the personal folder has its own: only its owner writes there). */
 export async function withCatalogue<T>(kind: SnapshotKind, env: Env | undefined, purpose: string, fn: (location: CatalogueLocation) => Promise<T>): Promise<T> {
-  const location = await locationOf(kind, env, { create: true });
+  const location = await locationOf(kind, env);
   const lock = kind === 'personal' ? join(location.dir, '.lock') : catalogueLock(env);
   return withLock(lock, { purpose }, () => fn(location));
 }
@@ -186,7 +238,10 @@ export async function readRecordAt(dir: string, key: string): Promise<SnapshotRe
 }
 
 export async function writeRecordAt(dir: string, record: SnapshotRecord): Promise<void> {
-  await writeFileAtomic(join(dir, `${record.name.toLowerCase()}.json`), JSON.stringify(record, null, 2) + '\n');
+  const path = join(dir, `${record.name.toLowerCase()}.json`);
+  await writeFileAtomic(path, JSON.stringify(record, null, 2) + '\n');
+  // Shared entries are for everyone who uses the data directory, whatever the writer's umask; personal ones sit in a 0700 folder.
+  if (record.kind !== 'personal') await chmod(path, 0o644);
 }
 
 export async function removeRecordAt(dir: string, key: string): Promise<void> {
@@ -206,7 +261,8 @@ export async function listRecordsAt(dir: string): Promise<SnapshotRecord[]> {
   const out: SnapshotRecord[] = [];
   for (const name of names.sort()) {
     if (!name.endsWith('.json') || name.startsWith('.')) continue;
-    const record = await readRecordAt(dir, name.slice(0, -'.json'.length));
+    // One entry someone made unreadable (or broke) must not hide the whole catalogue.
+    const record = await readRecordAt(dir, name.slice(0, -'.json'.length)).catch(() => undefined);
     if (record) out.push(record);
   }
   return out;
@@ -215,7 +271,7 @@ export async function listRecordsAt(dir: string): Promise<SnapshotRecord[]> {
 /** Every snapshot this user can see: the shared ones, then their own. */
 export async function listSnapshots(env?: Env): Promise<SnapshotRecord[]> {
   const shared = await listRecordsAt(sharedDir(env));
-  const own = ownPersonalDir(env);
+  const own = personalDir(env);
   const personal = own ? await listRecordsAt(own) : [];
   return [...shared, ...personal];
 }
@@ -230,7 +286,7 @@ export async function findSnapshot(name: string, env?: Env, kinds: readonly Snap
     const shared = await readRecordAt(sharedDir(env), key);
     if (shared && kinds.includes(shared.kind)) return shared;
   }
-  const own = ownPersonalDir(env);
+  const own = personalDir(env);
   if (kinds.includes('personal') && own) return readRecordAt(own, key);
   return undefined;
 }
@@ -239,7 +295,7 @@ const DEFAULT_FILE = 'default';
 
 /** The user's default personal snapshot's key, if any. */
 export async function personalDefault(env?: Env): Promise<string | undefined> {
-  const own = ownPersonalDir(env);
+  const own = personalDir(env);
   if (!own) return undefined;
   try {
     const text = (await readFile(join(own, DEFAULT_FILE), 'utf8')).trim();

@@ -14,9 +14,11 @@ import {
   checkSnapshotName,
   currentUser,
   findSnapshot,
+  listRecordsAt,
   locationOf,
   personalDefault,
   readRecordAt,
+  recordsDir,
   tagOf,
   withCatalogue,
   writePersonalDefault,
@@ -36,8 +38,10 @@ import { readSelection, selectedEntries } from './includes.js';
  * new): entries depth-first in bytewise name order; mtimes kept to the
  * second, clamped to SOURCE_DATE_EPOCH when it is set; no atime or ctime;
  * home and personal files owned by the workspace owner (uid and gid 1000)
- * whoever made them; gzip at level 6 with no name or time in its header;
- * no creation time in the image (the catalogue keeps it).
+ * whoever made them, and their folders dated 0 (or SOURCE_DATE_EPOCH), since
+ * a folder's mtime moves when anything in it changes, selected or not; gzip
+ * at level 6 with no name or time in its header; no creation time and no
+ * snapshot name in the image (the catalogue keeps those).
  */
 
 /** The uid and gid of the workspace owner account (see workspace/steps.ts). */
@@ -65,6 +69,8 @@ export interface CreateSnapshotOptions {
   fromDir?: string;
   /** The layer's files, when the caller (a workspace) reads them itself. */
   source?: LayerSource;
+  /** Called once the new layer is stored (a workspace thaws its disk then). */
+  afterLayer?: () => Promise<void>;
   /** The parent as already resolved by the caller (a workspace's own base image). */
   parentImage?: { reference: string; digest?: string; name?: string };
   /** Home and personal: the home folder to read (default $HOME). */
@@ -110,13 +116,25 @@ function clamped(entries: AsyncIterable<TreeEntry>, clamp: number | undefined): 
   })();
 }
 
-/** A parent given by the user: a base snapshot's name, or an image reference (`oci://` optional). */
+/**
+ * A parent given by the user: a base snapshot's name, or an image
+ * reference. A bare name (no `/`, `:` or `@`) must be in the catalogue;
+ * an image that looks like one is written `oci://NAME`, so a typo never
+ * turns into a pull from Docker Hub.
+ */
 async function resolveParent(text: string, store: ContentStore, env: Env | undefined, phase: (p: string) => void): Promise<{ image: ParentImage; name?: string }> {
-  const bare = text.replace(/^oci:\/\//, '');
   if (!text.startsWith('oci://') && SNAPSHOT_NAME.test(text)) {
     const record = await findSnapshot(text, env, ['base']);
     if (record) return { image: await readParent(store, record.reference), name: record.name };
+    if (!/[/:@]/.test(text)) {
+      const other = await findSnapshot(text, env, ['home', 'personal']);
+      throw new InputError(other ? `--parent "${text}" is a ${other.kind} snapshot; a base snapshot extends a base snapshot or an image` : `--parent "${text}" is not a base snapshot in the catalogue`, {
+        code: 'NOT_FOUND',
+        suggestions: ['see `cs snapshot list`', `for an image, write oci://${text}`],
+      });
+    }
   }
+  const bare = text.replace(/^oci:\/\//, '');
   // The registry client is loaded only when an image has to be pulled or pushed.
   const { openImageContext, pullImage, userReference } = await import('../oci/image.js');
   const reference = formatReference(userReference(bare));
@@ -133,11 +151,12 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
   const phase = options.onPhase ?? (() => undefined);
   const key = checkSnapshotName(options.name);
   const kind = options.kind;
+  if (kind === 'personal' && key === 'none') throw new UsageError('"none" cannot name a personal snapshot: NONE means "no personal snapshot" wherever one is chosen');
   if (kind !== 'base' && (options.fromDir || options.parent)) throw new UsageError('--from-dir and --parent make base snapshots; leave out --home and --personal');
   if (options.parent && !options.fromDir && !options.source) throw new UsageError('--parent goes with --from-dir (a workspace snapshot extends the workspace\'s own base)');
 
   // A clash is found before any work, and again under the lock before the name is taken.
-  const location = await locationOf(kind, env, { create: true });
+  const location = await locationOf(kind, env);
   const before = await existing(kind, key, env);
   if (before && !options.force) throw clash(before);
 
@@ -168,10 +187,17 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     }
 
     phase('pack the layer');
-    const tar = packEntries(clamped(source.entries, clampOf(env)), { ...(source.overlay ? { overlay: true } : {}), ...(owner ? { owner } : {}) });
+    const clamp = clampOf(env);
+    const tar = packEntries(clamped(source.entries, clamp), {
+      ...(source.overlay ? { overlay: true } : {}),
+      // Home and personal: owner and folder times fixed, so unrelated changes beside the selection change nothing.
+      ...(owner ? { owner, dirMtime: clamp ?? 0 } : {}),
+    });
     const layer = await storeLayer(store, tar);
+    await options.afterLayer?.();
     phase('write the image');
-    const createdBy = `cs snapshot create${kind === 'base' ? '' : ` --${kind}`} ${options.name}`;
+    // No name here: the same files make the same image whatever it is called.
+    const createdBy = `cs snapshot create${kind === 'base' ? '' : ` --${kind}`}`;
     const manifest = await writeSnapshotImage(store, { kind, layer, createdBy, ...(parent ? { parent: parent.image } : {}) });
     const layers = [
       ...(parent ? parent.image.manifest.layers.map((l, i) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType, diffId: parent.image.diffIds[i] ?? '' })) : []),
@@ -202,10 +228,9 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       await store.tag(record.reference, manifest);
       await writeRecordAt(loc.dir, record);
       if (kind === 'personal') {
-        // The first personal snapshot becomes the default by itself.
-        const current = await personalDefault(env);
-        const currentExists = current !== undefined && (await readRecordAt(loc.dir, current)) !== undefined;
-        isDefault = options.setPersonalDefault || !currentExists || current === key;
+        // The user's first personal snapshot becomes the default by itself; later ones only when asked.
+        const others = (await listRecordsAt(loc.dir)).filter((r) => r.name.toLowerCase() !== key);
+        isDefault = options.setPersonalDefault || others.length === 0 || (await personalDefault(env)) === key;
         if (isDefault) await writePersonalDefault(loc.dir, key);
       }
     });
@@ -246,8 +271,8 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
 
 /** The record that holds `key` in the namespace of `kind`: base and home share one, personal is per user. */
 async function existing(kind: SnapshotKind, key: string, env: Env | undefined): Promise<SnapshotRecord | undefined> {
-  const location = await locationOf(kind, env);
-  return readRecordAt(location.dir, key);
+  const dir = recordsDir(kind, env);
+  return dir === undefined ? undefined : readRecordAt(dir, key);
 }
 
 function clash(record: SnapshotRecord): InputError {

@@ -31,6 +31,9 @@ const FILES = [
   '.hidden/rc',
   'x1',
   'x22',
+  'src/5a.log',
+  'src/]x',
+  'src/ax',
 ];
 
 function tree(): string {
@@ -75,6 +78,10 @@ describe('exclusion patterns match GNU tar', () => {
     [['a', '.hidden'], ['.*']],
     [['src/app.ts', 'a/keep'], ['keep']],
     [['a', 'src'], ['[!a]*.ts']],
+    [['src'], ['[[:digit:]]*.log']],
+    [['src'], ['[!]]x']],
+    [['src'], ['[]]x']],
+    [['src', 'x1', 'x22'], ['[[:alpha:]][[:digit:]]']],
   ];
   for (const [includes, excludes] of cases) {
     it(`-T ${includes.join(',')} -X ${excludes.join(',')}`, async () => {

@@ -96,11 +96,18 @@ export function parseSelection(texts: SelectionTexts): Selection {
 }
 
 /** Every included path must exist: the error lists each one that does not. */
-export function checkMissing(missing: readonly string[], home: string): void {
-  if (missing.length === 0) return;
-  throw new InputError(`${missing.length === 1 ? 'an included path does' : `${missing.length} included paths do`} not exist under ${home}: ${missing.map((m) => `"${m}"`).join(', ')}`, {
-    code: 'BAD_INCLUDES',
-  });
+export function checkMissing(missing: readonly string[], home: string, throughLinks: readonly { path: string; link: string }[] = []): void {
+  const problems: string[] = [];
+  if (missing.length > 0) problems.push(`${missing.length === 1 ? 'an included path does' : `${missing.length} included paths do`} not exist under ${home}: ${missing.map((m) => `"${m}"`).join(', ')}`);
+  // tar would follow the link; a layer cannot hold both the link and files "under" it, so say which to name instead.
+  for (const { path, link } of throughLinks) problems.push(`included path "${path}" goes through the symlink "${link}"; include the link itself, or the folder it points to`);
+  if (problems.length > 0) throw new InputError(problems.join('\n'), { code: 'BAD_INCLUDES' });
+}
+
+/** The folders leading to a path, nearest the top first ("a/b/c" gives "a", "a/b"). */
+export function leadingFolders(path: string): string[] {
+  const parts = path.split('/');
+  return parts.slice(0, -1).map((_, i) => parts.slice(0, i + 1).join('/'));
 }
 
 /** The lists of a home folder on this machine. */
@@ -109,9 +116,19 @@ export async function readSelection(files: SelectionFiles): Promise<Selection> {
   const excludesFile = join(files.folder, 'excludes.txt');
   const selection = parseSelection({ includes: await readText(includesFile), excludes: await readText(excludesFile), includesFile, excludesFile });
   const missing: string[] = [];
-  for (const path of selection.includes) if (!(await lstat(join(files.home, path)).catch(() => undefined))) missing.push(path);
-  checkMissing(missing, files.home);
+  const throughLinks: { path: string; link: string }[] = [];
+  for (const path of selection.includes) {
+    const link = await firstLink(files.home, leadingFolders(path));
+    if (link !== undefined) throughLinks.push({ path, link });
+    else if (!(await lstat(join(files.home, path)).catch(() => undefined))) missing.push(path);
+  }
+  checkMissing(missing, files.home, throughLinks);
   return selection;
+}
+
+async function firstLink(home: string, folders: readonly string[]): Promise<string | undefined> {
+  for (const folder of folders) if ((await lstat(join(home, folder)).catch(() => undefined))?.isSymbolicLink()) return folder;
+  return undefined;
 }
 
 /** GNU tar's exclusion match (see the comment at the top). */
@@ -144,18 +161,64 @@ export function globToRegExp(pattern: string): RegExp {
     else if (c === '?') out += '.';
     else if (c === '\\' && i + 1 < pattern.length) out += escapeRegExp(pattern[++i] as string);
     else if (c === '[') {
-      const close = pattern.indexOf(']', i + 2);
-      if (close === -1) out += '\\[';
+      const parsed = bracket(pattern, i);
+      if (parsed === undefined) out += '\\[';
       else {
-        let body = pattern.slice(i + 1, close);
-        const negate = body.startsWith('!') || body.startsWith('^');
-        if (negate) body = body.slice(1);
-        out += `[${negate ? '^' : ''}${body.replace(/\\/g, '\\\\').replace(/^\]/, '\\]')}]`;
-        i = close;
+        out += parsed.regex;
+        i = parsed.end;
       }
     } else out += escapeRegExp(c);
   }
   return new RegExp(`^${out}$`, 's');
+}
+
+const CLASSES: Record<string, string> = {
+  alnum: 'A-Za-z0-9',
+  alpha: 'A-Za-z',
+  blank: ' \\t',
+  cntrl: '\\x00-\\x1f\\x7f',
+  digit: '0-9',
+  graph: '!-~',
+  lower: 'a-z',
+  print: ' -~',
+  punct: '!-\\/:-@\\[-`{-~',
+  space: ' \\t\\n\\r\\f\\v',
+  upper: 'A-Z',
+  xdigit: '0-9A-Fa-f',
+};
+
+/** A bracket expression at `start` (fnmatch: `!` or `^` negates, a `]` first is literal, `[:class:]` names a class). */
+function bracket(pattern: string, start: number): { regex: string; end: number } | undefined {
+  let i = start + 1;
+  let negate = false;
+  if (pattern[i] === '!' || pattern[i] === '^') {
+    negate = true;
+    i++;
+  }
+  let body = '';
+  let first = true;
+  while (i < pattern.length) {
+    const c = pattern[i] as string;
+    if (c === ']' && !first) return { regex: `[${negate ? '^' : ''}${body}]`, end: i };
+    first = false;
+    if (c === '[' && pattern[i + 1] === ':') {
+      const close = pattern.indexOf(':]', i + 2);
+      const name = close === -1 ? undefined : pattern.slice(i + 2, close);
+      if (name !== undefined && CLASSES[name] !== undefined) {
+        body += CLASSES[name];
+        i = close + 2;
+        continue;
+      }
+    }
+    if (c === '\\' && i + 1 < pattern.length) {
+      body += `\\${pattern[i + 1]}`;
+      i += 2;
+      continue;
+    }
+    body += c === '-' && body !== '' && pattern[i + 1] !== ']' ? '-' : /[\]\\^[-]/.test(c) ? `\\${c}` : c;
+    i++;
+  }
+  return undefined;
 }
 
 function escapeRegExp(c: string): string {

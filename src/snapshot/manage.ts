@@ -4,7 +4,7 @@ import {
   checkSnapshotName,
   findSnapshot,
   listSnapshots,
-  locationOf,
+  recordsDir,
   personalDefault,
   readRecordAt,
   removeRecordAt,
@@ -50,9 +50,22 @@ export async function listSnapshotSummaries(options: { env?: Env } = {}): Promis
   return (await listSnapshots(options.env)).map((r) => summaryOf(r, defaultKey));
 }
 
-export async function requireSnapshot(name: string, env?: Env): Promise<SnapshotRecord> {
-  const record = await findSnapshot(name, env);
-  if (!record) throw new InputError(`no snapshot "${name}"`, { code: 'NOT_FOUND', suggestions: ['see `cs snapshot list`'] });
+/** Which namespace a name is looked up in: either (the default), the shared one, or the user's own. */
+export type Namespace = 'any' | 'shared' | 'personal';
+
+/**
+ * The snapshot a command names. A name that is both a shared snapshot and
+ * one of the user's personal ones is ambiguous unless the namespace is given:
+ * removing the team's snapshot when one meant one's own must not happen.
+ */
+export async function requireSnapshot(name: string, env?: Env, namespace: Namespace = 'any'): Promise<SnapshotRecord> {
+  const shared = namespace === 'personal' ? undefined : await findSnapshot(name, env, ['base', 'home']);
+  const personal = namespace === 'shared' ? undefined : await findSnapshot(name, env, ['personal']);
+  if (shared && personal) {
+    throw new UsageError(`"${name}" is both a ${shared.kind} snapshot and one of your personal snapshots`, { suggestions: ['add --personal or --shared to say which'] });
+  }
+  const record = shared ?? personal;
+  if (!record) throw new InputError(`no ${namespace === 'any' ? '' : `${namespace} `}snapshot "${name}"`, { code: 'NOT_FOUND', suggestions: ['see `cs snapshot list`'] });
   return record;
 }
 
@@ -65,8 +78,8 @@ export interface SnapshotDetails extends SnapshotSummary {
   excludes?: string[];
 }
 
-export async function snapshotDetails(options: { name: string; env?: Env }): Promise<SnapshotDetails> {
-  const record = await requireSnapshot(options.name, options.env);
+export async function snapshotDetails(options: { name: string; namespace?: Namespace; env?: Env }): Promise<SnapshotDetails> {
+  const record = await requireSnapshot(options.name, options.env, options.namespace);
   return {
     ...summaryOf(record, await personalDefault(options.env)),
     reference: record.reference,
@@ -83,11 +96,12 @@ export interface RemoveSnapshotOptions {
   force?: boolean;
   /** Who uses it (definitions and workspaces), as found by the caller. */
   usedBy?: readonly string[];
+  namespace?: Namespace;
   env?: Env;
 }
 
 export async function removeSnapshot(options: RemoveSnapshotOptions): Promise<{ removed: string; kind: SnapshotKind; wasUsedBy: string[] }> {
-  const record = await requireSnapshot(options.name, options.env);
+  const record = await requireSnapshot(options.name, options.env, options.namespace);
   const users = [...(options.usedBy ?? [])];
   if (users.length > 0 && !options.force) {
     throw new InputError(`snapshot "${record.name}" is in use by ${users.join(', ')}`, {
@@ -97,6 +111,9 @@ export async function removeSnapshot(options: RemoveSnapshotOptions): Promise<{ 
   }
   const key = record.name.toLowerCase();
   await withCatalogue(record.kind, options.env, `removing snapshot ${record.name}`, async (location) => {
+    // Re-read under the lock: a `create -f` meanwhile may have replaced it, and that one was not checked for users.
+    const current = await readRecordAt(location.dir, key);
+    if (current?.digest !== record.digest) throw new InputError(`snapshot "${record.name}" changed while it was being removed; try again`, { code: 'SNAPSHOT_CHANGED' });
     const store = await location.store();
     await removeRecordAt(location.dir, key);
     await store.untag([record.reference]);
@@ -112,7 +129,8 @@ export async function removeSnapshot(options: RemoveSnapshotOptions): Promise<{ 
 export async function getPersonalDefault(options: { env?: Env } = {}): Promise<{ default: string | null }> {
   const key = await personalDefault(options.env);
   if (key === undefined) return { default: null };
-  const record = await readRecordAt((await locationOf('personal', options.env)).dir, key);
+  const dir = recordsDir('personal', options.env);
+  const record = dir === undefined ? undefined : await readRecordAt(dir, key);
   return { default: record ? record.name : null };
 }
 
@@ -127,7 +145,10 @@ export async function setPersonalDefault(options: { name: string; env?: Env }): 
     const record = await readRecordAt(location.dir, key);
     if (!record) {
       const shared = await findSnapshot(options.name, options.env, ['base', 'home']);
-      throw new UsageError(shared ? `"${shared.name}" is a ${shared.kind} snapshot; only personal snapshots can be the default` : `you have no personal snapshot "${options.name}"`);
+      throw new InputError(shared ? `"${shared.name}" is a ${shared.kind} snapshot; only personal snapshots can be the default` : `you have no personal snapshot "${options.name}"`, {
+        code: 'NOT_FOUND',
+        suggestions: ['see `cs snapshot list`'],
+      });
     }
     await writePersonalDefault(location.dir, key);
     return { default: record.name };

@@ -8,7 +8,7 @@ import type { AssembleSnapshot } from '../rootfs/assemble.js';
 import { SNAPSHOT_NAME } from '../definition/names.js';
 import { InputError } from '../util/errors.js';
 import type { Env } from '../util/paths.js';
-import { findSnapshot, locationOf, personalDefault, readRecordAt, type SnapshotRecord } from './catalogue.js';
+import { findSnapshot, personalDefault, readRecordAt, recordsDir, type SnapshotRecord } from './catalogue.js';
 import { KIND_ANNOTATION } from './image-build.js';
 
 /**
@@ -61,17 +61,17 @@ export async function resolveSnapshot(ref: SnapshotRef, kind: 'base' | 'home', e
  */
 export async function resolvePersonal(choice: string | undefined, env?: Env): Promise<ResolvedSnapshot | undefined> {
   if (choice !== undefined && choice.toUpperCase() === 'NONE') return undefined;
-  const location = await locationOf('personal', env);
+  const dir = recordsDir('personal', env);
   let record: SnapshotRecord | undefined;
   if (choice !== undefined) {
     record = await findSnapshot(choice, env, ['personal']);
     if (!record) throw new InputError(`you have no personal snapshot "${choice}"`, { code: 'NOT_FOUND', suggestions: ['see `cs snapshot list`'] });
   } else {
     const key = await personalDefault(env);
-    record = key === undefined ? undefined : await readRecordAt(location.dir, key);
+    record = key === undefined || dir === undefined ? undefined : await readRecordAt(dir, key);
   }
-  if (!record) return undefined;
-  const store = await ContentStore.open(`${location.dir}/store`);
+  if (!record || dir === undefined) return undefined;
+  const store = await ContentStore.open(`${dir}/store`);
   return { reference: record.reference, kind: 'personal', store, snapshot: record.name, digest: record.digest };
 }
 
@@ -86,8 +86,9 @@ export async function resolveForAssemble(what: SnapshotRef | string, kind: 'base
     return resolveSnapshot(what, kind, env);
   }
   if (kind === 'personal') {
-    if (SNAPSHOT_NAME.test(what) && (await findSnapshot(what, env, ['personal']))) return (await resolvePersonal(what, env)) as ResolvedSnapshot;
-    return { reference: what.replace(/^oci:\/\//, ''), kind };
+    // An image as a personal snapshot must say so (oci://): a name of someone else's never falls through to a registry.
+    if (what.startsWith('oci://')) return { reference: what.slice('oci://'.length), kind };
+    return (await resolvePersonal(what, env)) as ResolvedSnapshot;
   }
   if (!what.startsWith('oci://') && SNAPSHOT_NAME.test(what)) {
     const record = await findSnapshot(what, env, [kind]);

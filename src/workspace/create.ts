@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadSandbox } from '../definition/load.js';
 import type { Workspace } from '../definition/model.js';
@@ -118,7 +118,8 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
 
   await mkdir(sandboxesDir(options.env), { recursive: true });
   const staging = join(sandboxesDir(options.env), `.new-${name}-${process.pid}-${Date.now()}`);
-  await mkdir(staging, { recursive: true });
+  // A workspace's folder and disk are its creator's alone: the disk holds whatever they write, personal files included.
+  await mkdir(staging, { mode: 0o700 });
   try {
     const taken = await portsInUse(options.env);
     for (const { ws, snapshots } of plans) {
@@ -137,9 +138,10 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
       const wsKernel = kernelRef ? await resolveKernel(kernelRef, { ...envOpt, onPhase: (p) => phase(`${ws.name}: ${p}`) }) : kernel;
       const wsInitramfs = wsKernel === kernel ? initramfs : await ensureInitramfs({ kernel: wsKernel, ...envOpt });
       const dir = join(staging, ws.name);
-      await mkdir(dir);
+      await mkdir(dir, { mode: 0o700 });
       phase(`disk of ${ws.name}`);
       await makeDisk(join(dir, FILES.disk), ws.resources.diskBytes);
+      await chmod(join(dir, FILES.disk), 0o600);
       const record: WorkspaceRecord = {
         version: 1,
         sandbox: name,
@@ -149,7 +151,7 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
         desired: 'running',
         spec: ws,
         lowers: [image.out],
-        images: await imagesOf(snapshots),
+        images: await imagesOf(snapshots, options.env),
         chainId: image.chainId,
         kernel: { version: wsKernel.version, vmlinuz: wsKernel.vmlinuz, boot: await bootImage(wsKernel) },
         initramfs: wsInitramfs.path,

@@ -1,9 +1,9 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { WORKSPACE_HOME } from '../definition/model.js';
+import { WORKSPACE_HOME, WORKSPACE_USER } from '../definition/model.js';
 import { applyLayer } from '../layers/apply.js';
-import { checkMissing, excludeMatcher, parseSelection, type Selection } from '../snapshot/includes.js';
+import { checkMissing, excludeMatcher, leadingFolders, parseSelection, type Selection } from '../snapshot/includes.js';
 import { InputError, VmError } from '../util/errors.js';
 import type { AgentClient } from '../vm/agent-client.js';
 import { AgentError } from '../vm/agent-client.js';
@@ -40,9 +40,17 @@ async function readGuestText(client: AgentClient, path: string): Promise<string 
   }
 }
 
-/** Runs a busybox shell script as root in the guest; stdout as text, or a VmError with its stderr. */
-async function guestScript(client: AgentClient, script: string, args: readonly string[], input?: Buffer): Promise<Buffer> {
-  const result = await client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', ...args], cwd: WORKSPACE_HOME, timeoutMs: 10 * 60_000, ...(input ? { input } : {}) });
+function nulList(bytes: Buffer): string[] {
+  return bytes.toString('utf8').split('\0').filter((p) => p !== '');
+}
+
+/**
+ * Runs a busybox shell script in the guest as the owner (what the owner
+ * cannot read does not go into their snapshot); stdout, or a VmError with
+ * its stderr.
+ */
+async function guestScript(client: AgentClient, script: string, args: readonly string[]): Promise<Buffer> {
+  const result = await client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', ...args], cwd: WORKSPACE_HOME, user: WORKSPACE_USER, timeoutMs: 10 * 60_000 });
   if (result.code !== 0) throw new VmError(`reading the workspace's home failed: ${result.stderr.toString('utf8').trim() || `exit ${result.code}`}`);
   return result.stdout;
 }
@@ -58,11 +66,19 @@ export async function stageWorkspaceHome(client: AgentClient, kind: 'home' | 'pe
   };
   const selection = parseSelection(texts);
 
-  // Which included paths are missing, then every path under the included ones (NUL-separated).
+  // Included paths that go through a symlinked folder, those missing, then every path under the included ones
+  // (NUL-separated; "./" in front so that no name is read as an option).
   const BB = GUEST_BUSYBOX;
-  const missing = (await guestScript(client, `for p in "$@"; do [ -e "$p" ] || [ -L "$p" ] || printf '%s\\0' "$p"; done`, selection.includes)).toString('utf8');
-  checkMissing(missing.split('\0').filter((p) => p !== ''), `${label}:${WORKSPACE_HOME}`);
-  const listed = (await guestScript(client, `${BB} find "$@" -print0`, selection.includes)).toString('utf8').split('\0').filter((p) => p !== '');
+  const folders = [...new Set(selection.includes.flatMap(leadingFolders))];
+  const links = new Set(nulList(await guestScript(client, `for p in "$@"; do [ -L "./$p" ] && printf '%s\\0' "$p"; done; true`, folders)));
+  const throughLinks = selection.includes.flatMap((path) => {
+    const link = leadingFolders(path).find((f) => links.has(f));
+    return link === undefined ? [] : [{ path, link }];
+  });
+  const direct = selection.includes.filter((p) => !throughLinks.some((t) => t.path === p));
+  const missing = nulList(await guestScript(client, `for p in "$@"; do [ -e "./$p" ] || [ -L "./$p" ] || printf '%s\\0' "$p"; done`, direct));
+  checkMissing(missing, `${label}:${WORKSPACE_HOME}`, throughLinks);
+  const listed = nulList(await guestScript(client, `for p in "$@"; do ${BB} find "./$p" -print0; done`, selection.includes)).map((p) => p.replace(/^\.\//, ''));
 
   // The same rules as on the host: excluded paths and everything under them go; the folders leading to an included path come along.
   const excluded = excludeMatcher(selection.excludes);
@@ -76,21 +92,22 @@ export async function stageWorkspaceHome(client: AgentClient, kind: 'home' | 'pe
     }
     chosen.add(path);
   }
-  for (const path of selection.includes) {
-    const parts = path.split('/');
-    for (let i = 1; i < parts.length; i++) chosen.add(parts.slice(0, i).join('/'));
-  }
+  for (const folder of folders) chosen.add(folder);
 
-  const dir = await mkdtemp(join(tmpdir(), 'cs-home-'));
-  const cleanup = (): Promise<void> => rm(dir, { recursive: true, force: true });
+  // The guest's tar lands one level down: a `./` entry sets the mode of the folder it is applied to,
+  // and the outer folder (mkdtemp: 0700) must stay closed to other users.
+  const outer = await mkdtemp(join(tmpdir(), 'cs-home-'));
+  const dir = join(outer, 'home');
+  const cleanup = (): Promise<void> => rm(outer, { recursive: true, force: true });
   try {
+    await mkdir(dir, { mode: 0o700 });
     if (chosen.size > 0) {
       // xargs may run tar more than once for a long list: the archives follow each other, and the reader skips the zero blocks between them.
-      const handle = client.exec({ argv: [BB, 'sh', '-c', `${BB} xargs -0 ${BB} tar -c -f - --no-recursion --numeric-owner --`], cwd: WORKSPACE_HOME, stdin: true, timeoutMs: 30 * 60_000 });
+      const handle = client.exec({ argv: [BB, 'sh', '-c', `${BB} xargs -0 ${BB} tar -c -f - --no-recursion --numeric-owner --`], cwd: WORKSPACE_HOME, user: WORKSPACE_USER, stdin: true, timeoutMs: 30 * 60_000 });
       let err = '';
       handle.stderr.on('data', (chunk: Buffer) => (err += chunk.toString('utf8')));
       handle.stdin?.on('error', () => undefined);
-      handle.stdin?.end(Buffer.from([...chosen].sort().map((p) => `${p}\0`).join('')));
+      handle.stdin?.end(Buffer.from([...chosen].sort().map((p) => `./${p}\0`).join('')));
       await applyLayer({ root: dir, tar: handle.stdout, privileged: false });
       const status = await handle.exit;
       if (status.code !== 0) throw new VmError(`copying the selected files out of ${label} failed: ${err.trim() || `exit ${status.code}`}`);

@@ -4,8 +4,9 @@ import { Ext4Image, walkTree } from '../layers/ext4.js';
 import { BASE_SNAPSHOT_EXCLUDES, excludedBy } from '../layers/overlay-upper.js';
 import { checkSnapshotName, type SnapshotKind, type SnapshotRecord } from '../snapshot/catalogue.js';
 import { createSnapshot, type CreateSnapshotOptions, type CreateSnapshotResult } from '../snapshot/create.js';
-import { removeSnapshot, requireSnapshot, snapshotDetails, type SnapshotDetails } from '../snapshot/manage.js';
-import { InputError, UsageError, VmError } from '../util/errors.js';
+import { removeSnapshot, requireSnapshot, snapshotDetails, type Namespace, type SnapshotDetails } from '../snapshot/manage.js';
+import { InputError, LayerError, UsageError, VmError } from '../util/errors.js';
+import type { TreeEntry } from '../layers/tree-entry.js';
 import { withLock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import type { AgentClient } from '../vm/agent-client.js';
@@ -74,17 +75,33 @@ export async function snapshotCreate(options: SnapshotCreateOptions): Promise<Cr
   const record = await readRecord(ws.dir);
   if (!record) throw new InputError(`workspace ${label} does not exist`);
   const base = await baseImageOf(record, options.env);
-  return withWorkspaceDisk(ws.dir, label, record, options.onPhase ?? (() => undefined), async (image, upper) =>
+  return withWorkspaceDisk(ws.dir, label, record, options.onPhase ?? (() => undefined), async (image, upper, release) =>
     createSnapshot({
       ...rest,
       source: {
-        entries: walkTree(image, upper, { exclude: excludedBy(BASE_SNAPSHOT_EXCLUDES) }),
+        entries: boundedBy(walkTree(image, upper, { exclude: excludedBy(BASE_SNAPSHOT_EXCLUDES) }), record.diskBytes, label),
         overlay: true,
         describe: { workspace: label },
       },
       parentImage: base,
+      // The guest is thawed as soon as the layer is stored: the image, the catalogue and a push need no frozen disk.
+      afterLayer: release,
     }),
   );
+}
+
+/**
+ * A file on the disk cannot hold more than the disk: a larger size is a
+ * forged sparse file (the guest controls its disk), which would stream
+ * terabytes of zeros into the layer.
+ */
+async function* boundedBy(entries: AsyncIterable<TreeEntry>, diskBytes: number, label: string): AsyncGenerator<TreeEntry> {
+  for await (const entry of entries) {
+    if (entry.size > diskBytes) {
+      throw new LayerError(`workspace ${label}: /${entry.path} claims ${entry.size} bytes, more than its whole disk (${diskBytes}); cs does not snapshot it`, { code: 'LAYER_TOO_LARGE' });
+    }
+    yield entry;
+  }
 }
 
 /** The base image a workspace booted from, as recorded at creation (or, for older records, as its definition names it now). */
@@ -100,36 +117,51 @@ async function baseImageOf(record: WorkspaceRecord, env?: Env): Promise<{ refere
 /**
  * Run `fn` on the workspace's disk image, consistent: frozen in the guest
  * when the workspace runs, and under the workspace's lock either way (no
- * resume, suspend or remove meanwhile).
+ * resume, suspend or remove meanwhile). `fn` calls `release` once it has
+ * read what it needs (the disk is closed and thawed then); release fails
+ * if the guest thawed by itself before that, since the read may then be
+ * inconsistent.
  */
-async function withWorkspaceDisk<T>(dir: string, label: string, record: WorkspaceRecord, phase: (p: string) => void, fn: (image: Ext4Image, upper: number) => Promise<T>): Promise<T> {
+async function withWorkspaceDisk<T>(
+  dir: string,
+  label: string,
+  record: WorkspaceRecord,
+  phase: (p: string) => void,
+  fn: (image: Ext4Image, upper: number, release: () => Promise<void>) => Promise<T>,
+): Promise<T> {
   return withLock(join(dir, FILES.lock), { purpose: `snapshotting ${label}` }, async () => {
     const run = await readRun(dir);
-    const live = supervisorAlive(run);
     let thaw: (() => Promise<void>) | undefined;
-    if (live) {
+    if (supervisorAlive(run)) {
       phase(`freeze ${label}'s disk`);
       thaw = await freeze(await openAgent(dir, label), label);
     } else if (statusOf(record, run) === 'creating') {
       throw new VmError(`workspace ${label} has not booted yet`, { code: 'NOT_READY' });
     }
+    let image: Ext4Image | undefined;
+    let released = false;
+    const release = async (): Promise<void> => {
+      if (released) return;
+      released = true;
+      await image?.close();
+      if (thaw) await thaw();
+    };
     try {
-      const image = await Ext4Image.open(join(dir, FILES.disk)).catch((error: Error) => {
-        if (error instanceof InputError || (error as { code?: string }).code === 'LAYER_NEEDS_RECOVERY' || /not cleanly/.test(error.message)) {
+      image = await Ext4Image.open(join(dir, FILES.disk)).catch((error: Error) => {
+        if ((error as { code?: string }).code === 'LAYER_NEEDS_RECOVERY') {
           throw Object.assign(error, { suggestions: [`resume it once (\`cs sandbox resume ${record.sandbox}\`), then snapshot it again`] });
         }
         throw error;
       });
-      try {
-        const upper = await image.lookup('upper');
-        if (upper === undefined) throw new InputError(`workspace ${label} has no changes on its disk yet (no /upper)`);
-        phase('read the changed files');
-        return await fn(image, upper);
-      } finally {
-        await image.close();
-      }
+      const upper = await image.lookup('upper');
+      if (upper === undefined) throw new InputError(`workspace ${label} has no changes on its disk yet (no /upper)`);
+      phase('read the changed files');
+      const result = await fn(image, upper, release);
+      await release();
+      return result;
     } finally {
-      if (thaw) await thaw();
+      // On failure: thaw, and let the first error be the one reported.
+      await release().catch(() => undefined);
     }
   });
 }
@@ -145,10 +177,13 @@ D=${GUEST_DISK}
 [ -d "$D/upper" ] || { echo "the workspace disk is not visible at $D" >&2; exit 3; }
 me=$$
 $BB setsid $BB sh -c "while $BB kill -0 $me 2>/dev/null; do $BB sleep 1; done; $BB fsfreeze --unfreeze $D 2>/dev/null" </dev/null >/dev/null 2>&1 &
-$BB fsfreeze --freeze "$D" || exit 4
+wd=$!
+$BB fsfreeze --freeze "$D" || { $BB kill $wd; exit 4; }
 echo frozen
-read -t 600 line
-$BB fsfreeze --unfreeze "$D" || exit 5
+read -t 1800 line
+$BB fsfreeze --unfreeze "$D"; rc=$?
+$BB kill $wd 2>/dev/null
+[ $rc -eq 0 ] || exit 5
 echo thawed
 `;
 
@@ -178,10 +213,17 @@ async function freeze(client: AgentClient, label: string): Promise<() => Promise
     client.close();
     throw error;
   }
+  // The script ends only after its input does; an exit before that means the disk thawed early (a timeout, a killed script).
+  let exitedEarly = false;
+  void handle.exit.then(() => (exitedEarly = true), () => (exitedEarly = true));
   return async () => {
+    const early = exitedEarly;
     handle.stdin?.end();
-    await handle.exit.catch(() => undefined);
+    const status = await handle.exit.catch(() => undefined);
     client.close();
+    if (early || status?.code !== 0 || !out.includes('thawed\n')) {
+      throw new VmError(`the disk of workspace ${label} was thawed before cs finished reading it, so the copy may be inconsistent; try again`, { code: 'FREEZE_LOST' });
+    }
   };
 }
 
@@ -214,12 +256,12 @@ function usesSnapshot(record: WorkspaceRecord, kind: SnapshotKind, key: string):
   return ref?.kind === 'name' && ref.name.toLowerCase() === key;
 }
 
-export async function snapshotRemove(options: { name: string; force?: boolean; env?: Env }): Promise<{ removed: string; kind: SnapshotKind; wasUsedBy: string[] }> {
-  const record = await requireSnapshot(options.name, options.env);
+export async function snapshotRemove(options: { name: string; force?: boolean; namespace?: Namespace; env?: Env }): Promise<{ removed: string; kind: SnapshotKind; wasUsedBy: string[] }> {
+  const record = await requireSnapshot(options.name, options.env, options.namespace);
   return removeSnapshot({ ...options, usedBy: await snapshotUsers(record, options.env) });
 }
 
-export async function snapshotShow(options: { name: string; env?: Env }): Promise<SnapshotDetails & { usedBy: string[] }> {
+export async function snapshotShow(options: { name: string; namespace?: Namespace; env?: Env }): Promise<SnapshotDetails & { usedBy: string[] }> {
   const details = await snapshotDetails(options);
   return { ...details, usedBy: await snapshotUsers(details, options.env) };
 }

@@ -73,7 +73,8 @@ const ROOT_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbi
 /**
  * The `owner` account people work as, added to the image's own files when
  * missing (with busybox, so any glibc image works, even one without
- * useradd). uid 1000 unless the image already uses it.
+ * useradd). uid 1000 unless the image already uses it; then the files
+ * snapshots put in its home as uid 1000 are given to it.
  */
 const ENSURE_USER = `
 set -e
@@ -93,6 +94,9 @@ if ! $BB grep -q "^$U:" /etc/passwd; then
 fi
 $BB mkdir -p "$H"
 $BB chown "$U:" "$H"
+# Home and personal snapshots record their files as uid 1000: give them to the owner when the image made it another uid.
+uid=$($BB grep "^$U:" /etc/passwd | $BB cut -d: -f3)
+[ "$uid" = 1000 ] || $BB find "$H" -xdev -user 1000 -exec $BB chown -h "$U:" {} +
 $BB grep "^$U:" /etc/passwd | $BB cut -d: -f7
 `;
 

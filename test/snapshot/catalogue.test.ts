@@ -124,10 +124,29 @@ describe('home snapshots', () => {
   it('is deterministic: the same files give the same digest and store nothing new', async () => {
     const first = await box.json<Created>('snapshot', 'create', '--home', 'again');
     const blobs = readdirSync(join(box.env['CS_HOME'] as string, 'store', 'blobs', 'sha256')).length;
+    // Changes beside the selection (an excluded file in an included folder, a file next to a
+    // leading folder) move folder mtimes but change no selected file.
+    await new Promise((r) => setTimeout(r, 1100));
+    write(join(box.home, 'proj/new-build.log'), 'excluded\n');
+    write(join(box.home, '.config/unrelated'), 'not selected\n');
     const second = await box.json<Created>('snapshot', 'create', '--home', 'again', '-f');
     expect(second.digest).toBe(first.digest);
     expect(second.unchanged).toBe(true);
     expect(readdirSync(join(box.env['CS_HOME'] as string, 'store', 'blobs', 'sha256')).length).toBe(blobs);
+  });
+
+  it('refuses an included path that goes through a symlinked folder, naming the link', async () => {
+    const other = await sandbox();
+    write(join(other.home, 'dotfiles/nvim/init.lua'), '-- init\n');
+    const { symlinkSync } = await import('node:fs');
+    symlinkSync('dotfiles', join(other.home, '.config'));
+    write(join(other.home, '.snapshot/includes.txt'), '.config/nvim\n');
+    const result = await other.cs('snapshot', 'create', '--home', 'linked');
+    expect(result.exitCode).toBe(3);
+    expect(result.stderr).toContain('included path ".config/nvim" goes through the symlink ".config"');
+    // The link itself is fine.
+    write(join(other.home, '.snapshot/includes.txt'), '.config\ndotfiles\n');
+    expect((await other.cs('snapshot', 'create', '--home', 'linked')).exitCode).toBe(0);
   });
 
   it('refuses ".", "..", absolute paths and missing paths, naming each, and creates nothing', async () => {
@@ -184,6 +203,12 @@ describe('names, namespaces and the catalogue', () => {
     expect(created.name).toBe('shared');
     const list = await box.json<{ snapshots: { name: string; kind: string }[] }>('snapshot', 'list');
     expect(list.snapshots.map((s) => `${s.name}:${s.kind}`).sort()).toEqual(['shared:home', 'shared:personal']);
+    // A name in both namespaces must be told apart where it matters.
+    const ambiguous = await box.cs('snapshot', 'remove', 'shared');
+    expect(ambiguous.exitCode).toBe(2);
+    expect(ambiguous.stderr).toContain('"shared" is both a home snapshot and one of your personal snapshots');
+    expect((await box.json<{ kind: string }>('snapshot', 'show', 'shared', '--personal')).kind).toBe('personal');
+    expect((await box.json<{ kind: string }>('snapshot', 'show', 'shared', '--shared')).kind).toBe('home');
   });
 
   it('names follow one rule', async () => {
@@ -211,18 +236,25 @@ describe('names, namespaces and the catalogue', () => {
     expect((await fresh.cs('snapshot', 'personal', 'set-default', 'TWO')).exitCode).toBe(0);
     expect((await fresh.cs('snapshot', 'personal', 'get-default')).stdout).toBe('two');
     const missing = await fresh.cs('snapshot', 'personal', 'set-default', 'nope');
-    expect(missing.exitCode).toBe(2);
+    expect(missing.exitCode).toBe(3);
     expect(missing.stderr).toContain('you have no personal snapshot "nope"');
     expect((await fresh.cs('snapshot', 'personal', 'set-default', 'none')).exitCode).toBe(0);
     expect((await fresh.cs('snapshot', 'personal', 'get-default')).stdout).toBe('NONE');
-    // With no default, the next personal snapshot becomes it again.
-    expect((await fresh.json<Created>('snapshot', 'create', '--personal', 'four')).isDefault).toBe(true);
+    // NONE stays NONE: only the first personal snapshot becomes the default by itself.
+    expect((await fresh.json<Created>('snapshot', 'create', '--personal', 'four')).isDefault).toBe(false);
+    expect((await fresh.cs('snapshot', 'personal', 'get-default')).stdout).toBe('NONE');
+    // Removing the default leaves none.
+    expect((await fresh.cs('snapshot', 'personal', 'set-default', 'four')).exitCode).toBe(0);
     expect((await fresh.cs('snapshot', 'remove', 'four')).exitCode).toBe(0);
     expect((await fresh.cs('snapshot', 'personal', 'get-default')).stdout).toBe('NONE');
+    // "none" is reserved for NONE.
+    const none = await fresh.cs('snapshot', 'create', '--personal', 'None');
+    expect(none.exitCode).toBe(2);
+    expect(none.stderr).toContain('"none" cannot name a personal snapshot');
   });
 
   it('show and remove name what they act on; an unknown name is a clear error', async () => {
-    const shown = await box.cs('snapshot', 'show', 'shared');
+    const shown = await box.cs('snapshot', 'show', 'shared', '--shared');
     expect(shown.stdout).toContain('shared: home snapshot');
     expect(shown.stdout).toContain('includes: .profile');
     const unknown = await box.cs('snapshot', 'show', 'nothing-here');
@@ -231,7 +263,7 @@ describe('names, namespaces and the catalogue', () => {
     const columns = await box.cs('snapshot', 'list', '-c', 'name,bogus');
     expect(columns.exitCode).toBe(2);
     expect(columns.stderr).toContain('unknown column bogus');
-    expect((await box.cs('snapshot', 'remove', 'shared')).exitCode).toBe(0);
+    expect((await box.cs('snapshot', 'remove', 'shared', '--shared')).exitCode).toBe(0);
     const list = await box.json<{ snapshots: { name: string; kind: string }[] }>('snapshot', 'list');
     expect(list.snapshots.map((s) => `${s.name}:${s.kind}`)).toContain('shared:personal');
     expect(list.snapshots.map((s) => `${s.name}:${s.kind}`)).not.toContain('shared:home');
@@ -303,8 +335,12 @@ describe('base snapshots from a folder, and the order of application', () => {
   it('a parent that does not exist is a clear error, and nothing is named', async () => {
     write(join(box.root, 'small/etc/x'), 'x\n');
     const result = await box.cs('snapshot', 'create', 'orphan', '--from-dir', join(box.root, 'small'), '--parent', 'no-such-snapshot');
-    expect(result.exitCode).not.toBe(0);
-    expect(result.stderr).toContain('no-such-snapshot');
+    expect(result.exitCode).toBe(3);
+    expect(result.stderr).toContain('--parent "no-such-snapshot" is not a base snapshot in the catalogue');
+    expect(result.stderr).toContain('oci://no-such-snapshot');
+    const home = await box.cs('snapshot', 'create', 'orphan', '--from-dir', join(box.root, 'small'), '--parent', 'layered-home');
+    expect(home.exitCode).toBe(3);
+    expect(home.stderr).toContain('is a home snapshot');
     expect((await box.cs('snapshot', 'show', 'orphan')).exitCode).toBe(3);
   });
 });

@@ -2,7 +2,10 @@
  * Personal snapshots are private to their owner, and the operating system
  * enforces it, not only cs: two real OS users share one cs data directory
  * (a team's, group-writable), one makes a personal snapshot, and the other
- * can neither list, show, read nor apply it, through cs or directly.
+ * can neither list, show, read nor apply it, through cs or directly. Since
+ * anyone in the team can rename folders in that directory, cs keeps
+ * personal data in each user's own data folder there, and never uses a
+ * personal folder someone else made.
  *
  * Needs root (to add the two users); CI runs as root. cs itself runs as
  * each user, from a copy of the package in a folder they can read (the
@@ -116,15 +119,20 @@ describe.runIf(isRoot)('personal snapshots are private (two real users)', () => 
     expect((await shell('csalice', `cat ${out}/home/owner/.netrc`)).stdout).toBe('token=alice-secret-42');
   });
 
-  it('a personal folder someone else made first is refused, not used', async () => {
-    // Alice plants an open folder where bob's private one would go.
+  it('in a data directory the team can write, personal data stays in each user\'s own folder; a planted one is never used', async () => {
+    const mine = join(people.csalice.home, '.local', 'share', 'cs', 'personal', String(people.csalice.uid));
+    expect((await shell('csalice', `ls ${mine}`)).stdout).toContain('secret.json');
+    expect(existsSync(join(csHome, 'snapshots', 'personal', String(people.csalice.uid)))).toBe(false);
+    // Alice plants an open folder where bob's private one would go in the shared directory.
     const bobs = join(csHome, 'snapshots', 'personal', String(people.csbob.uid));
-    const planted = await shell('csalice', `mkdir -m 0777 ${bobs}`);
+    const planted = await shell('csalice', `mkdir -p -m 0777 ${bobs} && chmod 0777 ${bobs}`);
     expect(planted.exitCode, planted.stderr).toBe(0);
     await shell('csbob', `mkdir -p ${people.csbob.home}/.snapshot.personal && echo x > ${people.csbob.home}/.x && echo .x > ${people.csbob.home}/.snapshot.personal/includes.txt`);
     const created = await cs('csbob', ['snapshot', 'create', '--personal', 'mine']);
-    expect(created.exitCode).toBe(3);
-    expect(created.stderr).toContain('is not a folder owned by you');
+    expect(created.exitCode, created.stderr).toBe(0);
+    expect((await shell('csbob', `ls -A ${bobs}`)).stdout).toBe('');
+    expect((await shell('csbob', `ls ${people.csbob.home}/.local/share/cs/personal/${people.csbob.uid}`)).stdout).toContain('mine.json');
+    expect((await cs('csbob', ['snapshot', 'remove', 'mine'])).exitCode).toBe(0);
     await rm(bobs, { recursive: true, force: true });
   });
 
@@ -136,10 +144,12 @@ describe.runIf(isRoot)('personal snapshots are private (two real users)', () => 
     expect(show.exitCode).toBe(3);
     expect(show.stderr).toContain('no snapshot "secret"');
     const setDefault = await cs('csbob', ['snapshot', 'personal', 'set-default', 'secret']);
-    expect(setDefault.exitCode).toBe(2);
+    expect(setDefault.exitCode).toBe(3);
+    expect(setDefault.stderr).toContain('you have no personal snapshot "secret"');
     const out = join(people.csbob.home, 'root');
     const assembled = await cs('csbob', ['rootfs', 'assemble', '--base', 'localhost/test/base:1', '--personal', 'secret', '--format', 'dir', '--out', out]);
-    expect(assembled.exitCode).not.toBe(0);
+    expect(assembled.exitCode).toBe(3);
+    expect(assembled.stderr).toContain('you have no personal snapshot "secret"');
     expect(existsSync(join(out, 'home/owner/.netrc'))).toBe(false);
     const removed = await cs('csbob', ['snapshot', 'remove', 'secret', '-f']);
     expect(removed.exitCode).toBe(3);
@@ -148,17 +158,18 @@ describe.runIf(isRoot)('personal snapshots are private (two real users)', () => 
   });
 
   it('the files themselves are closed to the other user', async () => {
-    const dir = join(csHome, 'snapshots', 'personal', String(people.csalice.uid));
+    const dir = join(people.csalice.home, '.local', 'share', 'cs', 'personal', String(people.csalice.uid));
     const listing = await shell('csbob', `ls ${dir}`);
     expect(listing.exitCode).not.toBe(0);
     expect(listing.stderr).toContain('Permission denied');
     expect((await shell('csbob', `cat ${dir}/secret.json`)).stderr).toContain('Permission denied');
-    // Nothing bob can read anywhere in the data directory holds alice's file, compressed or not.
-    const readable = await shell('csbob', `find ${csHome} -type f -readable 2>/dev/null`);
+    // Nothing bob can read in the data directory or alice's home holds alice's file, compressed or not.
+    const readable = await shell('csbob', `find ${csHome} ${people.csalice.home} -type f -readable 2>/dev/null`);
     const files = readable.stdout.split('\n').filter((f) => f !== '');
     expect(files.length).toBeGreaterThan(0);
     expect(files.some((f) => f.startsWith(`${dir}/`))).toBe(false);
-    for (const file of files) {
+    // (alice's own ~/.netrc is hers to protect; cs's copies are what is checked)
+    for (const file of files.filter((f) => f !== join(people.csalice.home, '.netrc'))) {
       const found = await shell('csbob', `(zcat -f '${file}' 2>/dev/null || cat '${file}') | grep -c alice-secret-42 || true`);
       expect(found.stdout.trim(), file).toBe('0');
     }

@@ -1,4 +1,4 @@
-import { Args } from '@oclif/core';
+import { Args, Flags } from '@oclif/core';
 import { formatSize } from '../../util/progress.js';
 import { snapshotShow } from '../../workspace/snapshots.js';
 import { CsCommand } from '../_base.js';
@@ -7,10 +7,14 @@ export default class SnapshotShow extends CsCommand {
   static override summary = 'Show a snapshot: its layers and sizes, where it came from, the includes used, and who uses it.';
   static override examples = ['<%= config.bin %> <%= command.id %> dev-base', '<%= config.bin %> <%= command.id %> my-dotfiles --json'];
   static override args = { name: Args.string({ description: 'Snapshot name', required: true }) };
+  static override flags = {
+    personal: Flags.boolean({ description: 'Look only at your personal snapshots', exclusive: ['shared'] }),
+    shared: Flags.boolean({ description: 'Look only at the shared (base and home) snapshots', exclusive: ['personal'] }),
+  };
 
   async run(): Promise<Awaited<ReturnType<typeof snapshotShow>>> {
-    const { args } = await this.parse(SnapshotShow);
-    const s = await snapshotShow({ name: args.name });
+    const { args, flags } = await this.parse(SnapshotShow);
+    const s = await snapshotShow({ name: args.name, namespace: flags.personal ? 'personal' : flags.shared ? 'shared' : 'any' });
     const from = s.source.workspace ? `workspace ${s.source.workspace}` : s.source.dir ? `folder ${s.source.dir}` : s.source.home ? `home folder ${s.source.home}` : 'unknown';
     const lines = [
       `${s.name}: ${s.kind} snapshot${s.default ? ' (your default)' : ''}`,
