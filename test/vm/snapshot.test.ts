@@ -122,6 +122,29 @@ describe('base snapshots of workspaces', () => {
     expect(created.parent).toBe('snap1');
   });
 
+  it('a snapshot killed while the disk is frozen leaves the workspace writable and names nothing', async () => {
+    expect((await sh('copy/dev', 'head -c 67108864 /dev/urandom > /opt/big && sync')).exitCode).toBe(0);
+    const { startCs } = await import('../helpers/cli.js');
+    const child = startCs(['snapshot', 'create', 'killed', '-W', 'copy/dev'], { env, timeoutMs: 120_000 });
+    await new Promise<void>((resolve) => {
+      let seen = '';
+      child.stderr?.on('data', (chunk: Buffer) => {
+        seen += chunk.toString('utf8');
+        if (seen.includes('read the changed files')) resolve();
+      });
+      void child.then(() => resolve(), () => resolve());
+    });
+    child.kill('SIGKILL');
+    await child.catch(() => undefined);
+    // The guest's watchdog thaws the disk within a couple of seconds: a write goes through.
+    const started = Date.now();
+    const write = await sh('copy/dev', 'echo after-kill > /opt/after-kill && sync && cat /opt/after-kill');
+    expect(write.stdout).toBe('after-kill');
+    expect(Date.now() - started).toBeLessThan(20_000);
+    expect((await cs('snapshot', 'show', 'killed')).exitCode).toBe(3);
+    expect((await sh('copy/dev', 'rm /opt/big')).exitCode).toBe(0);
+  });
+
   it('from a stopped workspace, read from its disk', async () => {
     expect((await cs('sandbox', 'suspend', 'src')).exitCode).toBe(0);
     const created = await json<Created>('snapshot', 'create', 'snap-stopped', '-W', 'src/dev');
