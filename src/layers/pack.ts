@@ -167,6 +167,15 @@ async function packEntry(pack: Pack, entry: TreeEntry, options: PackOptions): Pr
         await addEntry(pack, { ...common, name: entry.path, type: 'file', size: 0 });
         return;
       }
+      if (entry.size <= SMALL_FILE) {
+        // Small files whole: a stream pipeline per file costs more than the file (many small files are the common case).
+        const chunks: Buffer[] = [];
+        for await (const chunk of entry.open()) chunks.push(chunk as Buffer);
+        const body = Buffer.concat(chunks);
+        if (body.length !== entry.size) throw new InputError(`${entry.path}: read ${body.length} bytes, expected ${entry.size}`);
+        await addEntry(pack, { ...common, name: entry.path, type: 'file', size: entry.size }, body);
+        return;
+      }
       const stream = pack.entry({ ...common, name: entry.path, type: 'file', size: entry.size });
       await pipeline(entry.open(), stream);
       return;
@@ -181,11 +190,13 @@ async function packEntry(pack: Pack, entry: TreeEntry, options: PackOptions): Pr
   }
 }
 
-function addEntry(pack: Pack, header: Partial<Header> & Pick<Header, 'name'>): Promise<void> {
+const SMALL_FILE = 256 * 1024;
+
+function addEntry(pack: Pack, header: Partial<Header> & Pick<Header, 'name'>, body?: Buffer): Promise<void> {
   return new Promise((resolve, reject) => {
     const done = (error?: Error | null): void => (error ? reject(error) : resolve());
-    // An empty regular file (a whiteout) needs its (empty) body given, or the entry never ends.
-    if (header.type === 'file') pack.entry(header, Buffer.alloc(0), done);
+    // A regular file needs its body given, even an empty one (a whiteout), or the entry never ends.
+    if (header.type === 'file') pack.entry(header, body ?? Buffer.alloc(0), done);
     else pack.entry(header, done);
   });
 }
