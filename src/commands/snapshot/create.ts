@@ -6,7 +6,7 @@ import { CsCommand } from '../_base.js';
 
 export default class SnapshotCreate extends CsCommand {
   static override summary = 'Create a base, home or personal snapshot.';
-  static override description = `A base snapshot is the workspace's base image plus one new layer of the files changed in its root filesystem (deletions as whiteouts), without /home and the runtime folders. It comes from a workspace, running or stopped (-W; inside a workspace, that one), or from a folder (--from-dir, on top of --parent).
+  static override description = `A base snapshot is the workspace's base image plus one new layer of the files changed in its root filesystem (deletions as whiteouts), without /home and the runtime folders. It comes from a workspace, running or stopped (-W, or the one named by $CS_SANDBOX and $CS_WORKSPACE, which cs sets in every workspace), or from a folder (--from-dir, on top of --parent).
 
 A home snapshot is one layer of the paths listed in $HOME/.snapshot/includes.txt (as tar -T) minus the patterns of $HOME/.snapshot/excludes.txt (as tar -X, globs allowed), taken from your home folder here, or with -W from the home folder of a running workspace; it lands under the workspace owner's home, owned by the owner. A personal snapshot is the same from ~/.snapshot.personal/, is visible only to you, and your first one becomes your default (applied to your new workspaces).
 
