@@ -131,6 +131,26 @@ for d in proc sys dev run tmp; do
 done
 mount -t tmpfs -o mode=0755,nosuid,nodev run /sysroot/run || fatal "cannot mount /run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmp /sysroot/tmp || fatal "cannot mount /tmp"
+mkdir -p /sysroot/run/cs
+# `cs` inside the workspace: a script that asks the host's cs, through the
+# virtio-serial port named cs.host, to run snapshot commands for this
+# workspace. Linked from /usr/local/bin only where nothing else is.
+tries=0
+while ! grep -qx cs.host /sys/class/virtio-ports/*/name 2>/dev/null && [ "$tries" -lt 40 ]; do
+  tries=$((tries + 1))
+  sleep 0.05
+done
+for f in /sys/class/virtio-ports/*/name; do
+  [ "$(cat "$f" 2>/dev/null)" = cs.host ] || continue
+  port="/dev/${f#/sys/class/virtio-ports/}"
+  port="${port%/name}"
+  [ -c "$port" ] && chmod 0666 "$port" && ln -sf "$port" /sysroot/run/cs/host-port
+done
+# A read-only view of the workspace disk, for snapshots: the host reads the
+# disk image while the agent holds the file system frozen (FIFREEZE).
+mkdir -p /sysroot/run/cs/disk
+{ mount --bind /disk /sysroot/run/cs/disk && mount -o remount,bind,ro /sysroot/run/cs/disk; } ||
+  say "no read-only view of the workspace disk: snapshots of the running workspace will not work"
 mount --move /proc /sysroot/proc
 mount --move /sys /sysroot/sys
 mount --move /dev /sysroot/dev
@@ -143,11 +163,13 @@ mkdir -p /sysroot/run/cs
 cp /cs/agent /sysroot/run/cs/agent || fatal "cannot install the agent"
 cp /bin/busybox /sysroot/run/cs/busybox
 chmod 0755 /sysroot/run/cs/agent /sysroot/run/cs/busybox
-# A read-only view of the workspace disk, for snapshots: the host reads the
-# disk image while the agent holds the file system frozen (FIFREEZE).
-mkdir -p /sysroot/run/cs/disk
-{ mount --bind /disk /sysroot/run/cs/disk && mount -o remount,bind,ro /sysroot/run/cs/disk; } ||
-  say "no read-only view of the workspace disk: snapshots of the running workspace will not work"
+mkdir -p /sysroot/run/cs/bin
+cp /cs/cs-client.sh /sysroot/run/cs/bin/cs && chmod 0755 /sysroot/run/cs/bin/cs
+if [ -d /sysroot/usr/local/bin ] && [ ! -L /sysroot/usr ] && [ ! -L /sysroot/usr/local ] && [ ! -L /sysroot/usr/local/bin ]; then
+  if [ ! -e /sysroot/usr/local/bin/cs ] && [ ! -L /sysroot/usr/local/bin/cs ]; then
+    ln -s /run/cs/bin/cs /sysroot/usr/local/bin/cs
+  fi
+fi
 
 name="$(arg cs.hostname)" || name=workspace
 hostname "$name"

@@ -28,7 +28,7 @@ export const GUEST_MODULES = ['virtio_mmio', 'virtio_blk', 'virtio_console', 'vi
 export const BUSYBOX_CANDIDATES = ['/bin/busybox', '/usr/bin/busybox'];
 
 /** Bumped when the archive's layout changes, so older caches are not reused. */
-const LAYOUT = 'cs-initramfs/2';
+const LAYOUT = 'cs-initramfs/3';
 
 export interface InitramfsOptions {
   kernel: Kernel;
@@ -92,6 +92,7 @@ async function moduleBytes(path: string): Promise<Buffer> {
 
 export async function ensureInitramfs(options: InitramfsOptions): Promise<Initramfs> {
   const init = await readFile(join(packageRoot(), 'guest', 'init.sh'));
+  const client = await readFile(join(packageRoot(), 'guest', 'cs-client.sh'));
   const { path: busyboxPath, bytes: busybox } = await findBusybox(options.busybox);
   const agent = await readFile(await buildAgent(options.env ? { env: options.env } : {}));
   const modules: { name: string; data: Buffer }[] = [];
@@ -101,7 +102,7 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
   }
 
   const hash = createHash('sha256');
-  for (const part of [LAYOUT, options.kernel.version, init, busybox, agent, ...modules.flatMap((m) => [m.name, m.data])]) {
+  for (const part of [LAYOUT, options.kernel.version, init, client, busybox, agent, ...modules.flatMap((m) => [m.name, m.data])]) {
     hash.update(typeof part === 'string' ? part : part);
     hash.update('\0');
   }
@@ -119,6 +120,7 @@ export async function ensureInitramfs(options: InitramfsOptions): Promise<Initra
     { type: 'file', path: 'bin/busybox', data: busybox, mode: 0o755 },
     { type: 'dir', path: 'cs' },
     { type: 'file', path: 'cs/agent', data: agent, mode: 0o755 },
+    { type: 'file', path: 'cs/cs-client.sh', data: client, mode: 0o755 },
     { type: 'dir', path: 'dev' },
     { type: 'char', path: 'dev/console', major: 5, minor: 1, mode: 0o600 },
     { type: 'char', path: 'dev/null', major: 1, minor: 3, mode: 0o666 },

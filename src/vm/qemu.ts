@@ -29,6 +29,8 @@ export interface MachineSpec {
   disk?: string;
   /** Unix socket paths QEMU listens on (relative to the QEMU process's cwd is fine). */
   agentSocket?: string;
+  /** Unix socket of the `cs.host` port (guest requests), beside the agent's. */
+  hostSocket?: string;
   qmpSocket?: string;
   consoleLog: string;
   hostname?: string;
@@ -116,6 +118,11 @@ export function qemuArgs(spec: MachineSpec, now = Date.now()): string[] {
     args.push('-device', 'virtio-serial-device');
     args.push('-chardev', `socket,id=agent,path=${q(spec.agentSocket)},server=on,wait=off`);
     args.push('-device', 'virtserialport,chardev=agent,name=cs.agent');
+    if (spec.hostSocket) {
+      // The guest's way to ask the host for something (`cs` inside a workspace).
+      args.push('-chardev', `socket,id=cshost,path=${q(spec.hostSocket)},server=on,wait=off`);
+      args.push('-device', 'virtserialport,chardev=cshost,name=cs.host');
+    }
   }
   if (spec.network) {
     const forwards = (spec.forwards ?? []).map((f) => `,hostfwd=${f.protocol}:${f.hostAddress}:${f.hostPort}-:${f.guestPort}`).join('');

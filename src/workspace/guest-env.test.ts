@@ -55,9 +55,10 @@ describe('baseEnv', () => {
     expect(baseEnv(ID, 'postgres')).toMatchObject({ HOME: '/home/postgres', USER: 'postgres' });
   });
 
-  it('puts /usr/local first and the sbin folders on PATH', () => {
+  it('puts /usr/local first, the sbin folders on PATH, and the in-workspace cs last', () => {
     const dirs = GUEST_PATH.split(':');
     expect(dirs[0]).toBe('/usr/local/sbin');
+    expect(dirs.at(-1)).toBe('/run/cs/bin');
     expect(dirs).toEqual(expect.arrayContaining(['/usr/sbin', '/usr/bin', '/sbin', '/bin']));
   });
 });

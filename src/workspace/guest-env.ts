@@ -8,7 +8,8 @@ import { WORKSPACE_HOME, WORKSPACE_USER } from '../definition/model.js';
  * by the model), then a repo manifest's and a run's own.
  */
 
-export const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+/** Last on PATH: /run/cs/bin holds the in-workspace `cs` (an image's own cs comes first). */
+export const GUEST_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/cs/bin';
 
 /** Where the initramfs leaves a static busybox inside every workspace. */
 export const GUEST_BUSYBOX = '/run/cs/busybox';

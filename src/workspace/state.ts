@@ -103,6 +103,7 @@ export const FILES = {
   log: 'workspace.log',
   supervisorLog: 'supervisor.log',
   agentSocket: 'agent.sock',
+  hostSocket: 'host.sock',
   qmpSocket: 'qmp.sock',
   controlSocket: 'control.sock',
   lock: '.lock',

@@ -8,6 +8,7 @@ import { fieldText } from '../vm/protocol.js';
 import { QmpClient } from '../vm/qmp.js';
 import { hostTscKhz, QEMU_BINARY, qemuArgs } from '../vm/qemu.js';
 import { connectUnix } from './connect.js';
+import { serveHostRequests } from './host-requests.js';
 import { ControlTag, ControlType, Mux } from './mux.js';
 import { qemuProtocol } from './ports.js';
 import { FILES, readRecord, readRun, supervisorAlive, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
@@ -48,7 +49,7 @@ export async function supervise(dir: string): Promise<void> {
   };
   await save();
 
-  for (const name of [FILES.agentSocket, FILES.qmpSocket, FILES.controlSocket]) {
+  for (const name of [FILES.agentSocket, FILES.hostSocket, FILES.qmpSocket, FILES.controlSocket]) {
     try {
       unlinkSync(name);
     } catch {
@@ -64,6 +65,7 @@ export async function supervise(dir: string): Promise<void> {
     lowers: record.lowers,
     disk: FILES.disk,
     agentSocket: FILES.agentSocket,
+    hostSocket: FILES.hostSocket,
     qmpSocket: FILES.qmpSocket,
     consoleLog: FILES.console,
     hostname: record.name,
@@ -185,6 +187,10 @@ export async function supervise(dir: string): Promise<void> {
     return;
   }
   mark('agentReady');
+
+  // Requests from inside the guest (`cs snapshot create` there) come on their own port.
+  const hostPort = await connectUnix(join(dir, FILES.hostSocket)).catch(() => undefined);
+  if (hostPort) serveHostRequests(hostPort, `${record.sandbox}/${record.name}`, (line) => log(dir, line));
 
   control = createServer((socket) => mux?.attach(socket));
   await new Promise<void>((resolve, reject) => {

@@ -145,6 +145,31 @@ describe('base snapshots of workspaces', () => {
     expect((await sh('copy/dev', 'rm /opt/big')).exitCode).toBe(0);
   });
 
+  it('inside a workspace, cs snapshot create snapshots that workspace through its host; other commands are refused', async () => {
+    const inside = (command: string): Promise<Run> => cs('exec', '-W', 'copy/dev', '--', 'sh', '-c', command);
+    const created = await inside('cs snapshot create from-inside --json');
+    expect(created.exitCode, created.stderr).toBe(0);
+    expect(JSON.parse(created.stdout)).toMatchObject({ name: 'from-inside', kind: 'base', layers: 3 });
+    const shown = await json<{ source: { workspace: string } }>('snapshot', 'show', 'from-inside');
+    expect(shown.source.workspace).toBe('copy/dev');
+    const listed = await inside('cs snapshot list -c name');
+    expect(listed.stdout).toContain('from-inside');
+    for (const [command, message] of [
+      ['cs sandbox list', 'only snapshot commands'],
+      ['cs snapshot create x --from-dir /', '--from-dir is not available inside a workspace'],
+      ['cs snapshot create x -W src/dev', '-W is not available inside a workspace'],
+    ] as const) {
+      const refused = await inside(command);
+      expect(refused.exitCode, command).toBe(2);
+      expect(refused.stderr).toContain(message);
+    }
+    // The link to the in-workspace cs is not part of the snapshot.
+    const layer = (await json<{ layerList: { digest: string }[] }>('snapshot', 'show', 'from-inside')).layerList.at(-1) as { digest: string };
+    const { execa } = await import('execa');
+    const names = (await execa('tar', ['-tzf', join(env['CS_HOME'] as string, 'store', 'blobs', 'sha256', layer.digest.slice(7))])).stdout.split('\n');
+    expect(names).not.toContain('usr/local/bin/cs');
+  });
+
   it('from a stopped workspace, read from its disk', async () => {
     expect((await cs('sandbox', 'suspend', 'src')).exitCode).toBe(0);
     const created = await json<Created>('snapshot', 'create', 'snap-stopped', '-W', 'src/dev');
