@@ -90,6 +90,12 @@ export interface ApplyOptions {
    * values such as file capabilities are binary.
    */
   onXattrs?: (path: string, xattrs: Record<string, string>) => void;
+  /**
+   * Called (privileged) when an entry re-declares a directory a lower layer
+   * made: the directory stays, so its xattrs must become exactly the entry's
+   * (`xattrs`, possibly none), as umoci does; the caller removes the others.
+   */
+  onDirectoryKept?: (path: string, xattrs: Record<string, string>) => void;
 }
 
 export interface ApplyResult {
@@ -356,14 +362,15 @@ async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Cont
 
   if (header.type === 'directory') {
     // The common case (a new directory) costs one mkdir; only a clash looks further.
-    let made = true;
+    let kept = false;
     try {
       mkdirSync(abs, { mode: 0o700 });
     } catch (error) {
       if ((error as { code?: string }).code !== 'EEXIST') throw error;
-      made = clear(true);
-      if (!made) mkdirSync(abs, { mode: 0o700 });
+      kept = clear(true);
+      if (!kept) mkdirSync(abs, { mode: 0o700 });
     }
+    if (kept && ctx.privileged) ctx.options.onDirectoryKept?.(rel, xattrsOf(header));
     resolver.rememberDir(rel);
     ctx.created.add(rel);
     setOwner(abs, meta, ctx);
@@ -485,11 +492,15 @@ function relativeOf(abs: string, ctx: Context): string {
 
 const XATTR_PREFIX = XATTR_PAX_PREFIX;
 
-function setXattrs(abs: string, header: Header, ctx: Context): void {
+function xattrsOf(header: Header): Record<string, string> {
   const pax = header.pax as Record<string, string> | null | undefined;
-  if (!pax) return;
   const xattrs: Record<string, string> = {};
-  for (const [key, value] of Object.entries(pax)) if (key.startsWith(XATTR_PREFIX)) xattrs[key.slice(XATTR_PREFIX.length)] = value;
+  for (const [key, value] of Object.entries(pax ?? {})) if (key.startsWith(XATTR_PREFIX)) xattrs[key.slice(XATTR_PREFIX.length)] = value;
+  return xattrs;
+}
+
+function setXattrs(abs: string, header: Header, ctx: Context): void {
+  const xattrs = xattrsOf(header);
   if (Object.keys(xattrs).length === 0) return;
   if (ctx.privileged && ctx.options.onXattrs) ctx.options.onXattrs(relativeOf(abs, ctx), xattrs);
   else ctx.options.onDeferred?.({ path: relativeOf(abs, ctx), xattrs });

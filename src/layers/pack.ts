@@ -230,7 +230,7 @@ export async function readXattrs(root: string): Promise<Map<string, Record<strin
 }
 
 /** getfattr escapes bytes outside printable ASCII (and backslash) as \\ooo. */
-function unescapeAttrPath(text: string): string {
+export function unescapeAttrPath(text: string): string {
   const bytes: number[] = [];
   for (let i = 0; i < text.length; i++) {
     if (text[i] === '\\' && /^[0-7]{3}$/.test(text.slice(i + 1, i + 4))) {

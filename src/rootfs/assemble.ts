@@ -4,7 +4,7 @@ import { appendFile, chmod, lstat, mkdir, readdir, rename, rm, stat, writeFile }
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { DeferredMetadata } from '../layers/apply.js';
-import { packDirectory } from '../layers/pack.js';
+import { packDirectory, unescapeAttrPath } from '../layers/pack.js';
 import { cleanComponents, RootResolver } from '../layers/safe-path.js';
 import { openImageContext, pullImage, userReference, type ImageContext } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
@@ -202,6 +202,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
         const root = under === '' ? tree : join(tree, under);
         const deferred: DeferredMetadata[] = [];
         const xattrs: { path: string; xattrs: Record<string, string>; ino: number }[] = [];
+        const kept: { path: string; keep: Set<string>; ino: number }[] = [];
         await unpackLayer({
           store: unit.store,
           layer: unit.layer,
@@ -214,8 +215,13 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
             // Remember which file the xattrs belong to: a later entry of the layer may replace it.
             xattrs.push({ path: full, xattrs: values, ino: lstatSync(join(tree, full)).ino });
           },
+          onDirectoryKept: (path, values) => {
+            const full = under ? `${under}/${path}` : path;
+            kept.push({ path: full, keep: new Set(Object.keys(values)), ino: lstatSync(join(tree, full)).ino });
+          },
         });
         layersApplied++;
+        if (kept.length > 0) await clearUndeclaredXattrs(tree, kept);
         if (xattrs.length > 0) await applyXattrs(tree, xattrs);
         if (emptiesRuntime(units, i)) await clearRuntimeDirs(tree);
         if (deferred.length > 0) await appendFile(join(work, 'deferred.jsonl'), deferred.map((d) => JSON.stringify(d)).join('\n') + '\n');
@@ -275,7 +281,7 @@ async function clearRuntimeDirs(root: string): Promise<void> {
  * included, and `-h` keeps setfattr from following a final symlink, so a
  * later entry that planted a symlink cannot redirect the write.
  */
-async function applyXattrs(root: string, entries: readonly { path: string; xattrs: Record<string, string>; ino: number }[]): Promise<void> {
+export async function applyXattrs(root: string, entries: readonly { path: string; xattrs: Record<string, string>; ino: number }[]): Promise<void> {
   const resolver = new RootResolver(root);
   const lines: string[] = [];
   for (const entry of entries) {
@@ -304,6 +310,36 @@ async function applyXattrs(root: string, entries: readonly { path: string; xattr
     await run('setfattr', ['-h', `--restore=${dump}`], { cwd: root });
   } finally {
     await rm(dump, { force: true });
+  }
+}
+
+/**
+ * A directory a layer re-declares keeps its inode, and with it the xattrs of
+ * the lower layer: those the new entry does not declare are removed (as
+ * umoci does), so the result is what the layers say. One getfattr run lists
+ * what the kept directories hold; the rare removals are one setfattr each.
+ * security.selinux is the kernel's label, not the image's: left alone.
+ */
+export async function clearUndeclaredXattrs(root: string, dirs: readonly { path: string; keep: Set<string>; ino: number }[]): Promise<void> {
+  const resolver = new RootResolver(root);
+  const byPath = new Map<string, Set<string>>();
+  for (const dir of dirs) {
+    if (!resolver.isRealDir(dir.path)) continue;
+    const now = await lstat(join(root, dir.path)).catch(() => undefined);
+    if (now?.ino === dir.ino) byPath.set(dir.path, dir.keep);
+  }
+  if (byPath.size === 0) return;
+  const listing = await run('getfattr', ['-h', '-m', '-', '--absolute-names', '--', ...[...byPath.keys()].map((p) => `./${p}`)], { cwd: root, okExitCodes: [0, 1] });
+  let current: string | undefined;
+  for (const line of listing.stdout.split('\n')) {
+    if (line.startsWith('# file: ')) {
+      current = unescapeAttrPath(line.slice('# file: '.length)).replace(/^\.\//, '');
+      continue;
+    }
+    const name = line.split('=')[0] ?? '';
+    if (!current || name === '' || name === 'security.selinux') continue;
+    const keep = byPath.get(current);
+    if (keep && !keep.has(name)) await run('setfattr', ['-h', '-x', name, '--', `./${current}`], { cwd: root });
   }
 }
 

@@ -195,30 +195,33 @@ describe.runIf(isRoot).concurrent('cs unpacks tricky layer stacks as umoci does'
   }
 });
 
-describe.runIf(isRoot)('known differences from umoci (bugs in src/layers/apply.ts)', () => {
-  const runs = new Map<string, Promise<OracleRun>>();
-  const runOnce = (stack: Stack): Promise<OracleRun> => {
-    let run = runs.get(stack.name);
-    if (!run) {
-      run = runOracle(ctx, stack);
-      runs.set(stack.name, run);
+// Registered only while there are known differences (none today).
+if (KNOWN_DIFFERENCES.length > 0) {
+  describe.runIf(isRoot)('known differences from umoci (bugs in src/layers/apply.ts)', () => {
+    const runs = new Map<string, Promise<OracleRun>>();
+    const runOnce = (stack: Stack): Promise<OracleRun> => {
+      let run = runs.get(stack.name);
+      if (!run) {
+        run = runOracle(ctx, stack);
+        runs.set(stack.name, run);
+      }
+      return run;
+    };
+    for (const known of KNOWN_DIFFERENCES) {
+      it(`${known.stack.name}: nothing but the known difference`, async (test) => {
+        if (known.stack.xattrs && !xattrsReadable) test.skip();
+        const { diffs } = await runOnce(known.stack);
+        expect(diffs.filter((d) => !known.differences.includes(d))).toEqual([]);
+      });
+      // BUG (src/layers/apply.ts): see `bug` of this stack in oracle-support/stacks.ts.
+      it.fails(`${known.stack.name}: agrees with umoci [apply.ts bug: ${known.bug.slice(0, 80)}…]`, async (test) => {
+        if (known.stack.xattrs && !xattrsReadable) test.skip();
+        const { diffs } = await runOnce(known.stack);
+        expect(diffs).toEqual([]);
+      });
     }
-    return run;
-  };
-  for (const known of KNOWN_DIFFERENCES) {
-    it(`${known.stack.name}: nothing but the known difference`, async (test) => {
-      if (known.stack.xattrs && !xattrsReadable) test.skip();
-      const { diffs } = await runOnce(known.stack);
-      expect(diffs.filter((d) => !known.differences.includes(d))).toEqual([]);
-    });
-    // BUG (src/layers/apply.ts): see `bug` of this stack in oracle-support/stacks.ts.
-    it.fails(`${known.stack.name}: agrees with umoci [apply.ts bug: ${known.bug.slice(0, 80)}…]`, async (test) => {
-      if (known.stack.xattrs && !xattrsReadable) test.skip();
-      const { diffs } = await runOnce(known.stack);
-      expect(diffs).toEqual([]);
-    });
-  }
-});
+  });
+}
 
 describe.runIf(isRoot)('stacks both refuse', () => {
   for (const stack of REFUSED) {

@@ -130,20 +130,6 @@ export async function snapshot(root: string): Promise<Tree> {
   return tree;
 }
 
-/** Set xattrs (what cs hands to its onXattrs callback) with python3. */
-export async function applyXattrs(root: string, xattrs: { path: string; xattrs: Record<string, string> }[]): Promise<void> {
-  if (xattrs.length === 0 || !(await canReadXattrs())) return;
-  const script = `
-import json, os, sys
-root = sys.argv[1]
-for item in json.load(sys.stdin):
-    p = os.path.join(root, item['path'])
-    for name, value in item['xattrs'].items():
-        os.setxattr(p, name, value.encode('latin-1'), follow_symlinks=False)
-`;
-  await python(script, [root], JSON.stringify(xattrs));
-}
-
 export type Field = keyof Node;
 
 export interface DiffOptions {

@@ -3,12 +3,13 @@
  * ownership, devices and xattrs are real) and cs (`readImageLayers`, then
  * `unpackLayer` for every layer in order into an empty folder).
  */
+import { lstatSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { readImageLayers, unpackLayer } from '../../../src/rootfs/unpack.js';
 import type { ContentStore } from '../../../src/oci/store.js';
-import { applyXattrs } from './tree.js';
+import { applyXattrs, clearUndeclaredXattrs } from '../../../src/rootfs/assemble.js';
 
 /** umoci runs with a private HOME and nothing else from the environment. */
 export async function umociUnpack(layout: string, tag: string, bundle: string): Promise<string> {
@@ -24,25 +25,30 @@ export async function umociUnpack(layout: string, tag: string, bundle: string): 
 }
 
 /**
- * cs: every layer applied with unpackLayer, in order. xattrs cs hands to
- * onXattrs are set after each layer (cs batches them; a later layer may
- * replace the path).
+ * cs: every layer applied with unpackLayer, in order, and after each layer
+ * the xattrs it declared set (and those of re-declared folders it did not
+ * declare removed) with the assembler's own functions.
  */
 export async function csUnpack(store: ContentStore, tag: string, root: string): Promise<void> {
   await mkdir(root, { recursive: true });
   const descriptor = await store.resolveTag(tag);
   if (!descriptor) throw new Error(`no tag ${tag}`);
   const { manifest, diffIds } = await readImageLayers(store, descriptor, tag);
+  const ino = (path: string): number => lstatSync(join(root, path)).ino;
   for (const [index, layer] of manifest.layers.entries()) {
-    const xattrs: { path: string; xattrs: Record<string, string> }[] = [];
+    const xattrs: { path: string; xattrs: Record<string, string>; ino: number }[] = [];
+    const kept: { path: string; keep: Set<string>; ino: number }[] = [];
     await unpackLayer({
       store,
       layer,
       diffId: diffIds[index] as string,
       root,
       privileged: true,
-      onXattrs: (path, values) => xattrs.push({ path, xattrs: values }),
+      onXattrs: (path, values) => xattrs.push({ path, xattrs: values, ino: ino(path) }),
+      onDirectoryKept: (path, values) => kept.push({ path, keep: new Set(Object.keys(values)), ino: ino(path) }),
     });
-    await applyXattrs(root, xattrs);
+    // The same steps, from the same code, as cs's assembler after each layer.
+    if (kept.length > 0) await clearUndeclaredXattrs(root, kept);
+    if (xattrs.length > 0) await applyXattrs(root, xattrs);
   }
 }
