@@ -133,8 +133,8 @@ async function firstLink(home: string, folders: readonly string[]): Promise<stri
 
 /** GNU tar's exclusion match (see the comment at the top). */
 export function excludeMatcher(patterns: readonly string[]): (path: string) => boolean {
-  const regexes = patterns.filter((p) => p !== '').map(globToRegExp);
-  if (regexes.length === 0) return () => false;
+  const globs = patterns.filter((p) => p !== '').map(compileGlob);
+  if (globs.length === 0) return () => false;
   return (path) => {
     // Every part of the path that starts after a '/' and each of its leading folders.
     const starts = [0];
@@ -145,84 +145,148 @@ export function excludeMatcher(patterns: readonly string[]): (path: string) => b
       for (let i = 0; i < tail.length; i++) if (tail[i] === '/') ends.push(i);
       for (const end of ends) {
         const candidate = tail.slice(0, end);
-        if (regexes.some((r) => r.test(candidate))) return true;
+        if (globs.some((g) => g.test(candidate))) return true;
       }
     }
     return false;
   };
 }
 
-/** fnmatch(3) without FNM_PATHNAME: `*` and `?` match any character, `/` too; `[...]` classes; `\\` escapes. */
-export function globToRegExp(pattern: string): RegExp {
-  let out = '';
-  for (let i = 0; i < pattern.length; i++) {
-    const c = pattern[i] as string;
-    if (c === '*') out += '.*';
-    else if (c === '?') out += '.';
-    else if (c === '\\' && i + 1 < pattern.length) out += escapeRegExp(pattern[++i] as string);
-    else if (c === '[') {
-      const parsed = bracket(pattern, i);
-      if (parsed === undefined) out += '\\[';
-      else {
-        out += parsed.regex;
-        i = parsed.end;
-      }
-    } else out += escapeRegExp(c);
-  }
-  return new RegExp(`^${out}$`, 's');
+type Token = { kind: 'char'; c: string } | { kind: 'any' } | { kind: 'star' } | { kind: 'class'; negate: boolean; test: (c: string) => boolean };
+
+export interface Glob {
+  test(text: string): boolean;
 }
 
-const CLASSES: Record<string, string> = {
-  alnum: 'A-Za-z0-9',
-  alpha: 'A-Za-z',
-  blank: ' \\t',
-  cntrl: '\\x00-\\x1f\\x7f',
-  digit: '0-9',
-  graph: '!-~',
-  lower: 'a-z',
-  print: ' -~',
-  punct: '!-\\/:-@\\[-`{-~',
-  space: ' \\t\\n\\r\\f\\v',
-  upper: 'A-Z',
-  xdigit: '0-9A-Fa-f',
+/**
+ * fnmatch(3) without FNM_PATHNAME: `*` and `?` match any character, `/`
+ * too; `[...]` bracket expressions with ranges and `[:class:]` names, `!` or
+ * `^` to negate, a `]` first taken literally; `\\` escapes. Matched without
+ * regular expressions, in time proportional to pattern times text at worst:
+ * the patterns (and, from a workspace, the names) may come from a guest, and
+ * a backtracking regex could be made to run for ever.
+ */
+export function compileGlob(pattern: string): Glob {
+  const chars = Array.from(pattern);
+  const tokens: Token[] = [];
+  for (let i = 0; i < chars.length; i++) {
+    const c = chars[i] as string;
+    if (c === '*') {
+      if (tokens.at(-1)?.kind !== 'star') tokens.push({ kind: 'star' });
+    } else if (c === '?') tokens.push({ kind: 'any' });
+    else if (c === '\\' && i + 1 < chars.length) tokens.push({ kind: 'char', c: chars[++i] as string });
+    else if (c === '[') {
+      const parsed = bracket(chars, i);
+      if (parsed === undefined) tokens.push({ kind: 'char', c: '[' });
+      else {
+        tokens.push(parsed.token);
+        i = parsed.end;
+      }
+    } else tokens.push({ kind: 'char', c });
+  }
+  return { test: (text) => matchTokens(tokens, Array.from(text)) };
+}
+
+function matchOne(token: Token, c: string): boolean {
+  switch (token.kind) {
+    case 'char':
+      return token.c === c;
+    case 'any':
+      return true;
+    case 'class':
+      return token.test(c) !== token.negate;
+    case 'star':
+      return false;
+  }
+}
+
+/** The classic wildcard match: on a mismatch, retry from the last `*` one character further. */
+function matchTokens(tokens: readonly Token[], text: readonly string[]): boolean {
+  let p = 0;
+  let t = 0;
+  let starP = -1;
+  let starT = 0;
+  while (t < text.length) {
+    const token = tokens[p];
+    if (token && token.kind === 'star') {
+      starP = p++;
+      starT = t;
+    } else if (token && matchOne(token, text[t] as string)) {
+      p++;
+      t++;
+    } else if (starP >= 0) {
+      p = starP + 1;
+      t = ++starT;
+    } else return false;
+  }
+  while (tokens[p]?.kind === 'star') p++;
+  return p === tokens.length;
+}
+
+const CLASSES: Record<string, (c: string) => boolean> = {
+  alnum: (c) => /^[A-Za-z0-9]$/.test(c),
+  alpha: (c) => /^[A-Za-z]$/.test(c),
+  blank: (c) => c === ' ' || c === '\t',
+  cntrl: (c) => /^[\x00-\x1f\x7f]$/.test(c),
+  digit: (c) => /^[0-9]$/.test(c),
+  graph: (c) => /^[!-~]$/.test(c),
+  lower: (c) => /^[a-z]$/.test(c),
+  print: (c) => /^[ -~]$/.test(c),
+  punct: (c) => /^[!-/:-@[-`{-~]$/.test(c),
+  space: (c) => /^[ \t\n\r\f\v]$/.test(c),
+  upper: (c) => /^[A-Z]$/.test(c),
+  xdigit: (c) => /^[0-9A-Fa-f]$/.test(c),
 };
 
-/** A bracket expression at `start` (fnmatch: `!` or `^` negates, a `]` first is literal, `[:class:]` names a class). */
-function bracket(pattern: string, start: number): { regex: string; end: number } | undefined {
+/** A bracket expression starting at `start`; undefined when it never closes (then `[` is literal). */
+function bracket(chars: readonly string[], start: number): { token: Token; end: number } | undefined {
   let i = start + 1;
   let negate = false;
-  if (pattern[i] === '!' || pattern[i] === '^') {
+  if (chars[i] === '!' || chars[i] === '^') {
     negate = true;
     i++;
   }
-  let body = '';
+  const tests: ((c: string) => boolean)[] = [];
   let first = true;
-  while (i < pattern.length) {
-    const c = pattern[i] as string;
-    if (c === ']' && !first) return { regex: `[${negate ? '^' : ''}${body}]`, end: i };
+  while (i < chars.length) {
+    let c = chars[i] as string;
+    if (c === ']' && !first) {
+      return { token: { kind: 'class', negate, test: (x) => tests.some((f) => f(x)) }, end: i };
+    }
     first = false;
-    if (c === '[' && pattern[i + 1] === ':') {
-      const close = pattern.indexOf(':]', i + 2);
-      const name = close === -1 ? undefined : pattern.slice(i + 2, close);
-      if (name !== undefined && CLASSES[name] !== undefined) {
-        body += CLASSES[name];
-        i = close + 2;
+    if (c === '[' && chars[i + 1] === ':') {
+      const rest = chars.slice(i + 2).join('');
+      const close = rest.indexOf(':]');
+      const name = close === -1 ? undefined : rest.slice(0, close);
+      const named = name === undefined ? undefined : CLASSES[name];
+      if (named) {
+        tests.push(named);
+        i += 2 + Array.from(rest.slice(0, close)).length + 2;
         continue;
       }
     }
-    if (c === '\\' && i + 1 < pattern.length) {
-      body += `\\${pattern[i + 1]}`;
-      i += 2;
+    if (c === '\\' && i + 1 < chars.length) c = chars[++i] as string;
+    if (chars[i + 1] === '-' && chars[i + 2] !== undefined && chars[i + 2] !== ']') {
+      let hi = chars[i + 2] as string;
+      let skip = 2;
+      if (hi === '\\' && chars[i + 3] !== undefined) {
+        hi = chars[i + 3] as string;
+        skip = 3;
+      }
+      const lo = c.codePointAt(0) ?? 0;
+      const top = hi.codePointAt(0) ?? 0;
+      tests.push((x) => {
+        const code = x.codePointAt(0) ?? -1;
+        return code >= lo && code <= top;
+      });
+      i += skip + 1;
       continue;
     }
-    body += c === '-' && body !== '' && pattern[i + 1] !== ']' ? '-' : /[\]\\^[-]/.test(c) ? `\\${c}` : c;
+    const literal = c;
+    tests.push((x) => x === literal);
     i++;
   }
   return undefined;
-}
-
-function escapeRegExp(c: string): string {
-  return c.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 }
 
 /** The selected entries of `home`, in pack order: included paths, what is under them, and the folders leading to them. */
