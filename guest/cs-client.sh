@@ -2,8 +2,8 @@
 # `cs` inside a workspace: the guest has no cs of its own, so this asks the
 # host's cs, through the virtio-serial port named cs.host, to run a snapshot
 # command for this workspace (see src/workspace/host-requests.ts). Lines
-# out: REQ ID BASE64(args, each ended by NUL). Lines in: OUT/ERR ID BASE64,
-# then EXIT ID CODE.
+# out: REQ ID BASE64(args, each ended by NUL), CANCEL ID on Ctrl-C. Lines
+# in: OUT/ERR ID BASE64, BEAT ID while the host works, then EXIT ID CODE.
 BB=/run/cs/busybox
 PORT=/run/cs/host-port
 if [ ! -e "$PORT" ]; then
@@ -17,8 +17,10 @@ if ! ( exec 3<>"$PORT" ) 2>/dev/null; then
 fi
 exec 3<>"$PORT"
 id=$$
+trap 'printf "CANCEL %s\n" "$id" >&3; exit 130' INT TERM
 printf 'REQ %s %s\n' "$id" "$(for a in "$@"; do printf '%s\0' "$a"; done | $BB base64 -w 0)" >&3
-while IFS=' ' read -r kind rid data <&3; do
+# The host sends a BEAT line every 10 s while it works: a minute of silence means it went away.
+while IFS=' ' read -t 60 -r kind rid data <&3; do
   [ "$rid" = "$id" ] || continue
   case "$kind" in
     OUT) printf '%s' "$data" | $BB base64 -d ;;

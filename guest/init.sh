@@ -144,7 +144,8 @@ for f in /sys/class/virtio-ports/*/name; do
   [ "$(cat "$f" 2>/dev/null)" = cs.host ] || continue
   port="/dev/${f#/sys/class/virtio-ports/}"
   port="${port%/name}"
-  [ -c "$port" ] && chmod 0666 "$port" && ln -sf "$port" /sysroot/run/cs/host-port
+  # root's until the owner account exists (the account step gives it to the owner): not every guest user's.
+  [ -c "$port" ] && chmod 0600 "$port" && ln -sf "$port" /sysroot/run/cs/host-port
 done
 # A read-only view of the workspace disk, for snapshots: the host reads the
 # disk image while the agent holds the file system frozen (FIFREEZE).

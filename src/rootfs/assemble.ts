@@ -217,6 +217,8 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
           },
           onDirectoryKept: (path, values) => {
             const full = under ? `${under}/${path}` : path;
+            // The last declaration of a folder in a layer says what it holds: drop what an earlier one asked to set.
+            for (let j = xattrs.length - 1; j >= 0; j--) if (xattrs[j]?.path === full) xattrs.splice(j, 1);
             kept.push({ path: full, keep: new Set(Object.keys(values)), ino: lstatSync(join(tree, full)).ino });
           },
         });
@@ -329,9 +331,15 @@ export async function clearUndeclaredXattrs(root: string, dirs: readonly { path:
     if (now?.ino === dir.ino) byPath.set(dir.path, dir.keep);
   }
   if (byPath.size === 0) return;
-  const listing = await run('getfattr', ['-h', '-m', '-', '--absolute-names', '--', ...[...byPath.keys()].map((p) => `./${p}`)], { cwd: root, okExitCodes: [0, 1] });
+  // In batches: a layer can re-declare tens of thousands of folders, more than one command line holds.
+  const paths = [...byPath.keys()];
+  let stdout = '';
+  for (let i = 0; i < paths.length; i += 1000) {
+    const listing = await run('getfattr', ['-h', '-m', '-', '--absolute-names', '--', ...paths.slice(i, i + 1000).map((p) => `./${p}`)], { cwd: root, okExitCodes: [0, 1] });
+    stdout += `${listing.stdout}\n`;
+  }
   let current: string | undefined;
-  for (const line of listing.stdout.split('\n')) {
+  for (const line of stdout.split('\n')) {
     if (line.startsWith('# file: ')) {
       current = unescapeAttrPath(line.slice('# file: '.length)).replace(/^\.\//, '');
       continue;

@@ -141,7 +141,17 @@ function isOwnPrivate(dir: string, uid: number): boolean {
 /** This user's personal folder if it exists and can be trusted (reads never follow a planted folder). */
 export function personalDir(env?: Env): string | undefined {
   const uid = process.getuid?.() ?? 0;
-  return personalCandidates(env, uid).find((dir) => isOwnPrivate(dir, uid) && trustedChain(dirname(dir), uid));
+  for (const candidate of personalCandidates(env, uid)) {
+    // Checked and then used by its real path: a symlink on the way, in a folder others can change, could be re-pointed in between.
+    let real: string;
+    try {
+      real = realpathSync(candidate);
+    } catch {
+      continue;
+    }
+    if (isOwnPrivate(real, uid) && trustedChain(dirname(real), uid)) return real;
+  }
+  return undefined;
 }
 
 /** Make (or find) this user's personal folder, or refuse with the reason. */
@@ -157,7 +167,8 @@ export async function ensurePersonalDir(env?: Env): Promise<string> {
     } catch (error) {
       throw new InputError(`cannot create ${dir}: ${(error as Error).message}`, { cause: error, code: 'PERSONAL_DIR' });
     }
-    if (isOwnPrivate(dir, uid) && trustedChain(dirname(dir), uid)) return dir;
+    const made = personalDir(env);
+    if (made) return made;
   }
   throw new InputError(`there is no folder only you can change to keep personal snapshots in (checked ${candidates.join(' and ')})`, {
     code: 'PERSONAL_DIR_UNSAFE',

@@ -44,6 +44,13 @@ import { readSelection, selectedEntries } from './includes.js';
  * snapshot name in the image (the catalogue keeps those).
  */
 
+/**
+ * Set (to SANDBOX/WORKSPACE) in the environment of a `cs snapshot` the host
+ * runs because a workspace asked for it: such a snapshot may replace only
+ * snapshots that workspace made, and never becomes a default by itself.
+ */
+export const GUEST_REQUEST_ENV = 'CS_GUEST_REQUEST';
+
 /** The uid and gid of the workspace owner account (see workspace/steps.ts). */
 export const OWNER_IDS = { uid: 1000, gid: 1000 } as const;
 
@@ -79,6 +86,8 @@ export interface CreateSnapshotOptions {
   selection?: { includes: string[]; excludes: string[] };
   /** How to describe `home` in the catalogue (default its path). */
   homeLabel?: string;
+  /** The workspace whose home `home` holds a copy of (SANDBOX/WORKSPACE). */
+  homeWorkspace?: string;
   env?: Env;
   onPhase?: (phase: string) => void;
 }
@@ -157,8 +166,16 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
 
   // A clash is found before any work, and again under the lock before the name is taken.
   const location = await locationOf(kind, env);
+  const fromGuest = env[GUEST_REQUEST_ENV];
+  const mayReplace = (record: SnapshotRecord | undefined): void => {
+    if (!record) return;
+    if (!options.force) throw clash(record);
+    if (fromGuest !== undefined && record.source.workspace !== fromGuest) {
+      throw new InputError(`snapshot "${record.name}" was not made by this workspace; from inside a workspace, -f replaces only its own snapshots`, { code: 'SNAPSHOT_EXISTS' });
+    }
+  };
   const before = await existing(kind, key, env);
-  if (before && !options.force) throw clash(before);
+  mayReplace(before);
 
   const store = await location.store();
   const lease = await store.lease();
@@ -182,7 +199,7 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
       const home = options.home ?? env['HOME'] ?? homedir();
       const folder = join(home, kind === 'home' ? '.snapshot' : '.snapshot.personal');
       selection = options.selection ?? (await readSelection({ home, folder }));
-      source = { entries: selectedEntries(home, selection), describe: { home: options.homeLabel ?? home } };
+      source = { entries: selectedEntries(home, selection), describe: { home: options.homeLabel ?? home, ...(options.homeWorkspace ? { workspace: options.homeWorkspace } : {}) } };
       owner = OWNER_IDS;
     }
 
@@ -223,14 +240,14 @@ export async function createSnapshot(options: CreateSnapshotOptions): Promise<Cr
     let replaced = false;
     await withCatalogue(kind, env, `creating snapshot ${options.name}`, async (loc) => {
       const now = await existing(kind, key, env);
-      if (now && !options.force) throw clash(now);
+      mayReplace(now);
       replaced = now !== undefined;
       await store.tag(record.reference, manifest);
       await writeRecordAt(loc.dir, record);
       if (kind === 'personal') {
         // The user's first personal snapshot becomes the default by itself; later ones only when asked.
         const others = (await listRecordsAt(loc.dir)).filter((r) => r.name.toLowerCase() !== key);
-        isDefault = options.setPersonalDefault || others.length === 0 || (await personalDefault(env)) === key;
+        isDefault = options.setPersonalDefault || (others.length === 0 && fromGuest === undefined) || (await personalDefault(env)) === key;
         if (isDefault) await writePersonalDefault(loc.dir, key);
       }
     });

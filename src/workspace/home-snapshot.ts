@@ -6,7 +6,6 @@ import { applyLayer } from '../layers/apply.js';
 import { checkMissing, excludeMatcher, leadingFolders, parseSelection, type Selection } from '../snapshot/includes.js';
 import { InputError, VmError } from '../util/errors.js';
 import type { AgentClient } from '../vm/agent-client.js';
-import { AgentError } from '../vm/agent-client.js';
 import { GUEST_BUSYBOX } from './guest-env.js';
 
 /**
@@ -29,15 +28,19 @@ export interface StagedHome {
 
 const MAX_LIST_BYTES = 1024 * 1024;
 
+/**
+ * A list file from the guest, read as the owner (the agent's own file read
+ * runs as root and follows links), refusing a symlink and anything over
+ * 1 MiB without reading it all.
+ */
 async function readGuestText(client: AgentClient, path: string): Promise<string | undefined> {
-  try {
-    const bytes = await client.readFile(path);
-    if (bytes.length > MAX_LIST_BYTES) throw new InputError(`${path}: larger than 1 MiB`);
-    return bytes.toString('utf8');
-  } catch (error) {
-    if (error instanceof AgentError && error.errnoCode === 'ENOENT') return undefined;
-    throw error;
-  }
+  const script = `[ -e "$1" ] || [ -L "$1" ] || exit 3; [ -L "$1" ] && exit 4; [ -f "$1" ] || exit 5; ${GUEST_BUSYBOX} head -c ${MAX_LIST_BYTES + 1} -- "$1"`;
+  const result = await client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', path], cwd: WORKSPACE_HOME, user: WORKSPACE_USER, timeoutMs: 60_000 });
+  if (result.code === 3) return undefined;
+  if (result.code === 4 || result.code === 5) throw new InputError(`${path} is not a regular file`);
+  if (result.code !== 0) throw new VmError(`cannot read ${path}: ${result.stderr.toString('utf8').trim() || `exit ${result.code}`}`);
+  if (result.stdout.length > MAX_LIST_BYTES) throw new InputError(`${path}: larger than 1 MiB`);
+  return result.stdout.toString('utf8');
 }
 
 function nulList(bytes: Buffer): string[] {
@@ -55,7 +58,7 @@ async function guestScript(client: AgentClient, script: string, args: readonly s
   return result.stdout;
 }
 
-export async function stageWorkspaceHome(client: AgentClient, kind: 'home' | 'personal', label: string): Promise<StagedHome> {
+export async function stageWorkspaceHome(client: AgentClient, kind: 'home' | 'personal', label: string, diskBytes: number): Promise<StagedHome> {
   const folder = kind === 'home' ? '.snapshot' : '.snapshot.personal';
   const guestFolder = `${WORKSPACE_HOME}/${folder}`;
   const texts = {
@@ -108,7 +111,8 @@ export async function stageWorkspaceHome(client: AgentClient, kind: 'home' | 'pe
       handle.stderr.on('data', (chunk: Buffer) => (err += chunk.toString('utf8')));
       handle.stdin?.on('error', () => undefined);
       handle.stdin?.end(Buffer.from([...chosen].sort().map((p) => `./${p}\0`).join('')));
-      await applyLayer({ root: dir, tar: handle.stdout, privileged: false });
+      // Nothing the guest sends may write more than its own disk holds (sparse files included).
+      await applyLayer({ root: dir, tar: handle.stdout, privileged: false, limits: { maxTotalBytes: diskBytes } });
       const status = await handle.exit;
       if (status.code !== 0) throw new VmError(`copying the selected files out of ${label} failed: ${err.trim() || `exit ${status.code}`}`);
     }

@@ -9,7 +9,7 @@ import { decideHostRequest } from './host-requests.js';
 describe('decideHostRequest', () => {
   it('runs snapshot create for this workspace', () => {
     expect(decideHostRequest(['snapshot', 'create', 'dev-base'], 'demo/dev')).toEqual({ ok: true, argv: ['snapshot', 'create', 'dev-base', '-W', 'demo/dev'] });
-    expect(decideHostRequest(['snapshot', 'create', '--home', 'h', '-f', '--json'], 'demo/dev')).toEqual({ ok: true, argv: ['snapshot', 'create', '--home', 'h', '-f', '--json', '-W', 'demo/dev'] });
+    expect(decideHostRequest(['snapshot', 'create', '--home', 'h', '--force', '--json'], 'demo/dev')).toEqual({ ok: true, argv: ['snapshot', 'create', 'h', '--home', '-f', '--json', '-W', 'demo/dev'] });
   });
 
   it('passes the read-only catalogue commands as they are', () => {
@@ -27,6 +27,15 @@ describe('decideHostRequest', () => {
       ['snapshot', 'create', 'x', '--from-dir', '/etc'],
       ['snapshot', 'create', 'x', '--from-dir=/etc'],
       ['snapshot', 'create', 'x', '--parent', 'y'],
+      // oclif reads these as -W: the command line is rebuilt from allowed tokens only.
+      ['snapshot', 'create', 'x', '-Wother/ws'],
+      ['snapshot', 'create', 'x', '-fW', 'other/ws'],
+      ['snapshot', 'create', 'x', '--set-personal-default', '--personal'],
+      ['snapshot', 'create', '-bad-name'],
+      ['snapshot', 'create', 'a', 'b'],
+      ['snapshot', 'create', 'x', '--home', '--personal'],
+      ['snapshot', 'personal', 'set-default', 'x'],
+      ['snapshot', 'list', '-c', 'name'],
       [],
     ]) {
       expect(decideHostRequest(args, 'demo/dev').ok, args.join(' ')).toBe(false);

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Ext4Image, walkTree } from '../layers/ext4.js';
 import { BASE_SNAPSHOT_EXCLUDES, excludedBy } from '../layers/overlay-upper.js';
-import { checkSnapshotName, type SnapshotKind, type SnapshotRecord } from '../snapshot/catalogue.js';
+import { checkSnapshotName, findSnapshot, type SnapshotKind, type SnapshotRecord } from '../snapshot/catalogue.js';
 import { createSnapshot, type CreateSnapshotOptions, type CreateSnapshotResult } from '../snapshot/create.js';
 import { removeSnapshot, requireSnapshot, snapshotDetails, type Namespace, type SnapshotDetails } from '../snapshot/manage.js';
 import { InputError, LayerError, UsageError, VmError } from '../util/errors.js';
@@ -46,12 +46,14 @@ export async function snapshotCreate(options: SnapshotCreateOptions): Promise<Cr
     if (!target) return createSnapshot(rest);
     const ws = await resolveWorkspace(target, options.env);
     const label = `${ws.sandbox}/${ws.workspace}`;
+    const wsRecord = await readRecord(ws.dir);
+    if (!wsRecord) throw new InputError(`workspace ${label} does not exist`);
     const client = await openAgent(ws.dir, label);
     try {
       (options.onPhase ?? (() => undefined))(`copy the selected files out of ${label}`);
-      const staged = await stageWorkspaceHome(client, options.kind, label);
+      const staged = await stageWorkspaceHome(client, options.kind, label, wsRecord.diskBytes);
       try {
-        return await createSnapshot({ ...rest, home: staged.dir, selection: staged.selection, homeLabel: `${label}:${WORKSPACE_HOME}` });
+        return await createSnapshot({ ...rest, home: staged.dir, selection: staged.selection, homeLabel: `${label}:${WORKSPACE_HOME}`, homeWorkspace: label });
       } finally {
         await staged.cleanup();
       }
@@ -75,6 +77,9 @@ export async function snapshotCreate(options: SnapshotCreateOptions): Promise<Cr
   const record = await readRecord(ws.dir);
   if (!record) throw new InputError(`workspace ${label} does not exist`);
   const base = await baseImageOf(record, options.env);
+  // A name clash is found before the guest is frozen for nothing (createSnapshot checks again under its lock).
+  const clash = await findSnapshot(options.name, options.env, ['base', 'home']);
+  if (clash && !options.force) throw new InputError(`snapshot "${clash.name}" already exists (a ${clash.kind} snapshot created ${clash.created})`, { code: 'SNAPSHOT_EXISTS', suggestions: ['add -f to replace it, or pick another name'] });
   return withWorkspaceDisk(ws.dir, label, record, options.onPhase ?? (() => undefined), async (image, upper, release) =>
     createSnapshot({
       ...rest,
@@ -96,7 +101,12 @@ export async function snapshotCreate(options: SnapshotCreateOptions): Promise<Cr
  * terabytes of zeros into the layer.
  */
 async function* boundedBy(entries: AsyncIterable<TreeEntry>, diskBytes: number, label: string): AsyncGenerator<TreeEntry> {
+  let total = 0;
   for await (const entry of entries) {
+    total += entry.size;
+    if (total > diskBytes) {
+      throw new LayerError(`workspace ${label}: its changed files claim more bytes than its whole disk (${diskBytes}); cs does not snapshot it`, { code: 'LAYER_TOO_LARGE' });
+    }
     // The link init makes to the in-workspace `cs` belongs to every workspace's boot, not to the snapshot.
     if (entry.path === 'usr/local/bin/cs' && entry.type === 'symlink' && entry.linkname === '/run/cs/bin/cs') continue;
     if (entry.size > diskBytes) {
@@ -145,8 +155,11 @@ async function withWorkspaceDisk<T>(
     const release = async (): Promise<void> => {
       if (released) return;
       released = true;
-      await image?.close();
-      if (thaw) await thaw();
+      try {
+        await image?.close();
+      } finally {
+        if (thaw) await thaw();
+      }
     };
     try {
       image = await Ext4Image.open(join(dir, FILES.disk)).catch((error: Error) => {

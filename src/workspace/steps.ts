@@ -94,6 +94,8 @@ if ! $BB grep -q "^$U:" /etc/passwd; then
 fi
 $BB mkdir -p "$H"
 $BB chown "$U:" "$H"
+# The port to the host's cs (snapshots of this workspace) is the owner's, not every guest user's.
+[ -L /run/cs/host-port ] && $BB chown "$U" "$($BB readlink /run/cs/host-port)"
 # Home and personal snapshots record their files as uid 1000: give them to the owner when the image made it another uid.
 uid=$($BB grep "^$U:" /etc/passwd | $BB cut -d: -f3)
 [ "$uid" = 1000 ] || $BB find "$H" -xdev -user 1000 -exec $BB chown -h "$U:" {} +

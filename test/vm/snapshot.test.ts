@@ -152,10 +152,16 @@ describe('base snapshots of workspaces', () => {
     expect(JSON.parse(created.stdout)).toMatchObject({ name: 'from-inside', kind: 'base', layers: 3 });
     const shown = await json<{ source: { workspace: string } }>('snapshot', 'show', 'from-inside');
     expect(shown.source.workspace).toBe('copy/dev');
-    const listed = await inside('cs snapshot list -c name');
-    expect(listed.stdout).toContain('from-inside');
+    const listed = await inside('cs snapshot list --json');
+    expect((JSON.parse(listed.stdout) as { snapshots: { name: string }[] }).snapshots.map((x) => x.name)).toContain('from-inside');
+    // A workspace replaces only snapshots it made itself.
+    const foreign = await inside('cs snapshot create snap1 -f');
+    expect(foreign.exitCode).toBe(3);
+    expect(foreign.stderr).toContain('was not made by this workspace');
+    expect((await inside('cs snapshot create from-inside -f')).exitCode).toBe(0);
     for (const [command, message] of [
       ['cs sandbox list', 'only snapshot commands'],
+      ['cs snapshot personal set-default NONE', 'choose the default on the host'],
       ['cs snapshot create x --from-dir /', '--from-dir is not available inside a workspace'],
       ['cs snapshot create x -W src/dev', '-W is not available inside a workspace'],
     ] as const) {

@@ -15,7 +15,7 @@ export default class SnapshotShow extends CsCommand {
   async run(): Promise<Awaited<ReturnType<typeof snapshotShow>>> {
     const { args, flags } = await this.parse(SnapshotShow);
     const s = await snapshotShow({ name: args.name, namespace: flags.personal ? 'personal' : flags.shared ? 'shared' : 'any' });
-    const from = s.source.workspace ? `workspace ${s.source.workspace}` : s.source.dir ? `folder ${s.source.dir}` : s.source.home ? `home folder ${s.source.home}` : 'unknown';
+    const from = s.source.home ? `home folder ${s.source.home}` : s.source.workspace ? `workspace ${s.source.workspace}` : s.source.dir ? `folder ${s.source.dir}` : 'unknown';
     const lines = [
       `${s.name}: ${s.kind} snapshot${s.default ? ' (your default)' : ''}`,
       `  image:    ${s.reference}@${s.digest}`,

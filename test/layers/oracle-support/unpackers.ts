@@ -45,7 +45,10 @@ export async function csUnpack(store: ContentStore, tag: string, root: string): 
       root,
       privileged: true,
       onXattrs: (path, values) => xattrs.push({ path, xattrs: values, ino: ino(path) }),
-      onDirectoryKept: (path, values) => kept.push({ path, keep: new Set(Object.keys(values)), ino: ino(path) }),
+      onDirectoryKept: (path, values) => {
+        for (let j = xattrs.length - 1; j >= 0; j--) if (xattrs[j]?.path === path) xattrs.splice(j, 1);
+        kept.push({ path, keep: new Set(Object.keys(values)), ino: ino(path) });
+      },
     });
     // The same steps, from the same code, as cs's assembler after each layer.
     if (kept.length > 0) await clearUndeclaredXattrs(root, kept);
