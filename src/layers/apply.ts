@@ -21,6 +21,7 @@ import type { Readable } from 'node:stream';
 import { extract, type Header } from 'tar-stream';
 import { LayerError } from '../util/errors.js';
 import { installPaxCodec, XATTR_PAX_PREFIX } from './pax.js';
+import { sparseOf, writeSparse, type Sparse } from './sparse.js';
 import { cleanComponents, RootResolver } from './safe-path.js';
 
 // Binary xattr values must reach us as bytes (see pax.ts).
@@ -152,14 +153,21 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
       // header can carry a size, and the body is drained below), so a bomb
       // attached to such an entry was read to its end with no limit. Count
       // every body that is read.
+      // A sparse file's entry carries a placeholder name and its pieces; its real name and size are in PAX records.
+      const sparse = header.type === 'file' ? sparseOf(header) : undefined;
+      if (sparse && Buffer.byteLength(sparse.name) > limits.maxNameBytes) {
+        throw new LayerError(`entry name is longer than ${limits.maxNameBytes} bytes: ${sparse.name.slice(0, 80)}…`, { code: 'LAYER_NAME_TOO_LONG' });
+      }
       if (header.type !== 'directory') {
         if (!Number.isSafeInteger(header.size) || header.size < 0) throw new LayerError(`entry ${header.name} has an invalid size`, { code: 'LAYER_BAD_HEADER' });
-        if (bodyBytes + header.size > limits.maxTotalBytes) {
+        // A sparse file counts at its real size: that is what later readers of the tree will read.
+        const size = Math.max(header.size, sparse?.realSize ?? 0);
+        if (bodyBytes + size > limits.maxTotalBytes) {
           throw new LayerError(`layer content exceeds ${limits.maxTotalBytes} bytes (a decompression bomb?)`, { code: 'LAYER_TOO_BIG' });
         }
-        bodyBytes += header.size;
+        bodyBytes += size;
       }
-      await applyEntry(header, entry as unknown as AsyncIterable<Buffer>, { resolver, created, opaqueDirs, dirTimes, lowerDirTimes, result, privileged, options });
+      await applyEntry(sparse ? { ...header, name: sparse.name } : header, entry as unknown as AsyncIterable<Buffer>, { resolver, created, opaqueDirs, dirTimes, lowerDirTimes, result, privileged, options }, sparse);
       entry.resume();
     }
   } catch (error) {
@@ -300,7 +308,7 @@ function lstatOrUndefined(path: string): Stats | undefined {
   }
 }
 
-async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Context): Promise<void> {
+async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Context, sparse?: Sparse): Promise<void> {
   const { resolver } = ctx;
   const components = cleanComponents(header.name);
   const meta = entryMetadata(header);
@@ -394,10 +402,13 @@ async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Cont
         fd = openSync(abs, 'wx', 0o600);
       }
       try {
-        for await (const chunk of body) {
-          let offset = 0;
-          while (offset < chunk.length) offset += writeSync(fd, chunk, offset, chunk.length - offset);
-          ctx.result.bytes += chunk.length;
+        if (sparse) ctx.result.bytes += await writeSparse(fd, body, sparse, header.size, header.name);
+        else {
+          for await (const chunk of body) {
+            let offset = 0;
+            while (offset < chunk.length) offset += writeSync(fd, chunk, offset, chunk.length - offset);
+            ctx.result.bytes += chunk.length;
+          }
         }
         // Metadata through the descriptor: no path lookups. Owner before mode,
         // since chown clears setuid and setgid.
