@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { importDirectory } from '../src/snapshot/import-dir.js';
@@ -8,7 +8,7 @@ import { ensureInitramfs } from '../src/vm/initramfs.js';
 import { bootImage, ensureKernel } from '../src/vm/kernel.js';
 import { QEMU_BINARY, qemuArgs } from '../src/vm/qemu.js';
 import { BIN } from '../test/helpers/cli.js';
-import { cacheDir, cliEnv, ensureBuilt, median, removeAll, tempDir, timed } from './common.js';
+import { benchHome, ensureBuilt, median, removeAll, timed } from './common.js';
 import { debianMinbase } from './debian.js';
 
 /**
@@ -66,11 +66,7 @@ function fmt(ms: number | undefined): string {
 
 export async function benchBoot(): Promise<void> {
   await ensureBuilt();
-  const home = await tempDir('csb-');
-  const shared = join(cacheDir, 'cs-home');
-  await mkdir(join(shared, 'kernels'), { recursive: true });
-  await symlink(join(shared, 'kernels'), join(home, 'kernels'));
-  const env = cliEnv({ CS_HOME: home, CS_CONFIG: join(home, 'config.yaml') });
+  const { home, env } = await benchHome();
   try {
     const kernel = await ensureKernel({ env });
     const initramfs = await ensureInitramfs({ kernel, env });

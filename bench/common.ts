@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -40,4 +40,16 @@ export async function removeAll(...dirs: string[]): Promise<void> {
 
 export async function ensureBuilt(): Promise<void> {
   await execa('npm', ['run', 'build'], { cwd: root, stdio: 'inherit' });
+}
+
+/**
+ * A fresh CS_HOME for a workspace benchmark whose kernels come from the
+ * shared bench cache (fetched once), and the environment for the cs binary.
+ */
+export async function benchHome(): Promise<{ home: string; env: Record<string, string> }> {
+  const home = await tempDir('csb-');
+  const shared = join(cacheDir, 'cs-home');
+  await mkdir(join(shared, 'kernels'), { recursive: true });
+  await symlink(join(shared, 'kernels'), join(home, 'kernels'));
+  return { home, env: cliEnv({ CS_HOME: home, CS_CONFIG: join(home, 'config.yaml') }) };
 }

@@ -1,9 +1,9 @@
-import { mkdir, symlink, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { importDirectory } from '../src/snapshot/import-dir.js';
 import { BIN } from '../test/helpers/cli.js';
-import { cacheDir, cliEnv, ensureBuilt, median, removeAll, tempDir, timed } from './common.js';
+import { benchHome, ensureBuilt, median, removeAll, timed } from './common.js';
 import { debianMinbase } from './debian.js';
 
 /**
@@ -26,11 +26,7 @@ const RUNS = Number(process.env['SNAPSHOT_RUNS'] ?? 5);
 
 export async function benchSnapshot(): Promise<void> {
   await ensureBuilt();
-  const home = await tempDir('csb-');
-  const shared = join(cacheDir, 'cs-home');
-  await mkdir(join(shared, 'kernels'), { recursive: true });
-  await symlink(join(shared, 'kernels'), join(home, 'kernels'));
-  const env = cliEnv({ CS_HOME: home, CS_CONFIG: join(home, 'config.yaml') });
+  const { home, env } = await benchHome();
   const cs = (args: string[]) => execa(process.execPath, [BIN, ...args], { env, extendEnv: false, reject: true });
   const out = process.stdout;
   try {

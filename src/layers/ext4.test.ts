@@ -160,20 +160,8 @@ async function makeSource(root: string, spec: Spec[]): Promise<void> {
 
 // --- what comes out, in a comparable form ---
 
-interface Seen {
-  path: string;
-  type: TreeEntry['type'];
-  mode: number;
-  uid: number;
-  gid: number;
-  mtime: number;
-  size: number;
-  linkname?: string;
-  devmajor?: number;
-  devminor?: number;
-  xattrs?: Record<string, string>;
-  sha256?: string;
-}
+/** An entry as walkTree gives it, with its content as a digest instead of a stream. */
+type Seen = Omit<TreeEntry, 'open'> & { sha256?: string };
 
 const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex');
 
@@ -354,57 +342,49 @@ function imageFor(variant: Variant): Promise<Built> {
   return build;
 }
 
-describe.each(VARIANTS)('an image made by mke2fs: $name', (variant) => {
-  let built: Built;
-  let image: Ext4Image;
-  let upper: number;
-
+/** The image of a variant, opened for the tests of one describe block (and closed after them). */
+function openedImage(variant: Variant): { built: Built; image: Ext4Image; upper: number } {
+  const opened = {} as { built: Built; image: Ext4Image; upper: number };
   beforeAll(async () => {
-    built = await imageFor(variant);
-    image = await Ext4Image.open(built.path);
-    upper = (await image.lookup('/upper')) as number;
+    opened.built = await imageFor(variant);
+    opened.image = await Ext4Image.open(opened.built.path);
+    opened.upper = (await opened.image.lookup('/upper')) as number;
   });
   afterAll(async () => {
-    await image?.close();
+    await opened.image?.close();
   });
+  return opened;
+}
+
+describe.each(VARIANTS)('an image made by mke2fs: $name', (variant) => {
+  const o = openedImage(variant);
 
   it('gives back the tree that was put in: types, modes, owners, mtimes, contents, links, devices and xattrs', async () => {
-    const { seen, maxChunk } = await collect(image, upper);
+    const { seen, maxChunk } = await collect(o.image, o.upper);
     // Paths first (the order), then each entry: a mismatch names its path instead of diffing 5000 entries.
-    expect(seen.map((e) => e.path)).toEqual(built.expected.map((e) => e.path));
-    seen.forEach((entry, i) => expect(entry, entry.path).toEqual(built.expected[i]));
+    expect(seen.map((e) => e.path)).toEqual(o.built.expected.map((e) => e.path));
+    seen.forEach((entry, i) => expect(entry, entry.path).toEqual(o.built.expected[i]));
     // Content is read in large pieces, and never more than 1 MiB at once.
     expect(maxChunk).toBe(MiB);
   });
 
   it(`reads the ${variant.small ? MANY_SMALL : MANY}-entry hashed (htree) directory completely`, async () => {
-    const many = (await image.lookup('upper/many')) as number;
-    expect((await image.inode(many)).flags & 0x1000).toBe(0x1000); // EXT4_INDEX_FL
-    const names = (await image.readDir(many)).map((e) => e.name);
+    const many = (await o.image.lookup('upper/many')) as number;
+    expect((await o.image.inode(many)).flags & 0x1000).toBe(0x1000); // EXT4_INDEX_FL
+    const names = (await o.image.readDir(many)).map((e) => e.name);
     expect(names).toHaveLength(variant.small ? MANY_SMALL : MANY);
-    expect(new Set(names)).toEqual(new Set(built.spec.filter(isMany).map((s) => s.path.slice('many/'.length))));
+    expect(new Set(names)).toEqual(new Set(o.built.spec.filter(isMany).map((s) => s.path.slice('many/'.length))));
   });
 
 });
 
 describe('a workspace disk as cs makes it', () => {
   const variant = VARIANTS[0] as Variant;
-  let built: Built;
-  let image: Ext4Image;
-  let upper: number;
-
-  beforeAll(async () => {
-    built = await imageFor(variant);
-    image = await Ext4Image.open(built.path);
-    upper = (await image.lookup('/upper')) as number;
-  });
-  afterAll(async () => {
-    await image?.close();
-  });
+  const o = openedImage(variant);
 
   it('has exercised each storage path: holes, an extent tree deeper than the inode, unwritten extents, xattrs in the inode and in a block', async () => {
-    const stat = (p: string): Promise<string> => debugfs(built.path, [`stat ${p}`], false);
-    expect(await debugfs(built.path, ['ex /upper/prealloc'], false)).toContain('Uninit');
+    const stat = (p: string): Promise<string> => debugfs(o.built.path, [`stat ${p}`], false);
+    expect(await debugfs(o.built.path, ['ex /upper/prealloc'], false)).toContain('Uninit');
     expect(await stat('/upper/fragmented.bin')).toMatch(/\(ETB0\)/);
     const sparse = await stat('/upper/sparse.bin');
     expect(Number(/Blockcount: (\d+)/.exec(sparse)?.[1]) * 512).toBeLessThan(2 * MiB);
@@ -413,24 +393,24 @@ describe('a workspace disk as cs makes it', () => {
   });
 
   it('looks paths up without following symlinks', async () => {
-    expect(await image.lookup('upper')).toBe(upper);
-    expect(await image.lookup('/upper/')).toBe(upper);
-    expect(await image.lookup('/')).toBe(2);
-    expect(await image.lookup('/upper/a/b/c/deep.txt')).toBeTypeOf('number');
-    expect(await image.lookup('/upper/日本語/ファイル.txt')).toBeTypeOf('number');
-    expect(await image.lookup('/upper/nope')).toBeUndefined();
-    expect(await image.lookup('/upper/small.txt/below')).toBeUndefined();
-    expect(await image.lookup('/upper/short-link')).toBeTypeOf('number');
-    expect(await image.lookup('/upper/short-link/x')).toBeUndefined();
-    expect((await image.readDir(2)).map((e) => e.name).sort()).toEqual(['lost+found', 'upper']);
-    const link = (await image.lookup('/upper/long-link')) as number;
-    expect(await image.readlink(link)).toBe(`${'dir/'.repeat(49)}file`);
-    const gone = await image.inode((await image.lookup('/upper/gone')) as number);
+    expect(await o.image.lookup('upper')).toBe(o.upper);
+    expect(await o.image.lookup('/upper/')).toBe(o.upper);
+    expect(await o.image.lookup('/')).toBe(2);
+    expect(await o.image.lookup('/upper/a/b/c/deep.txt')).toBeTypeOf('number');
+    expect(await o.image.lookup('/upper/日本語/ファイル.txt')).toBeTypeOf('number');
+    expect(await o.image.lookup('/upper/nope')).toBeUndefined();
+    expect(await o.image.lookup('/upper/small.txt/below')).toBeUndefined();
+    expect(await o.image.lookup('/upper/short-link')).toBeTypeOf('number');
+    expect(await o.image.lookup('/upper/short-link/x')).toBeUndefined();
+    expect((await o.image.readDir(2)).map((e) => e.name).sort()).toEqual(['lost+found', 'upper']);
+    const link = (await o.image.lookup('/upper/long-link')) as number;
+    expect(await o.image.readlink(link)).toBe(`${'dir/'.repeat(49)}file`);
+    const gone = await o.image.inode((await o.image.lookup('/upper/gone')) as number);
     expect(gone).toMatchObject({ mode: 0o020000, rdev: { major: 0, minor: 0 }, nlink: 1 });
   });
 
   it('leaves out what exclude names, with everything under it', async () => {
-    const { seen } = await collect(image, upper, { exclude: (p) => p === 'many' || p === 'a/b' || p.endsWith('.bin') });
+    const { seen } = await collect(o.image, o.upper, { exclude: (p) => p === 'many' || p === 'a/b' || p.endsWith('.bin') });
     const paths = seen.map((e) => e.path);
     expect(paths).toContain('a');
     expect(paths).toContain('a/hard2');
@@ -438,14 +418,14 @@ describe('a workspace disk as cs makes it', () => {
   });
 
   it('refuses to read what is not of the kind asked for', async () => {
-    const small = (await image.lookup('/upper/small.txt')) as number;
-    await expect(image.readDir(small)).rejects.toMatchObject({ code: 'LAYER_EXT4_NOT_A_DIRECTORY' });
-    await expect(image.readlink(small)).rejects.toMatchObject({ code: 'LAYER_EXT4_NOT_A_SYMLINK' });
-    await expect(readAll(image.readFile(upper))).rejects.toMatchObject({ code: 'LAYER_EXT4_NOT_A_FILE' });
-    await expect(image.inode(0)).rejects.toThrow(/inode 0 is out of range/);
-    await expect(image.inode(16385)).rejects.toThrow(/inode 16385 is out of range/);
+    const small = (await o.image.lookup('/upper/small.txt')) as number;
+    await expect(o.image.readDir(small)).rejects.toMatchObject({ code: 'LAYER_EXT4_NOT_A_DIRECTORY' });
+    await expect(o.image.readlink(small)).rejects.toMatchObject({ code: 'LAYER_EXT4_NOT_A_SYMLINK' });
+    await expect(readAll(o.image.readFile(o.upper))).rejects.toMatchObject({ code: 'LAYER_EXT4_NOT_A_FILE' });
+    await expect(o.image.inode(0)).rejects.toThrow(/inode 0 is out of range/);
+    await expect(o.image.inode(16385)).rejects.toThrow(/inode 16385 is out of range/);
     // Inode 16000 lies in the part of the table mke2fs left uninitialized.
-    await expect(image.inode(16000)).rejects.toThrow(/inode 16000 is not in use/);
+    await expect(o.image.inode(16000)).rejects.toThrow(/inode 16000 is not in use/);
   });
 });
 

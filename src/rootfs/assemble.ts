@@ -201,8 +201,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
         if (under === undefined) throw new InputError(`cannot create /${unit.under} in the root filesystem`);
         const root = under === '' ? tree : join(tree, under);
         const deferred: DeferredMetadata[] = [];
-        const xattrs: { path: string; xattrs: Record<string, string>; ino: number }[] = [];
-        const kept: { path: string; keep: Set<string>; ino: number }[] = [];
+        const batch = new LayerXattrs(tree, under);
         await unpackLayer({
           store: unit.store,
           layer: unit.layer,
@@ -210,21 +209,11 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
           root,
           privileged,
           onDeferred: (d) => deferred.push({ ...d, path: under ? `${under}/${d.path}` : d.path }),
-          onXattrs: (path, values) => {
-            const full = under ? `${under}/${path}` : path;
-            // Remember which file the xattrs belong to: a later entry of the layer may replace it.
-            xattrs.push({ path: full, xattrs: values, ino: lstatSync(join(tree, full)).ino });
-          },
-          onDirectoryKept: (path, values) => {
-            const full = under ? `${under}/${path}` : path;
-            // The last declaration of a folder in a layer says what it holds: drop what an earlier one asked to set.
-            for (let j = xattrs.length - 1; j >= 0; j--) if (xattrs[j]?.path === full) xattrs.splice(j, 1);
-            kept.push({ path: full, keep: new Set(Object.keys(values)), ino: lstatSync(join(tree, full)).ino });
-          },
+          onXattrs: (path, values) => batch.set(path, values),
+          onDirectoryKept: (path, values) => batch.kept(path, values),
         });
         layersApplied++;
-        if (kept.length > 0) await clearUndeclaredXattrs(tree, kept);
-        if (xattrs.length > 0) await applyXattrs(tree, xattrs);
+        await batch.apply();
         if (emptiesRuntime(units, i)) await clearRuntimeDirs(tree);
         if (deferred.length > 0) await appendFile(join(work, 'deferred.jsonl'), deferred.map((d) => JSON.stringify(d)).join('\n') + '\n');
         if (unit.boundary && i < units.length - 1) await cacheAt(i).commitCopy(keys[i] as string, work);
@@ -258,6 +247,44 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
 }
 
+/**
+ * The xattrs one layer asks for, applied after it (setfattr runs once per
+ * layer, not per entry). Each path is remembered with its inode: a later
+ * entry of the layer may replace it. `under` is where the layer lands in the
+ * tree (a home snapshot's folder), since the applier reports paths relative
+ * to that.
+ */
+export class LayerXattrs {
+  private readonly toSet: { path: string; xattrs: Record<string, string>; ino: number }[] = [];
+  private readonly toKeep: { path: string; keep: Set<string>; ino: number }[] = [];
+
+  constructor(
+    private readonly tree: string,
+    private readonly under = '',
+  ) {}
+
+  private full(path: string): string {
+    return this.under ? `${this.under}/${path}` : path;
+  }
+
+  set(path: string, xattrs: Record<string, string>): void {
+    const full = this.full(path);
+    this.toSet.push({ path: full, xattrs, ino: lstatSync(join(this.tree, full)).ino });
+  }
+
+  /** A re-declared folder: the last declaration in a layer says what it holds, so what an earlier one asked to set is dropped. */
+  kept(path: string, xattrs: Record<string, string>): void {
+    const full = this.full(path);
+    for (let j = this.toSet.length - 1; j >= 0; j--) if (this.toSet[j]?.path === full) this.toSet.splice(j, 1);
+    this.toKeep.push({ path: full, keep: new Set(Object.keys(xattrs)), ino: lstatSync(join(this.tree, full)).ino });
+  }
+
+  async apply(): Promise<void> {
+    if (this.toKeep.length > 0) await clearUndeclaredXattrs(this.tree, this.toKeep);
+    if (this.toSet.length > 0) await applyXattrs(this.tree, this.toSet);
+  }
+}
+
 /** The pseudo diff_id of "the runtime folders were emptied" in cache keys. */
 const RUNTIME_EMPTIED = `sha256:${createHash('sha256').update(`cs: emptied /${RUNTIME_DIRS.join(' /')}`).digest('hex')}`;
 
@@ -283,7 +310,7 @@ async function clearRuntimeDirs(root: string): Promise<void> {
  * included, and `-h` keeps setfattr from following a final symlink, so a
  * later entry that planted a symlink cannot redirect the write.
  */
-export async function applyXattrs(root: string, entries: readonly { path: string; xattrs: Record<string, string>; ino: number }[]): Promise<void> {
+async function applyXattrs(root: string, entries: readonly { path: string; xattrs: Record<string, string>; ino: number }[]): Promise<void> {
   const resolver = new RootResolver(root);
   const lines: string[] = [];
   for (const entry of entries) {
@@ -322,7 +349,7 @@ export async function applyXattrs(root: string, entries: readonly { path: string
  * what the kept directories hold; the rare removals are one setfattr each.
  * security.selinux is the kernel's label, not the image's: left alone.
  */
-export async function clearUndeclaredXattrs(root: string, dirs: readonly { path: string; keep: Set<string>; ino: number }[]): Promise<void> {
+async function clearUndeclaredXattrs(root: string, dirs: readonly { path: string; keep: Set<string>; ino: number }[]): Promise<void> {
   const resolver = new RootResolver(root);
   const byPath = new Map<string, Set<string>>();
   for (const dir of dirs) {

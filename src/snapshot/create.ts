@@ -292,7 +292,8 @@ async function existing(kind: SnapshotKind, key: string, env: Env | undefined): 
   return dir === undefined ? undefined : readRecordAt(dir, key);
 }
 
-function clash(record: SnapshotRecord): InputError {
+/** The error for a name that is taken (without -f). */
+export function clash(record: SnapshotRecord): InputError {
   return new InputError(`snapshot "${record.name}" already exists (a ${record.kind} snapshot created ${record.created})`, {
     code: 'SNAPSHOT_EXISTS',
     suggestions: ['add -f to replace it, or pick another name'],

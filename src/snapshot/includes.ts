@@ -28,7 +28,8 @@ export interface Selection {
   excludes: string[];
 }
 
-const MAX_LIST_BYTES = 1024 * 1024;
+/** The most an includes.txt or excludes.txt may hold. */
+export const MAX_LIST_BYTES = 1024 * 1024;
 const MAX_LINES = 10_000;
 
 async function readText(file: string): Promise<string | undefined> {

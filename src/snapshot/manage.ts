@@ -94,15 +94,15 @@ export async function snapshotDetails(options: { name: string; namespace?: Names
 export interface RemoveSnapshotOptions {
   name: string;
   force?: boolean;
-  /** Who uses it (definitions and workspaces), as found by the caller. */
-  usedBy?: readonly string[];
+  /** Who uses it (definitions and workspaces), as the caller finds out. */
+  usedBy?: (record: SnapshotRecord) => Promise<readonly string[]>;
   namespace?: Namespace;
   env?: Env;
 }
 
 export async function removeSnapshot(options: RemoveSnapshotOptions): Promise<{ removed: string; kind: SnapshotKind; wasUsedBy: string[] }> {
   const record = await requireSnapshot(options.name, options.env, options.namespace);
-  const users = [...(options.usedBy ?? [])];
+  const users = [...((await options.usedBy?.(record)) ?? [])];
   if (users.length > 0 && !options.force) {
     throw new InputError(`snapshot "${record.name}" is in use by ${users.join(', ')}`, {
       code: 'SNAPSHOT_IN_USE',

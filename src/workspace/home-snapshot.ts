@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WORKSPACE_HOME, WORKSPACE_USER } from '../definition/model.js';
 import { applyLayer } from '../layers/apply.js';
-import { checkMissing, excludeMatcher, leadingFolders, parseSelection, type Selection } from '../snapshot/includes.js';
+import { checkMissing, excludeMatcher, leadingFolders, MAX_LIST_BYTES, parseSelection, type Selection } from '../snapshot/includes.js';
 import { InputError, VmError } from '../util/errors.js';
 import type { AgentClient } from '../vm/agent-client.js';
 import { GUEST_BUSYBOX } from './guest-env.js';
@@ -26,7 +26,6 @@ export interface StagedHome {
   cleanup: () => Promise<void>;
 }
 
-const MAX_LIST_BYTES = 1024 * 1024;
 
 /**
  * A list file from the guest, read as the owner (the agent's own file read

@@ -3,8 +3,8 @@ import { join } from 'node:path';
 import { Ext4Image, walkTree } from '../layers/ext4.js';
 import { BASE_SNAPSHOT_EXCLUDES, excludedBy } from '../layers/overlay-upper.js';
 import { checkSnapshotName, findSnapshot, type SnapshotKind, type SnapshotRecord } from '../snapshot/catalogue.js';
-import { createSnapshot, type CreateSnapshotOptions, type CreateSnapshotResult } from '../snapshot/create.js';
-import { removeSnapshot, requireSnapshot, snapshotDetails, type Namespace, type SnapshotDetails } from '../snapshot/manage.js';
+import { clash, createSnapshot, type CreateSnapshotOptions, type CreateSnapshotResult } from '../snapshot/create.js';
+import { removeSnapshot, snapshotDetails, type Namespace, type SnapshotDetails } from '../snapshot/manage.js';
 import { InputError, LayerError, UsageError, VmError } from '../util/errors.js';
 import type { TreeEntry } from '../layers/tree-entry.js';
 import { withLock } from '../util/lock.js';
@@ -78,8 +78,8 @@ export async function snapshotCreate(options: SnapshotCreateOptions): Promise<Cr
   if (!record) throw new InputError(`workspace ${label} does not exist`);
   const base = await baseImageOf(record, options.env);
   // A name clash is found before the guest is frozen for nothing (createSnapshot checks again under its lock).
-  const clash = await findSnapshot(options.name, options.env, ['base', 'home']);
-  if (clash && !options.force) throw new InputError(`snapshot "${clash.name}" already exists (a ${clash.kind} snapshot created ${clash.created})`, { code: 'SNAPSHOT_EXISTS', suggestions: ['add -f to replace it, or pick another name'] });
+  const taken = await findSnapshot(options.name, options.env, ['base', 'home']);
+  if (taken && !options.force) throw clash(taken);
   return withWorkspaceDisk(ws.dir, label, record, options.onPhase ?? (() => undefined), async (image, upper, release) =>
     createSnapshot({
       ...rest,
@@ -272,8 +272,7 @@ function usesSnapshot(record: WorkspaceRecord, kind: SnapshotKind, key: string):
 }
 
 export async function snapshotRemove(options: { name: string; force?: boolean; namespace?: Namespace; env?: Env }): Promise<{ removed: string; kind: SnapshotKind; wasUsedBy: string[] }> {
-  const record = await requireSnapshot(options.name, options.env, options.namespace);
-  return removeSnapshot({ ...options, usedBy: await snapshotUsers(record, options.env) });
+  return removeSnapshot({ ...options, usedBy: (record) => snapshotUsers(record, options.env) });
 }
 
 export async function snapshotShow(options: { name: string; namespace?: Namespace; env?: Env }): Promise<SnapshotDetails & { usedBy: string[] }> {

@@ -3,13 +3,12 @@
  * ownership, devices and xattrs are real) and cs (`readImageLayers`, then
  * `unpackLayer` for every layer in order into an empty folder).
  */
-import { lstatSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { readImageLayers, unpackLayer } from '../../../src/rootfs/unpack.js';
 import type { ContentStore } from '../../../src/oci/store.js';
-import { applyXattrs, clearUndeclaredXattrs } from '../../../src/rootfs/assemble.js';
+import { LayerXattrs } from '../../../src/rootfs/assemble.js';
 
 /** umoci runs with a private HOME and nothing else from the environment. */
 export async function umociUnpack(layout: string, tag: string, bundle: string): Promise<string> {
@@ -34,24 +33,18 @@ export async function csUnpack(store: ContentStore, tag: string, root: string): 
   const descriptor = await store.resolveTag(tag);
   if (!descriptor) throw new Error(`no tag ${tag}`);
   const { manifest, diffIds } = await readImageLayers(store, descriptor, tag);
-  const ino = (path: string): number => lstatSync(join(root, path)).ino;
   for (const [index, layer] of manifest.layers.entries()) {
-    const xattrs: { path: string; xattrs: Record<string, string>; ino: number }[] = [];
-    const kept: { path: string; keep: Set<string>; ino: number }[] = [];
+    // The same steps, from the same code, as cs's assembler after each layer.
+    const batch = new LayerXattrs(root);
     await unpackLayer({
       store,
       layer,
       diffId: diffIds[index] as string,
       root,
       privileged: true,
-      onXattrs: (path, values) => xattrs.push({ path, xattrs: values, ino: ino(path) }),
-      onDirectoryKept: (path, values) => {
-        for (let j = xattrs.length - 1; j >= 0; j--) if (xattrs[j]?.path === path) xattrs.splice(j, 1);
-        kept.push({ path, keep: new Set(Object.keys(values)), ino: ino(path) });
-      },
+      onXattrs: (path, values) => batch.set(path, values),
+      onDirectoryKept: (path, values) => batch.kept(path, values),
     });
-    // The same steps, from the same code, as cs's assembler after each layer.
-    if (kept.length > 0) await clearUndeclaredXattrs(root, kept);
-    if (xattrs.length > 0) await applyXattrs(root, xattrs);
+    await batch.apply();
   }
 }
