@@ -13,6 +13,7 @@ export default class SandboxCreate extends CsCommand {
     '<%= config.bin %> <%= command.id %> demo -f examples/debian.yaml --wait',
     '<%= config.bin %> <%= command.id %> -f team/shop.yaml',
     '<%= config.bin %> <%= command.id %> demo -f examples/debian.yaml --json',
+    '<%= config.bin %> <%= command.id %> demo -f examples/debian.yaml --personal NONE',
   ];
   static override args = {
     name: Args.string({ description: 'Sandbox name (default: the definition\'s name, or its file name)' }),

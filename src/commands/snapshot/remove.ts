@@ -7,7 +7,7 @@ export default class SnapshotRemove extends CsCommand {
   static override description =
     'Refused while a workspace or a definition of one of your sandboxes uses it, unless -f. Workspaces already built from it keep working (their root images stay); `cs image prune` frees the layers nothing uses any more.';
   static override aliases = ['snapshot:rm', 'snapshot:delete'];
-  static override examples = ['<%= config.bin %> <%= command.id %> old-base', '<%= config.bin %> <%= command.id %> dev-base -f'];
+  static override examples = ['<%= config.bin %> <%= command.id %> old-base', '<%= config.bin %> <%= command.id %> dev-base -f', '<%= config.bin %> <%= command.id %> dev --shared'];
   static override args = { name: Args.string({ description: 'Snapshot name', required: true }) };
   static override flags = {
     force: Flags.boolean({ char: 'f', description: 'Remove it even while it is in use' }),

@@ -5,7 +5,7 @@ import { CsCommand } from '../_base.js';
 
 export default class SnapshotShow extends CsCommand {
   static override summary = 'Show a snapshot: its layers and sizes, where it came from, the includes used, and who uses it.';
-  static override examples = ['<%= config.bin %> <%= command.id %> dev-base', '<%= config.bin %> <%= command.id %> my-dotfiles --json'];
+  static override examples = ['<%= config.bin %> <%= command.id %> dev-base', '<%= config.bin %> <%= command.id %> my-dotfiles --json', '<%= config.bin %> <%= command.id %> dev --personal'];
   static override args = { name: Args.string({ description: 'Snapshot name', required: true }) };
   static override flags = {
     personal: Flags.boolean({ description: 'Look only at your personal snapshots', exclusive: ['shared'] }),
