@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { InputError } from '../util/errors.js';
-import { isInsecure, loadConfig, mirrorsOf, parseConfig, type CsConfig } from './config.js';
+import { DEFAULT_WORKSPACE_LIMITS, isInsecure, loadConfig, mirrorsOf, parseConfig, type CsConfig } from './config.js';
 
 const FILE = '/home/u/.config/cs/config.yaml';
 
@@ -52,7 +52,7 @@ describe('parseConfig', () => {
   });
 
   it('reads an empty config', () => {
-    expect(parseConfig({}, FILE)).toEqual({ file: FILE, registries: [] });
+    expect(parseConfig({}, FILE)).toEqual({ file: FILE, registries: [], workspaces: DEFAULT_WORKSPACE_LIMITS });
   });
 
   it('reads a kernel image reference, and "default" as none', () => {
@@ -160,7 +160,7 @@ describe('loadConfig', () => {
 
   it('treats a missing file as an empty config', async () => {
     const file = join(dir, 'missing.yaml');
-    expect(await loadConfig({ env: { CS_CONFIG: file } })).toEqual({ file, registries: [] });
+    expect(await loadConfig({ env: { CS_CONFIG: file } })).toEqual({ file, registries: [], workspaces: DEFAULT_WORKSPACE_LIMITS });
   });
 
   it('reads YAML, and an empty file', async () => {

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { parseSize } from '../definition/units.js';
 import { InputError } from '../util/errors.js';
 import { configFile, type Env } from '../util/paths.js';
 import { hostOf, isLoopbackHost } from './address.js';
@@ -35,11 +36,22 @@ export interface CsConfig {
   registries: RegistryConfig[];
   /** `host[:port]/path` under which snapshots are pushed; undefined keeps them local. */
   snapshotRegistry?: string;
+  /** `workspaces:`: the disk of a workspace made without a definition, and the cap on what one user's workspaces hold. */
+  workspaces: WorkspaceLimits;
   /** `kernel: oci://REF`: the kernel image for workspaces whose definition says `default`. */
   kernel?: { reference: Reference; text: string };
 }
 
 const MAX_CONFIG_BYTES = 1024 * 1024;
+export interface WorkspaceLimits {
+  /** Virtual size of the disk of `cs workspace create` (sparse: it costs what is written). */
+  diskBytes: number;
+  /** Cap on the bytes the user's workspaces really hold on the host, restore points included. */
+  quotaBytes: number;
+}
+
+export const DEFAULT_WORKSPACE_LIMITS: WorkspaceLimits = { diskBytes: 10 * 1024 ** 3, quotaBytes: 25 * 1024 ** 3 };
+
 const HOST = /^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(:[0-9]{1,5})?$/;
 
 export async function loadConfig(options: { env?: Env; file?: string } = {}): Promise<CsConfig> {
@@ -50,7 +62,7 @@ export async function loadConfig(options: { env?: Env; file?: string } = {}): Pr
     if (bytes.length > MAX_CONFIG_BYTES) throw new InputError(`${file}: config file is larger than 1 MiB`);
     text = bytes.toString('utf8');
   } catch (error) {
-    if ((error as { code?: string }).code === 'ENOENT') return { file, registries: [] };
+    if ((error as { code?: string }).code === 'ENOENT') return { file, registries: [], workspaces: { ...DEFAULT_WORKSPACE_LIMITS } };
     if (error instanceof InputError) throw error;
     throw new InputError(`${file}: cannot read the config file: ${(error as Error).message}`);
   }
@@ -76,7 +88,9 @@ export function parseConfig(raw: unknown, file: string): CsConfig {
     return {};
   };
   const root = obj(raw, '(top level)');
-  for (const key of Object.keys(root)) if (!['registries', 'snapshot_registry', 'kernel'].includes(key)) problems.push(`${key}: unknown field (expected registries, snapshot_registry, kernel)`);
+  for (const key of Object.keys(root)) {
+    if (!['registries', 'snapshot_registry', 'kernel', 'workspaces'].includes(key)) problems.push(`${key}: unknown field (expected registries, snapshot_registry, kernel, workspaces)`);
+  }
   const registries: RegistryConfig[] = [];
   const list = root['registries'] ?? [];
   if (!Array.isArray(list)) problems.push('registries: must be a list');
@@ -113,8 +127,24 @@ export function parseConfig(raw: unknown, file: string): CsConfig {
     else if (!parsed.ok) problems.push(`kernel: invalid image reference: ${parsed.problem.message}`);
     else kernel = { reference: parsed.reference, text: kernelValue as string };
   }
+  const workspaces = workspaceLimits(root['workspaces'] === undefined ? {} : obj(root['workspaces'], 'workspaces'), problems);
   if (problems.length > 0) throw new InputError(`${file}: invalid config:\n${problems.map((p) => `  ${p}`).join('\n')}`);
-  return { file, registries, ...(snapshotRegistry === undefined ? {} : { snapshotRegistry }), ...(kernel === undefined ? {} : { kernel }) };
+  return { file, registries, workspaces, ...(snapshotRegistry === undefined ? {} : { snapshotRegistry }), ...(kernel === undefined ? {} : { kernel }) };
+}
+
+function workspaceLimits(raw: Record<string, unknown>, problems: string[]): WorkspaceLimits {
+  for (const key of Object.keys(raw)) if (!['disk_size', 'quota'].includes(key)) problems.push(`workspaces.${key}: unknown field (expected disk_size, quota)`);
+  const size = (key: 'disk_size' | 'quota', fallback: number, min: number): number => {
+    const value = raw[key];
+    if (value === undefined) return fallback;
+    const bytes = typeof value === 'string' || typeof value === 'number' ? parseSize(value) : undefined;
+    if (bytes === undefined || bytes < min) {
+      problems.push(`workspaces.${key}: must be a size of at least ${min / 1024 ** 2} MiB, such as 10Gi or 500Mi`);
+      return fallback;
+    }
+    return bytes;
+  };
+  return { diskBytes: size('disk_size', DEFAULT_WORKSPACE_LIMITS.diskBytes, 64 * 1024 ** 2), quotaBytes: size('quota', DEFAULT_WORKSPACE_LIMITS.quotaBytes, 1024 ** 2) };
 }
 
 function host(value: unknown, where: string, problems: string[]): string | undefined {

@@ -25,8 +25,9 @@ export interface MachineSpec {
   initrd: string;
   /** Read-only snapshot images, top first (personal, home, base). */
   lowers: readonly string[];
-  /** The workspace's writable ext4 disk. */
+  /** The workspace's writable ext4 disk: a raw file, or a qcow2 overlay whose backing chain QEMU follows. */
   disk?: string;
+  diskFormat?: 'raw' | 'qcow2';
   /** Unix socket paths QEMU listens on (relative to the QEMU process's cwd is fine). */
   agentSocket?: string;
   /** Unix socket of the `cs.host` port (guest requests), beside the agent's. */
@@ -111,7 +112,7 @@ export function qemuArgs(spec: MachineSpec, now = Date.now()): string[] {
     args.push('-device', `virtio-blk-device,drive=lower${i},serial=cs-lower${i}`);
   });
   if (spec.disk) {
-    args.push('-drive', `id=disk,file=${q(spec.disk)},format=raw,if=none,discard=unmap,detect-zeroes=unmap`);
+    args.push('-drive', `id=disk,file=${q(spec.disk)},format=${spec.diskFormat ?? 'raw'},if=none,discard=unmap,detect-zeroes=unmap`);
     args.push('-device', 'virtio-blk-device,drive=disk,serial=cs-disk');
   }
   if (spec.agentSocket) {

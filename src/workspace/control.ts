@@ -63,3 +63,8 @@ export async function requestForward(dir: string, forward: { protocol: 'tcp' | '
     [ControlTag.GUEST_PORT, String(forward.guestPort)],
   ]);
 }
+
+/** Has the running VM write to `file` (an overlay in `disk/` on its current top) from now on. */
+export async function requestDiskSwitch(dir: string, file: string): Promise<void> {
+  await request(dir, ControlType.DISK_SNAPSHOT, [[ControlTag.FILE, file]]);
+}

@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadSandbox } from '../definition/load.js';
-import type { Workspace } from '../definition/model.js';
+import type { Sandbox, Workspace } from '../definition/model.js';
 import { WORKSPACE_HOME } from '../definition/model.js';
 import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
 import { loadConfig } from '../oci/config.js';
@@ -12,14 +12,15 @@ import { ensurePersonalDir } from '../snapshot/catalogue.js';
 import { resolvePersonal, resolveSnapshot, type ResolvedSnapshot } from '../snapshot/resolve.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
-import { run } from '../util/process.js';
 import { chooseAccelerator } from '../vm/accel.js';
 import { ensureInitramfs } from '../vm/initramfs.js';
 import { bootImage, ensureKernel } from '../vm/kernel.js';
 import { QEMU_BINARY } from '../vm/qemu.js';
 import { resolveKernel } from './kernel-image.js';
 import { portsInUse, showSandbox, startSupervisor, waitUntil, type LifecycleOptions, type SandboxResult } from './lifecycle.js';
+import { newDisk } from './disk.js';
 import { allocatePorts } from './ports.js';
+import { checkQuota, freshDiskBytes } from './usage.js';
 import { FILES, sandboxesDir, writeRecord, type WorkspaceImage, type WorkspaceRecord } from './state.js';
 
 /**
@@ -61,14 +62,12 @@ export function imagesDir(env?: Env): string {
   return join(dataDir(env), 'images');
 }
 
-/** A sparse ext4 file: costs what is written to it, not its size. */
-export async function makeDisk(path: string, bytes: number): Promise<void> {
-  const mib = Math.max(64, Math.floor(bytes / (1024 * 1024)));
-  await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1', '-L', 'cs-workspace', path, `${mib}M`]);
-}
-
 export interface CreateOptions extends LifecycleOptions {
   file: string;
+  /** Boot the workspaces (default true); false leaves them stopped until first used. */
+  start?: boolean;
+  /** Fields of the records that do not come from the definition (`cs workspace create`). */
+  extra?: Pick<WorkspaceRecord, 'standalone' | 'template' | 'label' | 'origin'>;
   /** The sandbox's name; default the definition's. */
   name?: string;
   wait?: boolean;
@@ -92,8 +91,13 @@ function requireQemu(): void {
 }
 
 export async function createSandbox(options: CreateOptions): Promise<SandboxResult> {
+  return createFromModel(await loadSandbox({ file: options.file }), options);
+}
+
+/** A sandbox's workspaces from its validated model: records, disks, and (unless told not to) their boot. */
+export async function createFromModel(sandbox: Sandbox, options: CreateOptions): Promise<SandboxResult> {
   const phase = options.onPhase ?? (() => undefined);
-  const sandbox = await loadSandbox({ file: options.file });
+  const start = options.start ?? true;
   const name = checkName(options.name ?? sandbox.name);
   const root = join(sandboxesDir(options.env), name);
   if (existsSync(root)) {
@@ -107,6 +111,8 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
   const privateDir = personal ? await ensurePersonalDir(options.env) : undefined;
 
   requireQemu();
+  // The disks are what counts against the cap: a fresh ext4 costs its metadata.
+  await checkQuota({ adding: plans.reduce((sum, p) => sum + freshDiskBytes(p.ws.resources.diskBytes), 0), what: `creating ${name}`, ...(options.env ? { env: options.env } : {}) });
   const envOpt = options.env ? { env: options.env } : {};
   const config = await loadConfig(envOpt);
   phase('kernel');
@@ -140,15 +146,16 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
       const dir = join(staging, ws.name);
       await mkdir(dir, { mode: 0o700 });
       phase(`disk of ${ws.name}`);
-      await makeDisk(join(dir, FILES.disk), ws.resources.diskBytes);
-      await chmod(join(dir, FILES.disk), 0o600);
+      const disk = await newDisk(dir, ws.resources.diskBytes);
       const record: WorkspaceRecord = {
         version: 1,
         sandbox: name,
         name: ws.name,
         file: options.file,
+        ...options.extra,
         createdAt: new Date().toISOString(),
-        desired: 'running',
+        desired: start ? 'running' : 'suspended',
+        disk,
         spec: ws,
         lowers: [image.out],
         images: await imagesOf(snapshots, options.env),
@@ -171,6 +178,7 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
     await rm(staging, { recursive: true, force: true });
     throw error;
   }
+  if (!start) return showSandbox({ name, ...envOpt });
   for (const { ws } of plans) {
     phase(`start ${ws.name}`);
     await startSupervisor(join(root, ws.name), options.env);

@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
+import { prepareDiskForBoot } from './disk.js';
 import type { Env } from '../util/paths.js';
 import {
   FILES,
@@ -226,36 +227,53 @@ async function sandboxWorkspaces(name: string, env?: Env): Promise<WorkspaceRef[
 }
 
 export async function suspendSandbox(options: LifecycleOptions & { name: string }): Promise<SandboxResult> {
-  for (const ws of await sandboxWorkspaces(options.name, options.env)) {
-    await withLock(join(ws.dir, FILES.lock), { purpose: `changing ${ws.sandbox}/${ws.workspace}` }, async () => {
-      const record = await readRecord(ws.dir);
-      if (!record) return;
-      await writeRecord(ws.dir, { ...record, desired: 'suspended' });
-      options.onPhase?.(`suspend ${ws.workspace}`);
-      await stopSupervisor(ws.dir, { graceful: true });
-    });
-  }
+  for (const ws of await sandboxWorkspaces(options.name, options.env)) await stopWorkspace(ws, options);
   return showSandbox(options);
 }
 
+/** Stops one workspace (its hook runs, the guest powers off) and keeps it stopped; its disk stays. */
+export async function stopWorkspace(ws: WorkspaceRef, options: LifecycleOptions = {}): Promise<void> {
+  await withLock(join(ws.dir, FILES.lock), { purpose: `stopping ${ws.sandbox}/${ws.workspace}` }, async () => {
+    const record = await readRecord(ws.dir);
+    if (!record) return;
+    await writeRecord(ws.dir, { ...record, desired: 'suspended' });
+    options.onPhase?.(`stop ${ws.workspace}`);
+    await stopSupervisor(ws.dir, { graceful: true });
+  });
+}
+
 export async function resumeSandbox(options: LifecycleOptions & { name: string; wait?: boolean; waitTimeoutMs?: number }): Promise<SandboxResult> {
-  for (const ws of await sandboxWorkspaces(options.name, options.env)) {
-    await withLock(join(ws.dir, FILES.lock), { purpose: `changing ${ws.sandbox}/${ws.workspace}` }, async () => {
-      const record = await readRecord(ws.dir);
-      if (!record) return;
-      const runRecord = await readRun(ws.dir);
-      await writeRecord(ws.dir, { ...record, desired: 'running' });
-      if (supervisorAlive(runRecord)) return;
-      await killOrphanQemu(ws.dir, runRecord);
-      options.onPhase?.(`resume ${ws.workspace}`);
-      await refreshBootFiles(ws.dir, options.env);
-      await startSupervisor(ws.dir, options.env);
-    });
-  }
-  for (const ws of await sandboxWorkspaces(options.name, options.env)) {
-    await waitUntil(ws.dir, options.wait ? 'ready' : 'booted', options);
-  }
+  const list = await sandboxWorkspaces(options.name, options.env);
+  for (const ws of list) await launchWorkspace(ws, options);
+  for (const ws of list) await waitUntil(ws.dir, options.wait ? 'ready' : 'booted', options);
   return showSandbox(options);
+}
+
+/** Starts one workspace and waits until it is booted (or, with `wait`, ready). True when it had to be started. */
+export async function startWorkspace(ws: WorkspaceRef, options: LifecycleOptions & { wait?: boolean; waitTimeoutMs?: number } = {}): Promise<boolean> {
+  const started = await launchWorkspace(ws, options);
+  await waitUntil(ws.dir, options.wait ? 'ready' : 'booted', options);
+  return started;
+}
+
+/** Marks a workspace wanted and starts its supervisor unless one runs; true when it started one. */
+async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOptions): Promise<boolean> {
+  return withLock(join(ws.dir, FILES.lock), { purpose: `starting ${ws.sandbox}/${ws.workspace}` }, async () => {
+    let record = await readRecord(ws.dir);
+    if (!record) return false;
+    const runRecord = await readRun(ws.dir);
+    if (supervisorAlive(runRecord)) {
+      if (record.desired !== 'running') await writeRecord(ws.dir, { ...record, desired: 'running' });
+      return false;
+    }
+    await killOrphanQemu(ws.dir, runRecord);
+    options.onPhase?.(`start ${ws.workspace}`);
+    record = await prepareDiskForBoot(ws.dir, record, options.onPhase);
+    await writeRecord(ws.dir, { ...record, desired: 'running' });
+    await refreshBootFiles(ws.dir, options.env);
+    await startSupervisor(ws.dir, options.env);
+    return true;
+  });
 }
 
 export async function removeSandbox(options: LifecycleOptions & { name: string }): Promise<{ sandbox: string; removed: string[] }> {

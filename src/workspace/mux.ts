@@ -23,6 +23,8 @@ const CLIENT_BACKLOG = 8 * 1024 * 1024;
 export const ControlType = {
   STOP: 0x21,
   FORWARD: 0x22,
+  /** Switch the VM's disk to a new, empty overlay (a restore point of a running workspace). */
+  DISK_SNAPSHOT: 0x23,
 } as const;
 
 /** Field tags of the supervisor's requests (above the agent's own tags). */
@@ -31,6 +33,7 @@ export const ControlTag = {
   PROTO: 101,
   HOST_PORT: 102,
   GUEST_PORT: 103,
+  FILE: 104,
 } as const;
 
 interface Route {

@@ -12,6 +12,7 @@ import type { Env } from '../util/paths.js';
 import type { AgentClient } from '../vm/agent-client.js';
 import { openAgent } from './control.js';
 import { GUEST_BUSYBOX } from './guest-env.js';
+import { topPath } from './disk.js';
 import { stageWorkspaceHome } from './home-snapshot.js';
 import { WORKSPACE_HOME } from '../definition/model.js';
 import { resolveWorkspace } from './lifecycle.js';
@@ -162,7 +163,7 @@ async function withWorkspaceDisk<T>(
       }
     };
     try {
-      image = await Ext4Image.open(join(dir, FILES.disk)).catch((error: Error) => {
+      image = await Ext4Image.open(join(dir, topPath((await readRecord(dir)) ?? record))).catch((error: Error) => {
         if ((error as { code?: string }).code === 'LAYER_NEEDS_RECOVERY') {
           throw Object.assign(error, { suggestions: [`resume it once (\`cs sandbox resume ${record.sandbox}\`), then snapshot it again`] });
         }
@@ -202,7 +203,7 @@ $BB kill $wd 2>/dev/null
 echo thawed
 `;
 
-async function freeze(client: AgentClient, label: string): Promise<() => Promise<void>> {
+export async function freeze(client: AgentClient, label: string): Promise<() => Promise<void>> {
   const handle = client.exec({ argv: [GUEST_BUSYBOX, 'sh', '-c', FREEZE_SCRIPT], stdin: true, timeoutMs: 15 * 60 * 1000 });
   let out = '';
   let err = '';

@@ -37,12 +37,47 @@ export interface WorkspaceImage {
   digest?: string;
 }
 
+/** A workspace's disk chain (see disk.ts): the file the VM writes and each file's backing file, all in `disk/`. */
+export interface DiskState {
+  top: string;
+  parents: Record<string, string | null>;
+  /** The top, while nothing has booted on it since it was made. */
+  pristine?: string;
+}
+
+/** A restore point: the whole disk as it was, kept as a frozen file of the chain. */
+export interface RestorePoint {
+  name: string;
+  layer: string;
+  createdAt: string;
+  /** `creating` until the running VM has switched to a new top: such a point cannot be restored. */
+  state: 'creating' | 'ready';
+  /** Whether the workspace was running (its file system frozen) when it was taken. */
+  live: boolean;
+}
+
+/** Where a workspace's files came from, when cs put them there. */
+export interface WorkspaceOrigin {
+  clonedFrom?: string;
+  git?: { url: string; ref?: string; commit: string; path: string };
+}
+
 export interface WorkspaceRecord {
   version: 1;
   sandbox: string;
   name: string;
-  /** The definition file it was created from. */
+  /** The definition file it was created from; empty for a workspace made by `cs workspace create`. */
   file: string;
+  /** Made by `cs workspace create` (no definition): its sandbox holds it alone, under the same name. */
+  standalone?: boolean;
+  /** A free-form label for people (`cs workspace label`). */
+  label?: string;
+  /** A template: meant to be cloned (`cs workspace create --clone-from`). */
+  template?: boolean;
+  origin?: WorkspaceOrigin;
+  /** The disk chain; absent in records of older cs versions, whose disk is `disk.ext4` beside the record. */
+  disk?: DiskState;
+  restorePoints?: RestorePoint[];
   createdAt: string;
   desired: DesiredState;
   /** The workspace from the definition, as validated. */

@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { appendFileSync, readFileSync, unlinkSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { acquireLock, type Lock } from '../util/lock.js';
 import { AgentClient } from '../vm/agent-client.js';
 import { fieldText } from '../vm/protocol.js';
 import { QmpClient } from '../vm/qmp.js';
+import { DISK_DIR, formatOf, isDiskFile, topPath } from './disk.js';
 import { hostTscKhz, QEMU_BINARY, qemuArgs } from '../vm/qemu.js';
 import { connectUnix } from './connect.js';
 import { serveHostRequests } from './host-requests.js';
@@ -63,7 +64,8 @@ export async function supervise(dir: string): Promise<void> {
     kernel: record.kernel.boot ?? record.kernel.vmlinuz,
     initrd: record.initramfs,
     lowers: record.lowers,
-    disk: FILES.disk,
+    disk: topPath(record),
+    diskFormat: formatOf(topPath(record)),
     agentSocket: FILES.agentSocket,
     hostSocket: FILES.hostSocket,
     qmpSocket: FILES.qmpSocket,
@@ -169,6 +171,20 @@ export async function supervise(dir: string): Promise<void> {
       } finally {
         qmp.close();
       }
+      return;
+    }
+    if (type === ControlType.DISK_SNAPSHOT) {
+      const file = fieldText(fields, ControlTag.FILE) ?? '';
+      if (!isDiskFile(file) || !existsSync(join(dir, DISK_DIR, file))) throw new Error(`no disk file "${file}" to switch to`);
+      const qmp = new QmpClient(await connectUnix(join(dir, FILES.qmpSocket)));
+      try {
+        await qmp.handshake();
+        // "existing": cs made the overlay (backed by the current top, by its plain name); QEMU only opens it and writes there from now on.
+        await qmp.execute('blockdev-snapshot-sync', { device: 'disk', 'snapshot-file': resolve(dir, DISK_DIR, file), format: 'qcow2', mode: 'existing' });
+      } finally {
+        qmp.close();
+      }
+      log(dir, `disk switched to ${file}`);
       return;
     }
     throw new Error(`unknown control request ${type}`);
