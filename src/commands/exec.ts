@@ -6,17 +6,18 @@ import { CsCommand } from './_base.js';
 export default class Exec extends CsCommand {
   static override summary = 'Run a command inside a workspace; its exit code becomes cs\'s.';
   static override description =
-    'Runs as the workspace\'s owner in their home folder unless --user/--workdir say otherwise, with the workspace\'s env. ' +
+    'A stopped workspace is started first (and stays running for the next command). Runs as the workspace\'s owner in their home folder unless --user/--workdir say otherwise, with the workspace\'s env. ' +
     'Standard input is passed through when it is not a terminal (or always with -i); -t gives the command a terminal.';
   static override examples = [
     '<%= config.bin %> <%= command.id %> -W demo/dev -- uname -a',
+    '<%= config.bin %> <%= command.id %> --workspace scratch -- make test',
     'echo hello | <%= config.bin %> <%= command.id %> -W demo/dev -- tr a-z A-Z',
     '<%= config.bin %> <%= command.id %> -W demo/dev --user root -- apt-get install -y make',
     '<%= config.bin %> <%= command.id %> -W demo/dev -e DEBUG=1 -w src/api -- make test',
   ];
   static override strict = false;
   static override flags = {
-    workspace: Flags.string({ char: 'W', description: 'SANDBOX/WORKSPACE (or SANDBOX when it has one workspace)', required: true }),
+    workspace: Flags.string({ char: 'W', description: 'NAME, SANDBOX/WORKSPACE, or SANDBOX when it has one workspace; started if stopped', required: true }),
     user: Flags.string({ char: 'u', description: 'User to run as (name or uid); default the workspace owner' }),
     workdir: Flags.string({ char: 'w', description: 'Working directory (relative paths are under the home folder)' }),
     env: Flags.string({ char: 'e', description: 'Extra NAME=VALUE variable', multiple: true }),
@@ -43,6 +44,7 @@ export default class Exec extends CsCommand {
         ...(passStdin ? { stdin: process.stdin } : {}),
         stdout: process.stdout,
         stderr: process.stderr,
+        onStart: (line) => this.logToStderr(`cs: ${line}`),
         ...(flags.timeout ? { timeoutMs: flags.timeout * 1000 } : {}),
         ...(tty
           ? { tty: { rows: process.stdout.rows, cols: process.stdout.columns, onResize: (resize) => process.stdout.on('resize', () => resize(process.stdout.rows, process.stdout.columns)) } }

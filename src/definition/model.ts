@@ -25,6 +25,8 @@ export interface RunSpec {
 export interface Checkout {
   /** Relative to the home folder, normalised (no `.`, no trailing `/`). */
   path: string;
+  /** Where it goes when not under the home folder (`cs workspace import` clones into /workspace); absolute. */
+  dest?: string;
   repo: { git: string };
   versionSpec?: string;
   historyDepth?: number;

@@ -192,14 +192,16 @@ export async function allocated(path: string): Promise<{ bytes: number; id: stri
 }
 
 /**
- * Before a boot (the workspace stopped and locked): an older record's disk
- * moves into the chain layout; a disk whose files are gone (deleted by
- * hand, a lost volume) is replaced by an empty one, with a warning, so the
- * workspace boots and its first-boot steps (an imported repository's
- * clone among them) run again; the top stops being pristine, since the VM
- * will write to it. Writes the record and returns it.
+ * Before the disk is used (the workspace stopped and locked): an older
+ * record's disk moves into the chain layout; a disk whose files are gone
+ * (deleted by hand, a lost volume) is replaced by an empty one, with a
+ * warning, so the workspace boots and its first-boot steps (an imported
+ * repository's clone among them) run again. Before a boot (`boot`), the
+ * top stops being pristine, since the VM will write to it. Writes the
+ * record when it changed, and returns it.
  */
-export async function prepareDiskForBoot(dir: string, record: WorkspaceRecord, warn: (line: string) => void = () => undefined): Promise<WorkspaceRecord> {
+export async function prepareDisk(dir: string, record: WorkspaceRecord, options: { boot: boolean; warn?: (line: string) => void }): Promise<WorkspaceRecord> {
+  const warn = options.warn ?? (() => undefined);
   let next = await migrateLegacyDisk(dir, record);
   const missing = next.disk ? chainOf(next.disk, next.disk.top).filter((f) => !existsSync(join(dir, DISK_DIR, f))) : ['disk.ext4'];
   if (missing.length > 0) {
@@ -209,7 +211,7 @@ export async function prepareDiskForBoot(dir: string, record: WorkspaceRecord, w
     const kept = (next.restorePoints ?? []).filter((p) => next.disk && chainOf(next.disk, p.layer).every((f) => existsSync(join(dir, DISK_DIR, f))));
     next = { ...next, disk: { top: base, parents: { ...next.disk?.parents, [base]: null } }, restorePoints: kept };
   }
-  if (next.disk?.pristine) {
+  if (options.boot && next.disk?.pristine) {
     const { pristine: _unused, ...rest } = next.disk;
     next = { ...next, disk: rest };
   }

@@ -9,7 +9,8 @@ import { withLock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import { openAgent, requestForward } from './control.js';
 import { DAEMON_LOG_DIR, GUEST_BUSYBOX, parsePasswd, workspaceEnv } from './guest-env.js';
-import { portsInUse, resolveWorkspace } from './lifecycle.js';
+import { withCommandLease } from './busy.js';
+import { portsInUse, resolveWorkspace, summarize } from './lifecycle.js';
 import { canListen, pickHostPort } from './ports.js';
 import { FILES, readRecord, writeRecord, type PortMapping } from './state.js';
 
@@ -28,6 +29,8 @@ export interface ExecOptions {
   tty?: { rows: number; cols: number; onResize?: (resize: (rows: number, cols: number) => void) => void };
   timeoutMs?: number;
   envOverride?: Env;
+  /** Told when the workspace was stopped and is started for this command (and the start-up's phases). */
+  onStart?: (line: string) => void;
 }
 
 export interface ExecResult {
@@ -49,7 +52,17 @@ export async function execInWorkspace(options: ExecOptions): Promise<ExecResult>
     if (eq <= 0) throw new UsageError(`--env takes NAME=VALUE, not "${pair}"`);
     env[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
-  const client = await openAgent(ws.dir, `${ws.sandbox}/${ws.workspace}`);
+  // A stopped workspace is started for the command and left running for the next one.
+  const { ensureRunning } = await import('./standalone.js');
+  const shown = record.standalone ? record.sandbox : `${ws.sandbox}/${ws.workspace}`;
+  const before = (await summarize(ws.dir))?.status;
+  if (before === 'suspended' || before === 'crashed' || before === 'creating') options.onStart?.(`workspace ${shown} is stopped; starting it`);
+  await ensureRunning(ws, { ...(options.envOverride ? { env: options.envOverride } : {}), ...(options.onStart ? { onPhase: (p: string) => options.onStart?.(`… ${p}`) } : {}) });
+  return withCommandLease(ws.dir, options.argv.join(' '), () => runIn(ws.dir, shown, user, env, options));
+}
+
+async function runIn(dir: string, shown: string, user: string, env: Record<string, string>, options: ExecOptions): Promise<ExecResult> {
+  const client = await openAgent(dir, shown);
   try {
     // The user's own home and login shell, as the image's passwd file says.
     const account = await guestAccount(client, user);

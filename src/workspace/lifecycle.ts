@@ -5,7 +5,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
-import { prepareDiskForBoot } from './disk.js';
+import { prepareDisk } from './disk.js';
 import type { Env } from '../util/paths.js';
 import {
   FILES,
@@ -268,7 +268,7 @@ async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOptions): Pro
     }
     await killOrphanQemu(ws.dir, runRecord);
     options.onPhase?.(`start ${ws.workspace}`);
-    record = await prepareDiskForBoot(ws.dir, record, options.onPhase);
+    record = await prepareDisk(ws.dir, record, { boot: true, ...(options.onPhase ? { warn: options.onPhase } : {}) });
     await writeRecord(ws.dir, { ...record, desired: 'running' });
     await refreshBootFiles(ws.dir, options.env);
     await startSupervisor(ws.dir, options.env);

@@ -174,9 +174,18 @@ function cloneSource(url: string, shallow: boolean): string {
  * owner's home as a tar stream unpacked by the owner: files are theirs.
  * An existing folder is left alone: the workspace's work is never replaced.
  */
+/** Where a checkout lives in the guest. */
+export function checkoutDir(item: Pick<Checkout, 'path' | 'dest'>): string {
+  return item.dest ?? `${WORKSPACE_HOME}/${item.path}`;
+}
+
 export async function checkout(ctx: StepContext, item: Checkout): Promise<Manifest | undefined> {
-  const dest = `${WORKSPACE_HOME}/${item.path}`;
-  const exists = await ctx.client.run({ argv: [GUEST_BUSYBOX, 'test', '-e', dest], env: ROOT_ENV });
+  const dest = checkoutDir(item);
+  // A folder outside the home is made by root for the owner; there an empty folder (from the image) counts as absent.
+  const probe = item.dest
+    ? `${GUEST_BUSYBOX} mkdir -p "$1" && ${GUEST_BUSYBOX} chown ${WORKSPACE_USER}: "$1" && [ -n "$(${GUEST_BUSYBOX} ls -A "$1")" ]`
+    : `${GUEST_BUSYBOX} test -e "$1"`;
+  const exists = await ctx.client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', probe, 'sh', dest], env: ROOT_ENV });
   const host = await mkdtemp(join(tmpdir(), 'cs-checkout-'));
   try {
     if (exists.code === 0) {
@@ -254,7 +263,8 @@ async function runHook(ctx: StepContext, what: string, spec: RunSpec, base: stri
 
 export async function runRepoHooks(ctx: StepContext, manifests: Record<string, Manifest>): Promise<void> {
   for (const [path, manifest] of Object.entries(manifests)) {
-    const repo = `${WORKSPACE_HOME}/${path}`;
+    const item = ctx.record.spec.checkouts.find((c) => c.path === path);
+    const repo = checkoutDir(item ?? { path });
     if (manifest.hooks.postCheckout) await runHook(ctx, `post-checkout hook of ${path}`, manifest.hooks.postCheckout, repo, undefined, manifest);
     if (manifest.hooks.build) await runHook(ctx, `build hook of ${path}`, manifest.hooks.build, repo, undefined, manifest);
   }
@@ -269,7 +279,7 @@ export async function runLifecycle(ctx: StepContext, name: 'on_create' | 'on_res
 export async function startDaemons(ctx: StepContext, manifests: Record<string, Manifest>): Promise<void> {
   const daemons: { name: string; run: RunSpec; base: string; manifest?: Manifest }[] = [
     ...ctx.record.spec.system.daemons.map((d) => ({ name: d.name, run: d.run, base: WORKSPACE_HOME })),
-    ...Object.entries(manifests).flatMap(([path, m]) => m.daemons.map((d) => ({ name: d.name, run: d.run, base: `${WORKSPACE_HOME}/${path}`, manifest: m }))),
+    ...Object.entries(manifests).flatMap(([path, m]) => m.daemons.map((d) => ({ name: d.name, run: d.run, base: checkoutDir(ctx.record.spec.checkouts.find((c) => c.path === path) ?? { path }), manifest: m }))),
   ];
   for (const d of daemons) {
     await ctx.step(`daemon ${d.name}`, async () => {
