@@ -8,6 +8,7 @@ const scenarios: Record<string, () => Promise<void>> = {
   assemble: async () => (await import('./assemble.js')).benchAssemble(),
   boot: async () => (await import('./boot.js')).benchBoot(),
   snapshot: async () => (await import('./snapshot.js')).benchSnapshot(),
+  restore: async () => (await import('./restore.js')).benchRestore(),
 };
 
 const name = process.argv[2];

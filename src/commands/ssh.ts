@@ -16,7 +16,7 @@ export default class Ssh extends CsCommand {
     const { flags } = await this.parse(Ssh);
     if (!process.stdin.isTTY || !process.stdout.isTTY) throw new UsageError('cs ssh needs a terminal; use `cs exec -W ... -- CMD` from scripts');
     const user = flags.user ?? 'owner';
-    const shell = await loginShell(flags.workspace, user);
+    const shell = await loginShell(flags.workspace, user, undefined, (line) => this.logToStderr(`cs: ${line}`));
     process.stdin.setRawMode(true);
     let code = 0;
     try {

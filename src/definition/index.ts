@@ -4,4 +4,4 @@ export { loadSandbox, parseDefinition, validateBytes, validateFile, validatePath
 export type { FileResult, ValidationReport } from './load.js';
 export { MAX_DEFINITION_BYTES, findDefinitionFiles, kindOf, type DefinitionKind } from './source.js';
 export { schemaPath } from './schema.js';
-export { parseDuration, parseSize } from './units.js';
+export { parseDuration, parseSize } from '../util/units.js';

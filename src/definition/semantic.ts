@@ -21,7 +21,7 @@ import {
   type Workspace,
 } from './model.js';
 import { ENV_NAME, SNAPSHOT_NAME, SNAPSHOT_NAME_RULE } from './names.js';
-import { parseDuration, parseSize } from './units.js';
+import { parseDuration, parseSize } from '../util/units.js';
 import { issueAt, rawScalar, type Anchor, type ParsedYaml } from './yaml-source.js';
 
 /**

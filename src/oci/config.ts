@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { parseSize } from '../definition/units.js';
+import { parseSize } from '../util/units.js';
 import { InputError } from '../util/errors.js';
 import { configFile, type Env } from '../util/paths.js';
 import { hostOf, isLoopbackHost } from './address.js';

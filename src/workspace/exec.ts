@@ -12,7 +12,7 @@ import { DAEMON_LOG_DIR, GUEST_BUSYBOX, parsePasswd, workspaceEnv } from './gues
 import { withCommandLease } from './busy.js';
 import { portsInUse, resolveWorkspace, summarize } from './lifecycle.js';
 import { canListen, pickHostPort } from './ports.js';
-import { FILES, readRecord, writeRecord, type PortMapping } from './state.js';
+import { FILES, readRecord, writeRecord, type PortMapping, type WorkspaceRef } from './state.js';
 
 /** `cs exec`, `cs ssh`, `cs log` and `cs port-forward`: what people do with a running workspace. */
 
@@ -52,12 +52,8 @@ export async function execInWorkspace(options: ExecOptions): Promise<ExecResult>
     if (eq <= 0) throw new UsageError(`--env takes NAME=VALUE, not "${pair}"`);
     env[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
-  // A stopped workspace is started for the command and left running for the next one.
-  const { ensureRunning } = await import('./standalone.js');
   const shown = record.standalone ? record.sandbox : `${ws.sandbox}/${ws.workspace}`;
-  const before = (await summarize(ws.dir))?.status;
-  if (before === 'suspended' || before === 'crashed' || before === 'creating') options.onStart?.(`workspace ${shown} is stopped; starting it`);
-  await ensureRunning(ws, { ...(options.envOverride ? { env: options.envOverride } : {}), ...(options.onStart ? { onPhase: (p: string) => options.onStart?.(`… ${p}`) } : {}) });
+  await startForCommand(ws, options.envOverride, options.onStart);
   return withCommandLease(ws.dir, options.argv.join(' '), () => runIn(ws.dir, shown, user, env, options));
 }
 
@@ -97,6 +93,16 @@ async function runIn(dir: string, shown: string, user: string, env: Record<strin
   }
 }
 
+/** A stopped workspace is started for a command (saying so) and left running for the next one. */
+async function startForCommand(ws: WorkspaceRef, env: Env | undefined, onStart: ((line: string) => void) | undefined): Promise<void> {
+  const record = await readRecord(ws.dir);
+  const shown = record?.standalone ? ws.sandbox : `${ws.sandbox}/${ws.workspace}`;
+  const before = (await summarize(ws.dir))?.status;
+  if (before === 'suspended' || before === 'crashed' || before === 'creating') onStart?.(`workspace ${shown} is stopped; starting it`);
+  const { ensureRunning } = await import('./standalone.js');
+  await ensureRunning(ws, { ...(env ? { env } : {}), ...(onStart ? { onPhase: (p: string) => onStart(`… ${p}`) } : {}) });
+}
+
 function drained(stream: Readable): Promise<void> {
   if (stream.readableEnded) return Promise.resolve();
   return new Promise((resolve) => {
@@ -114,8 +120,9 @@ async function guestAccount(client: AgentClient, user: string): Promise<{ home: 
 }
 
 /** The user's login shell from the image's passwd file, else sh. */
-export async function loginShell(target: string, user: string = WORKSPACE_USER, env?: Env): Promise<string> {
+export async function loginShell(target: string, user: string = WORKSPACE_USER, env?: Env, onStart?: (line: string) => void): Promise<string> {
   const ws = await resolveWorkspace(target, env);
+  await startForCommand(ws, env, onStart);
   const client = await openAgent(ws.dir, `${ws.sandbox}/${ws.workspace}`);
   try {
     return (await guestAccount(client, user))?.shell ?? '/bin/sh';
