@@ -27,10 +27,25 @@ export {
   removeSandbox,
   resumeSandbox,
   showSandbox,
+  startWorkspace,
+  stopWorkspace,
   suspendSandbox,
   type SandboxResult,
   type WorkspaceSummary,
 } from './workspace/lifecycle.js';
+export {
+  cloneWorkspace,
+  createStandalone,
+  importGit,
+  labelWorkspace,
+  listAllWorkspaces,
+  removeWorkspace,
+  showWorkspace,
+  type StandaloneOptions,
+  type WorkspaceInfo,
+} from './workspace/standalone.js';
+export { createRestorePoint, deleteRestorePoint, listRestorePoints, restoreRestorePoint, type RestorePointInfo } from './workspace/restore-points.js';
+export { usageReport, type UsageReport, type WorkspaceUsage } from './workspace/usage.js';
 export { addPortForward, execInWorkspace, showLog, type ExecOptions, type ExecResult } from './workspace/exec.js';
 export { doctor, setup } from './workspace/setup.js';
 export { AgentClient } from './vm/agent-client.js';

@@ -1,4 +1,3 @@
-import { open as openFile, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { LayerError } from '../util/errors.js';
 import {
@@ -22,47 +21,51 @@ import {
   type RawInode,
   type Superblock,
 } from './ext4-format.js';
+import { openDiskImage, type DiskImage } from './qcow2.js';
 
 /**
  * The image file as ext4 lays it out: positioned reads, single metadata
  * blocks through a small cache, group descriptors and inodes. Every block
  * and inode number is checked against the superblock before it is read,
- * and every fault is a LayerError that starts with the image's name.
+ * and every fault is a LayerError that starts with the image's name. The
+ * file is a raw image or a qcow2 chain (see qcow2.ts); either way the
+ * device is the virtual disk.
  */
 export class Ext4Volume {
   private readonly cache = new Map<number, Buffer>();
   private readonly groups = new Map<number, GroupDesc>();
 
   private constructor(
-    private readonly fh: FileHandle,
+    private readonly disk: DiskImage,
     /** The image file's name, which starts every error message. */
     readonly name: string,
     readonly sb: Superblock,
   ) {}
 
   /** Opens an image and checks its superblock (see parseSuperblock). */
-  static async open(path: string): Promise<Ext4Volume> {
+  static async open(path: string, options: { format?: 'raw' | 'qcow2' } = {}): Promise<Ext4Volume> {
     const name = basename(path);
-    let fh: FileHandle;
+    let disk: DiskImage;
     try {
-      fh = await openFile(path, 'r');
+      disk = await openDiskImage(path, options);
     } catch (error) {
-      throw new LayerError(`${name}: cannot open: ${(error as Error).message}`, { code: 'LAYER_EXT4_OPEN', cause: error });
+      // The file itself cannot be opened: the code this reader has always given.
+      if (error instanceof LayerError && error.code === 'LAYER_DISK_OPEN') throw new LayerError(error.message, { code: 'LAYER_EXT4_OPEN', cause: error.cause });
+      throw error;
     }
     try {
-      const { size } = await fh.stat();
       const raw = Buffer.alloc(1024);
-      if (size >= SUPERBLOCK_AT + 1024) await fh.read(raw, 0, 1024, SUPERBLOCK_AT);
-      return new Ext4Volume(fh, name, parseSuperblock(raw, name, size));
+      if (disk.size >= SUPERBLOCK_AT + 1024) await disk.read(raw, 0, 1024, SUPERBLOCK_AT);
+      return new Ext4Volume(disk, name, parseSuperblock(raw, name, disk.size));
     } catch (error) {
-      await fh.close();
+      await disk.close();
       throw error;
     }
   }
 
   async close(): Promise<void> {
     this.cache.clear();
-    await this.fh.close();
+    await this.disk.close();
   }
 
   fail(message: string, code = 'LAYER_EXT4_CORRUPT'): never {
@@ -75,8 +78,10 @@ export class Ext4Volume {
     while (done < length) {
       let bytesRead: number;
       try {
-        ({ bytesRead } = await this.fh.read(buffer, done, length - done, position + done));
+        ({ bytesRead } = await this.disk.read(buffer, done, length - done, position + done));
       } catch (error) {
+        // A qcow2 image's own faults already say what is wrong, and where.
+        if (error instanceof LayerError) throw error;
         throw new LayerError(`${this.name}: cannot read at byte ${position + done}: ${(error as Error).message}`, { code: 'LAYER_EXT4_IO', cause: error });
       }
       if (bytesRead === 0) this.fail(`the image file ends at byte ${position + done}`, 'LAYER_EXT4_TRUNCATED');

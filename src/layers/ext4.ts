@@ -51,8 +51,9 @@ export class Ext4Image {
   }
 
   /** Opens and checks an image; refuses what is not ext2/3/4, needs journal recovery, or uses features this reader cannot read. */
-  static async open(path: string): Promise<Ext4Image> {
-    return new Ext4Image(await Ext4Volume.open(path));
+  /** `format` when the caller knows it (a workspace's record does); else the file's first bytes decide. */
+  static async open(path: string, options: { format?: 'raw' | 'qcow2' } = {}): Promise<Ext4Image> {
+    return new Ext4Image(await Ext4Volume.open(path, options));
   }
 
   async close(): Promise<void> {

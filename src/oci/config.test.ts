@@ -30,6 +30,7 @@ describe('parseConfig', () => {
           { location: '[fd00::1]:5000', insecure: false },
         ],
         snapshot_registry: 'registry.internal:5000/team/snapshots',
+        workspaces: { disk_size: '20Gi', quota: 100 },
       },
       FILE,
     );
@@ -48,7 +49,16 @@ describe('parseConfig', () => {
         { location: '[fd00::1]:5000', insecure: false, mirrors: [] },
       ],
       snapshotRegistry: 'registry.internal:5000/team/snapshots',
+      // A bare number is MiB, as in definitions.
+      workspaces: { diskBytes: 20 * 1024 ** 3, quotaBytes: 100 * 1024 ** 2 },
     });
+  });
+
+  it('refuses workspace limits that are not sizes, too small, or unknown', () => {
+    expect(() => parseConfig({ workspaces: { quota: 'lots', disk_size: '1Mi', swap: 1 } }, FILE)).toThrow(
+      /workspaces\.swap: unknown field[\s\S]*workspaces\.disk_size: must be a size of at least 64 MiB[\s\S]*workspaces\.quota: must be a size/,
+    );
+    expect(() => parseConfig({ workspaces: [] }, FILE)).toThrow(/workspaces: must be a mapping/);
   });
 
   it('reads an empty config', () => {
@@ -64,7 +74,7 @@ describe('parseConfig', () => {
   it.each([
     ['a list at the top', [], /\(top level\): must be a mapping/],
     ['a string at the top', 'registries', /\(top level\): must be a mapping/],
-    ['an unknown top-level field', { registry: [] }, /registry: unknown field \(expected registries, snapshot_registry, kernel\)/],
+    ['an unknown top-level field', { registry: [] }, /registry: unknown field \(expected registries, snapshot_registry, kernel, workspaces\)/],
     ['registries as a mapping', { registries: { location: 'a' } }, /registries: must be a list/],
     ['a kernel that is not oci://', { kernel: 'linux-6.1' }, /kernel: must be "default" or oci:\/\/REF of a kernel image/],
     ['a kernel with a bad reference', { kernel: 'oci://registry.example/Kernel:1' }, /kernel: invalid image reference: repository name must be lowercase/],
@@ -90,7 +100,7 @@ describe('parseConfig', () => {
   it('lists every problem, not only the first', () => {
     const message = problemsOf({ extra: 1, registries: [{ location: 'ok.example', insecure: 'no' }, { location: '' }], snapshot_registry: 'x y' });
     expect(message.split('\n').slice(1)).toEqual([
-      '  extra: unknown field (expected registries, snapshot_registry, kernel)',
+      '  extra: unknown field (expected registries, snapshot_registry, kernel, workspaces)',
       '  registries.0.insecure: must be true or false',
       '  registries.1.location: must be a registry HOST[:PORT]',
       '  snapshot_registry: must be HOST[:PORT][/PATH], e.g. registry.internal:5000/team',

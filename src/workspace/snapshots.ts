@@ -12,7 +12,7 @@ import type { Env } from '../util/paths.js';
 import type { AgentClient } from '../vm/agent-client.js';
 import { openAgent } from './control.js';
 import { GUEST_BUSYBOX } from './guest-env.js';
-import { topPath } from './disk.js';
+import { formatOf, topPath } from './disk.js';
 import { stageWorkspaceHome } from './home-snapshot.js';
 import { WORKSPACE_HOME } from '../definition/model.js';
 import { resolveWorkspace } from './lifecycle.js';
@@ -163,7 +163,8 @@ async function withWorkspaceDisk<T>(
       }
     };
     try {
-      image = await Ext4Image.open(join(dir, topPath((await readRecord(dir)) ?? record))).catch((error: Error) => {
+      const top = topPath((await readRecord(dir)) ?? record);
+      image = await Ext4Image.open(join(dir, top), { format: formatOf(top) }).catch((error: Error) => {
         if ((error as { code?: string }).code === 'LAYER_NEEDS_RECOVERY') {
           throw Object.assign(error, { suggestions: [`resume it once (\`cs sandbox resume ${record.sandbox}\`), then snapshot it again`] });
         }

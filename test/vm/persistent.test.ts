@@ -63,7 +63,7 @@ describe('persistent workspaces', () => {
 
   afterAll(async () => {
     if (home) {
-      for (const name of ['keep', 'tpl', 'feat-a', 'feat-b', 'small', 'repo', 'busy']) await cs('workspace', 'remove', name, '--force');
+      for (const name of ['keep', 'fromsnap', 'tpl', 'feat-a', 'feat-b', 'small', 'repo', 'busy']) await cs('workspace', 'remove', name, '--force');
       await home.cleanup();
     }
     if (work) await rm(work, { recursive: true, force: true });
@@ -145,6 +145,20 @@ describe('persistent workspaces', () => {
     // Nothing the current disk reads is removed with the point: it still boots with its files.
     expect(await out('keep', 'cat /home/owner/f /home/owner/g')).toBe('two\ng');
     expect((await diskFiles('keep')).length).toBeLessThanOrEqual(before.length);
+  }, 600_000);
+
+  it('a base snapshot of a workspace whose disk is an overlay chain reads through the chain', async () => {
+    // keep's disk is overlays on its base by now (restore points were taken and restored); it is running.
+    expect((await diskFiles('keep')).some((f) => f.endsWith('.qcow2'))).toBe(true);
+    await ok('exec', '--workspace', 'keep', '--user', 'root', '--', 'sh', '-c', 'mkdir -p /opt && echo from-keep > /opt/marker');
+    await ok('snapshot', 'create', 'keepbase', '-W', 'keep');
+    await ok('workspace', 'stop', 'keep');
+    await ok('snapshot', 'create', 'keepbase-stopped', '-W', 'keep');
+    for (const snapshot of ['keepbase', 'keepbase-stopped']) {
+      await ok('workspace', 'create', '--name', 'fromsnap', '--snapshot', snapshot, '--disk', '512Mi', '--memory', '256Mi');
+      expect(await out('fromsnap', 'cat /opt/marker')).toBe('from-keep');
+      await ok('workspace', 'remove', 'fromsnap');
+    }
   }, 600_000);
 
   it('templates: clones are refused while the source runs, then diverge independently', async () => {

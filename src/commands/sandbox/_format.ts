@@ -21,7 +21,7 @@ export function workspaceDetails(w: WorkspaceSummary): string {
   const lines = [
     `${w.sandbox}/${w.workspace}: ${w.status}${w.status === 'starting' && w.step ? ` (${w.step})` : ''}`,
     `  resources: ${w.cpus} cpu, ${w.memoryMiB} MiB memory, ${formatSize(w.diskBytes)} disk; accelerator ${w.accel}`,
-    `  created:   ${w.createdAt} from ${w.file}`,
+    `  created:   ${w.createdAt} ${w.file ? `from ${w.file}` : 'by cs workspace create'}`,
   ];
   if (w.pid) lines.push(`  qemu pid:  ${w.pid}`);
   for (const p of w.ports) lines.push(`  port:      ${p.name} 127.0.0.1:${p.hostPort} -> ${p.guestPort}/${p.protocol}`);

@@ -1,5 +1,5 @@
 import { Flags } from '@oclif/core';
-import { parseSize } from '../../definition/units.js';
+import { parseSize } from '../../util/units.js';
 import { UsageError } from '../../util/errors.js';
 import { createStandalone, type WorkspaceInfo } from '../../workspace/standalone.js';
 import { CsCommand } from '../_base.js';
