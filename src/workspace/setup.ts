@@ -16,6 +16,8 @@ import { QEMU_BINARY } from '../vm/qemu.js';
 /** Debian packages workspaces need on the host, by the program that proves each is there. */
 export const HOST_PACKAGES: readonly { pkg: string; check: string }[] = [
   { pkg: 'qemu-system-x86', check: '/usr/bin/qemu-system-x86_64' },
+  // qemu-img: restore points and clones put qcow2 overlays on workspace disks (only recommended by qemu-system-x86).
+  { pkg: 'qemu-utils', check: '/usr/bin/qemu-img' },
   { pkg: 'busybox-static', check: '/bin/busybox' },
   { pkg: 'erofs-utils', check: '/usr/bin/mkfs.erofs' },
   { pkg: 'e2fsprogs', check: '/sbin/mke2fs' },
