@@ -56,7 +56,7 @@ describe('parseConfig', () => {
 
   it('refuses workspace limits that are not sizes, too small, or unknown', () => {
     expect(() => parseConfig({ workspaces: { quota: 'lots', disk_size: '1Mi', swap: 1 } }, FILE)).toThrow(
-      /workspaces\.swap: unknown field[\s\S]*workspaces\.disk_size: must be a size of at least 64 MiB[\s\S]*workspaces\.quota: must be a size/,
+      /workspaces\.swap: unknown field[\s\S]*workspaces\.disk_size: must be a size of at least 256 MiB[\s\S]*workspaces\.quota: must be a size/,
     );
     expect(() => parseConfig({ workspaces: [] }, FILE)).toThrow(/workspaces: must be a mapping/);
   });

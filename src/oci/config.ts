@@ -144,7 +144,7 @@ function workspaceLimits(raw: Record<string, unknown>, problems: string[]): Work
     }
     return bytes;
   };
-  return { diskBytes: size('disk_size', DEFAULT_WORKSPACE_LIMITS.diskBytes, 64 * 1024 ** 2), quotaBytes: size('quota', DEFAULT_WORKSPACE_LIMITS.quotaBytes, 1024 ** 2) };
+  return { diskBytes: size('disk_size', DEFAULT_WORKSPACE_LIMITS.diskBytes, 256 * 1024 ** 2), quotaBytes: size('quota', DEFAULT_WORKSPACE_LIMITS.quotaBytes, 1024 ** 2) };
 }
 
 function host(value: unknown, where: string, problems: string[]): string | undefined {

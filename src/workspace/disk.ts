@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, link, lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { VmError } from '../util/errors.js';
+import { syncDir } from '../util/fs.js';
 import { run } from '../util/process.js';
 import { FILES, writeRecord, type DiskState, type WorkspaceRecord } from './state.js';
 
@@ -57,9 +58,14 @@ export function topPath(record: Pick<WorkspaceRecord, 'disk'>): string {
   return record.disk ? join(DISK_DIR, record.disk.top) : FILES.disk;
 }
 
+/** The size a disk really has: whole MiB, at least 64 (what mke2fs is given, and every overlay of it). */
+export function diskImageBytes(bytes: number): number {
+  return Math.max(64, Math.floor(bytes / (1024 * 1024))) * 1024 * 1024;
+}
+
 /** A sparse ext4 file: costs what is written to it, not its size. */
 export async function makeDisk(path: string, bytes: number): Promise<void> {
-  const mib = Math.max(64, Math.floor(bytes / (1024 * 1024)));
+  const mib = diskImageBytes(bytes) / (1024 * 1024);
   await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-m', '0', '-E', 'lazy_itable_init=1,lazy_journal_init=1', '-L', 'cs-workspace', path, `${mib}M`]);
 }
 
@@ -69,6 +75,7 @@ export async function newDisk(dir: string, bytes: number): Promise<DiskState> {
   const base = newName('base');
   await makeDisk(join(dir, DISK_DIR, base), bytes);
   await chmod(join(dir, DISK_DIR, base), 0o600);
+  await syncDir(join(dir, DISK_DIR));
   return { top: base, parents: { [base]: null } };
 }
 
@@ -80,8 +87,10 @@ export async function newDisk(dir: string, bytes: number): Promise<DiskState> {
 export async function overlayOn(dir: string, parent: string, bytes: number): Promise<string> {
   const name = newName('layer');
   const path = join(dir, DISK_DIR, name);
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', parent, '-F', formatOf(parent), '-o', `cluster_size=${CLUSTER_SIZE}`, path, String(bytes)]);
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-u', '-b', parent, '-F', formatOf(parent), '-o', `cluster_size=${CLUSTER_SIZE}`, path, String(diskImageBytes(bytes))]);
   await chmod(path, 0o600);
+  // The record that names it is fsynced; the file's name must be on disk before that.
+  await syncDir(join(dir, DISK_DIR));
   return name;
 }
 
@@ -166,6 +175,7 @@ export async function linkChain(fromDir: string, toDir: string, state: DiskState
     await link(join(fromDir, DISK_DIR, f), join(toDir, DISK_DIR, f));
     parents[f] = state.parents[f] ?? null;
   }
+  await syncDir(join(toDir, DISK_DIR));
   return parents;
 }
 
@@ -181,35 +191,62 @@ export async function migrateLegacyDisk(dir: string, record: WorkspaceRecord): P
   const base = newName('base');
   // A link, not a rename: until the caller has written the record, the old name is the one it names.
   await link(join(dir, FILES.disk), join(dir, DISK_DIR, base));
+  await syncDir(join(dir, DISK_DIR));
   return { ...record, disk: { top: base, parents: { [base]: null } } };
 }
 
 /** Bytes a file really holds on the host (its allocated blocks), and its identity for counting hard links once. */
-export async function allocated(path: string): Promise<{ bytes: number; id: string } | undefined> {
+export async function allocated(path: string): Promise<{ bytes: number; id: string; links: number } | undefined> {
   const st = await lstat(path, { bigint: true }).catch(() => undefined);
   if (!st || !st.isFile()) return undefined;
-  return { bytes: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}` };
+  return { bytes: Number(st.blocks) * 512, id: `${st.dev}:${st.ino}`, links: Number(st.nlink) };
 }
 
 /**
  * Before the disk is used (the workspace stopped and locked): an older
- * record's disk moves into the chain layout; a disk whose files are gone
- * (deleted by hand, a lost volume) is replaced by an empty one, with a
- * warning, so the workspace boots and its first-boot steps (an imported
- * repository's clone among them) run again. Before a boot (`boot`), the
- * top stops being pristine, since the VM will write to it. Writes the
- * record when it changed, and returns it.
+ * record's disk moves into the chain layout, and the chain is checked.
+ *
+ * Files missing from the chain (deleted by hand, a lost volume) are
+ * recovered only before a boot, with a warning, and nothing is deleted on
+ * the way: when the newest files are gone, the disk goes on from the
+ * newest state still whole (a new overlay on it); when the base itself is
+ * gone, the workspace starts from an empty disk (its first-boot steps, an
+ * imported repository's clone among them, run again) and what is left of
+ * the old chain is moved aside into `disk/lost-TIME/`. Other callers get
+ * an error telling them to start the workspace once.
+ *
+ * Before a boot, the top stops being pristine (the VM will write to it).
+ * Writes the record when it changed, and returns it.
  */
 export async function prepareDisk(dir: string, record: WorkspaceRecord, options: { boot: boolean; warn?: (line: string) => void }): Promise<WorkspaceRecord> {
   const warn = options.warn ?? (() => undefined);
   let next = await migrateLegacyDisk(dir, record);
-  const missing = next.disk ? chainOf(next.disk, next.disk.top).filter((f) => !existsSync(join(dir, DISK_DIR, f))) : ['disk.ext4'];
-  if (missing.length > 0) {
-    warn(`the disk of ${record.sandbox}/${record.name} is gone (${missing.join(', ')} missing): it starts again from an empty disk`);
-    const fresh = await newDisk(dir, next.diskBytes);
-    const base = fresh.top;
-    const kept = (next.restorePoints ?? []).filter((p) => next.disk && chainOf(next.disk, p.layer).every((f) => existsSync(join(dir, DISK_DIR, f))));
-    next = { ...next, disk: { top: base, parents: { ...next.disk?.parents, [base]: null } }, restorePoints: kept };
+  const name = `${record.sandbox}/${record.name}`;
+  const chain = next.disk ? chainOf(next.disk, next.disk.top) : [];
+  const present = chain.map((f) => existsSync(join(dir, DISK_DIR, f)));
+  if (chain.length === 0 || present.includes(false)) {
+    if (!options.boot) {
+      throw new VmError(`files of the disk of ${name} are missing (${chain.filter((_, i) => !present[i]).join(', ') || 'disk.ext4'})`, {
+        code: 'DISK_MISSING',
+        suggestions: [`start it once (\`cs workspace start ${record.standalone ? record.sandbox : name}\`): cs recovers what it can and says what was lost`],
+      });
+    }
+    // The deepest run of files that are all there, down to the base.
+    let whole = chain.length;
+    while (whole > 0 && present[whole - 1]) whole--;
+    if (next.disk && whole < chain.length) {
+      const from = chain[whole] as string;
+      warn(`the newest ${whole} file(s) of the disk of ${name} are missing: it goes on from ${from}, and what was written after it is lost`);
+      const top = await overlayOn(dir, from, next.diskBytes);
+      next = { ...next, disk: { top, parents: { ...next.disk.parents, [top]: from } } };
+    } else {
+      warn(`the disk of ${name} is gone (${chain.length > 0 ? chain.filter((_, i) => !present[i]).join(', ') : 'disk.ext4'} missing): it starts again from an empty disk`);
+      await setAside(dir);
+      const fresh = await newDisk(dir, next.diskBytes);
+      next = { ...next, disk: fresh, restorePoints: [] };
+    }
+    const disk = next.disk as DiskState;
+    next = { ...next, restorePoints: (next.restorePoints ?? []).filter((p) => chainOf(disk, p.layer).every((f) => existsSync(join(dir, DISK_DIR, f)))) };
   }
   if (options.boot && next.disk?.pristine) {
     const { pristine: _unused, ...rest } = next.disk;
@@ -222,4 +259,13 @@ export async function prepareDisk(dir: string, record: WorkspaceRecord, options:
     await collectGarbage(dir, next);
   }
   return next;
+}
+
+/** Moves every chain file of `dir/disk/` into `dir/disk/lost-TIME/`, for a person to look at; nothing is deleted. */
+async function setAside(dir: string): Promise<void> {
+  const names = (await readdir(join(dir, DISK_DIR)).catch(() => [] as string[])).filter((n) => FILE_NAME.test(n));
+  if (names.length === 0) return;
+  const aside = join(dir, DISK_DIR, `lost-${new Date().toISOString().replace(/[:.]/g, '-')}`);
+  await mkdir(aside, { recursive: true, mode: 0o700 });
+  for (const n of names) await rename(join(dir, DISK_DIR, n), join(aside, n));
 }

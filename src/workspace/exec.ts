@@ -53,8 +53,11 @@ export async function execInWorkspace(options: ExecOptions): Promise<ExecResult>
     env[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
   const shown = record.standalone ? record.sandbox : `${ws.sandbox}/${ws.workspace}`;
-  await startForCommand(ws, options.envOverride, options.onStart);
-  return withCommandLease(ws.dir, options.argv.join(' '), () => runIn(ws.dir, shown, user, env, options));
+  // The lease comes first: a removal or restore must see a command that is still starting its workspace.
+  return withCommandLease(ws.dir, options.argv.join(' '), async () => {
+    await startForCommand(ws, options.envOverride, options.onStart);
+    return runIn(ws.dir, shown, user, env, options);
+  });
 }
 
 async function runIn(dir: string, shown: string, user: string, env: Record<string, string>, options: ExecOptions): Promise<ExecResult> {

@@ -283,6 +283,7 @@ export async function removeSandbox(options: LifecycleOptions & { name: string }
     await withLock(join(ws.dir, FILES.lock), { purpose: `removing ${ws.sandbox}/${ws.workspace}` }, async () => {
       options.onPhase?.(`stop ${ws.workspace}`);
       await stopSupervisor(ws.dir, { graceful: true, deleting: true });
+      await retireRecord(ws.dir);
     });
     removed.push(ws.workspace);
   }
@@ -292,6 +293,15 @@ export async function removeSandbox(options: LifecycleOptions & { name: string }
   await rename(root, trash);
   await rm(trash, { recursive: true, force: true });
   return { sandbox: options.name.toLowerCase(), removed };
+}
+
+/**
+ * Still under the lock of a removal: the record goes, so a command that
+ * takes the lock next (an exec starting the workspace) finds nothing to
+ * start in a folder about to be deleted.
+ */
+export async function retireRecord(dir: string): Promise<void> {
+  await rename(join(dir, FILES.record), join(dir, `${FILES.record}.removed`)).catch(() => undefined);
 }
 
 /**
@@ -330,7 +340,7 @@ export async function stopSupervisor(dir: string, options: { graceful: boolean; 
  * lock. It is ours when its working directory is the workspace folder (a
  * recycled pid would not be); it is stopped before anything boots again.
  */
-async function killOrphanQemu(dir: string, runRecord: RunRecord | undefined): Promise<void> {
+export async function killOrphanQemu(dir: string, runRecord: RunRecord | undefined): Promise<void> {
   const pid = runRecord?.qemuPid;
   if (!pid || runRecord.exit) return;
   const real = await realpath(dir).catch(() => dir);

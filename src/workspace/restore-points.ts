@@ -1,4 +1,4 @@
-import { rm } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { SNAPSHOT_NAME, SNAPSHOT_NAME_RULE } from '../definition/names.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
@@ -6,8 +6,8 @@ import { withLock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import { activeCommands, describeCommands } from './busy.js';
 import { openAgent, requestDiskSwitch } from './control.js';
-import { allocated, collectGarbage, DISK_DIR, freezeTop, overlayOn, prepareDisk, prunedState, sealed } from './disk.js';
-import { resolveWorkspace, startWorkspace, stopSupervisor, type LifecycleOptions } from './lifecycle.js';
+import { allocated, chainOf, collectGarbage, DISK_DIR, freezeTop, overlayOn, prepareDisk, prunedState, sealed } from './disk.js';
+import { killOrphanQemu, resolveWorkspace, startWorkspace, stopSupervisor, type LifecycleOptions } from './lifecycle.js';
 import { freeze } from './snapshots.js';
 import { FILES, readRecord, readRun, supervisorAlive, writeRecord, type RestorePoint, type WorkspaceRecord, type WorkspaceRef } from './state.js';
 import { checkQuota, displayName, OVERLAY_BYTES } from './usage.js';
@@ -71,7 +71,10 @@ export async function createRestorePoint(options: LifecycleOptions & { target: s
         suggestions: [`delete it first with \`cs workspace snapshots delete ${label(ws, record)} ${options.name}\`, or pick another name`],
       });
     }
-    if (supervisorAlive(await readRun(ws.dir))) return takeLive(ws, record, options);
+    const runRecord = await readRun(ws.dir);
+    if (supervisorAlive(runRecord)) return takeLive(ws, record, options);
+    // A VM whose supervisor died still writes to the top: it is stopped before the top is frozen.
+    await killOrphanQemu(ws.dir, runRecord);
     record = await prepareDisk(ws.dir, record, { boot: false });
     const disk = record.disk as NonNullable<WorkspaceRecord['disk']>;
     const { state, frozen } = await freezeTop(ws.dir, disk, record.diskBytes);
@@ -109,9 +112,10 @@ async function takeLive(ws: WorkspaceRef, record: WorkspaceRecord, options: Life
     await writeRecord(ws.dir, { ...record, disk: { top, parents: { ...disk.parents, [top]: old } }, restorePoints: [...(record.restorePoints ?? []), taken] });
     options.onPhase?.('switch the disk to a new overlay');
     await requestDiskSwitch(ws.dir, top).catch(async (error: Error) => {
-      await writeRecord(ws.dir, record);
-      await rm(join(ws.dir, DISK_DIR, top as string), { force: true });
-      throw new VmError(`workspace ${name}: QEMU did not switch to a new overlay: ${error.message}`, { code: 'RESTORE_POINT_FAILED', cause: error });
+      // An error does not prove QEMU did not switch (the supervisor may fail after it did): the record keeps
+      // the new top, which is right either way (see above), and only the point is dropped.
+      await writeRecord(ws.dir, { ...record, disk: { top: top as string, parents: { ...disk.parents, [top as string]: old } } });
+      throw new VmError(`workspace ${name}: QEMU did not confirm the switch to a new overlay, so no restore point was taken: ${error.message}`, { code: 'RESTORE_POINT_FAILED', cause: error });
     });
   } catch (error) {
     await thaw().catch(() => undefined);
@@ -156,21 +160,27 @@ export async function restoreRestorePoint(options: LifecycleOptions & { target: 
         suggestions: [`delete it with \`cs workspace snapshots delete ${label(ws, record)} ${point.name}\``],
       });
     }
-    const running = supervisorAlive(await readRun(ws.dir));
-    if (running && !options.force) {
-      const busy = await activeCommands(ws.dir);
-      throw new InputError(`workspace ${label(ws, record)} is running; restoring replaces its disk, so it must be stopped first`, {
-        code: 'RUNNING',
-        suggestions: [
-          ...(busy.length > 0 ? [`commands running in it now: ${describeCommands(busy)}`] : []),
-          `stop it with \`cs workspace stop ${label(ws, record)}\`, or pass --force to stop it, restore and start it again`,
-        ],
+    const runRecord = await readRun(ws.dir);
+    const running = supervisorAlive(runRecord);
+    const busy = await activeCommands(ws.dir);
+    if (busy.length > 0) {
+      throw new InputError(`commands are running in ${label(ws, record)}, and restoring would replace the disk under them: ${describeCommands(busy)}`, {
+        code: 'BUSY',
+        suggestions: ['wait for them to finish (or stop them), then restore'],
       });
     }
+    if (running && !options.force) {
+      throw new InputError(`workspace ${label(ws, record)} is running; restoring replaces its disk, so it must be stopped first`, {
+        code: 'RUNNING',
+        suggestions: [`stop it with \`cs workspace stop ${label(ws, record)}\`, or pass --force to stop it, restore and start it again`],
+      });
+    }
+    const missing = record.disk ? chainOf(record.disk, point.layer).filter((f) => !existsSync(join(ws.dir, DISK_DIR, f))) : [];
+    if (missing.length > 0) throw new VmError(`restore point "${point.name}" of ${label(ws, record)} is damaged: ${missing.join(', ')} missing`, { code: 'DISK_MISSING' });
     if (running) {
       options.onPhase?.(`stop ${label(ws, record)}`);
       await stopSupervisor(ws.dir, { graceful: true });
-    }
+    } else await killOrphanQemu(ws.dir, runRecord);
     record = await prepareDisk(ws.dir, record, { boot: false });
     const disk = record.disk as NonNullable<WorkspaceRecord['disk']>;
     const top = await overlayOn(ws.dir, point.layer, record.diskBytes);
@@ -193,7 +203,11 @@ export async function deleteRestorePoint(options: { target: string; name: string
     const next = { ...record, restorePoints: (record.restorePoints ?? []).filter((p) => p !== point) };
     const pruned = { ...next, ...(next.disk ? { disk: prunedState(next) ?? next.disk } : {}) };
     const before = new Map<string, number>();
-    for (const f of Object.keys(record.disk?.parents ?? {})) before.set(f, (await allocated(join(ws.dir, DISK_DIR, f)))?.bytes ?? 0);
+    // A file a clone also links frees nothing when this workspace lets go of it.
+    for (const f of Object.keys(record.disk?.parents ?? {})) {
+      const use = await allocated(join(ws.dir, DISK_DIR, f));
+      before.set(f, use && use.links === 1 ? use.bytes : 0);
+    }
     await writeRecord(ws.dir, pruned);
     const removed = await collectGarbage(ws.dir, pruned);
     return { workspace: label(ws, record), deleted: point.name, freedBytes: removed.reduce((sum, f) => sum + (before.get(f) ?? 0), 0) };

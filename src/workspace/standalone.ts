@@ -11,7 +11,9 @@ import { run } from '../util/process.js';
 import { activeCommands, describeCommands } from './busy.js';
 import { freezeTop, linkChain, overlayOn, prepareDisk, sealed } from './disk.js';
 import {
+  killOrphanQemu,
   portsInUse,
+  retireRecord,
   removeSandbox,
   resolveWorkspace,
   startWorkspace,
@@ -99,7 +101,8 @@ async function standaloneModel(options: StandaloneOptions, extra: Record<string,
 export async function createStandalone(options: StandaloneOptions & { cloneFrom?: string }): Promise<WorkspaceInfo> {
   const name = checkWorkspaceName(options.name);
   if (options.cloneFrom) {
-    if (options.image || options.snapshot) throw new UsageError('a clone boots what its source does: drop --image/--snapshot');
+    const ignored = [options.image && '--image', options.snapshot && '--snapshot', options.diskBytes !== undefined && '--disk', options.cpus !== undefined && '--cpus', options.memoryMiB !== undefined && '--memory', options.personal && '--personal'].filter(Boolean);
+    if (ignored.length > 0) throw new UsageError(`a clone has its source's image, disk and resources: drop ${ignored.join(', ')}`);
     return cloneWorkspace({ ...options, name, from: options.cloneFrom });
   }
   await checkFree(name, options.env);
@@ -146,16 +149,22 @@ async function resolveGitRef(url: string, ref: string | undefined): Promise<stri
   const result = await run('git', ['ls-remote', '--', url, ref ?? 'HEAD'], { env: { GIT_TERMINAL_PROMPT: '0' }, timeoutMs: 120_000 }).catch((error: Error) => {
     throw new InputError(`cannot read the git repository ${url}: ${error.message.split('\n').slice(-2).join(' ')}`, { code: 'GIT_FAILED', cause: error });
   });
-  const lines = result.stdout.split('\n').filter((l) => l.trim() !== '');
-  // A tag's peeled line (^{}) names the commit; a branch or HEAD has one line.
-  const line = lines.find((l) => l.endsWith('^{}')) ?? lines.find((l) => /\t(HEAD|refs\/heads\/|refs\/tags\/)/.test(l));
-  if (!line) {
+  // ls-remote matches refs that merely end with REF; take the exact one, branch before tag as `git clone --branch` does, a tag peeled.
+  const refs = new Map<string, string>();
+  for (const l of result.stdout.split('\n')) {
+    const [sha, name] = l.split('\t');
+    if (sha && name) refs.set(name, sha);
+  }
+  const commit = ref
+    ? (refs.get(`refs/heads/${ref}`) ?? refs.get(`refs/tags/${ref}^{}`) ?? refs.get(`refs/tags/${ref}`))
+    : refs.get('HEAD');
+  if (!commit) {
     throw new InputError(`${url} has no ${ref ? `branch or tag "${ref}"` : 'default branch'}`, {
       code: 'NOT_FOUND',
       suggestions: ref && /^[0-9a-f]{7,39}$/i.test(ref) ? ['give a commit as its full 40-character id'] : ['see `git ls-remote URL`'],
     });
   }
-  return (line.split('\t')[0] ?? '').toLowerCase();
+  return commit.toLowerCase();
 }
 
 /**
@@ -175,12 +184,15 @@ export async function cloneWorkspace(options: StandaloneOptions & { from: string
     let record = await readRecord(source.dir);
     if (!record) throw new InputError(`workspace ${options.from} does not exist`, { code: 'NOT_FOUND' });
     const shown = displayName(source, record.standalone);
-    if (supervisorAlive(await readRun(source.dir))) {
+    const sourceRun = await readRun(source.dir);
+    if (supervisorAlive(sourceRun)) {
       throw new InputError(`workspace ${shown} is running; a clone copies a stopped disk`, {
         code: 'RUNNING',
         suggestions: [`stop it first with \`cs workspace stop ${shown}\`, then clone it`],
       });
     }
+    // A VM whose supervisor died still writes to the top: it is stopped before the top is frozen.
+    await killOrphanQemu(source.dir, sourceRun);
     record = await prepareDisk(source.dir, record, { boot: false });
     const disk = record.disk as NonNullable<WorkspaceRecord['disk']>;
     const { state, frozen } = await freezeTop(source.dir, disk, record.diskBytes);
@@ -291,6 +303,7 @@ export async function removeWorkspace(options: LifecycleOptions & { target: stri
   }
   await withLock(join(ref.dir, FILES.lock), { purpose: `removing ${shown}` }, async () => {
     await stopSupervisor(ref.dir, { graceful: true, deleting: true });
+    await retireRecord(ref.dir);
   });
   const trash = join(sandboxesDir(options.env), `.removed-${ref.sandbox}-${ref.workspace}-${Date.now()}`);
   await rename(ref.dir, trash);

@@ -114,6 +114,9 @@ describe('persistent workspaces', () => {
     expect(live).toMatchObject({ name: 'Two', state: 'ready', live: true });
     // The running workspace carries on writing after the switch to a new overlay.
     expect(await out('keep', 'echo three > /home/owner/f && cat /home/owner/f /home/owner/g')).toBe('three\ng');
+    // Writes after the switch land in the new overlay, which the record names: they survive a stop and start.
+    await ok('workspace', 'stop', 'keep');
+    expect(await out('keep', 'cat /home/owner/f')).toBe('three');
     const dup = await cs('workspace', 'snapshots', 'create', 'keep', '--name', 'two');
     expect(dup.exitCode).not.toBe(0);
     expect(dup.stderr).toMatch(/already has a restore point "two"/);
@@ -140,11 +143,17 @@ describe('persistent workspaces', () => {
 
     await ok('workspace', 'stop', 'keep');
     const before = await diskFiles('keep');
-    await ok('workspace', 'snapshots', 'delete', 'keep', 'two');
+    const deleted = await json<{ freedBytes: number }>('workspace', 'snapshots', 'delete', 'keep', 'two');
     expect((await json<{ restorePoints: Point[] }>('workspace', 'snapshots', 'list', 'keep')).restorePoints.map((p) => p.name)).toEqual(['one']);
-    // Nothing the current disk reads is removed with the point: it still boots with its files.
+    // The current disk reads through the point's file: it stays, nothing is freed, and the workspace has its files.
+    expect(deleted.freedBytes).toBe(0);
+    expect(await diskFiles('keep')).toEqual(before);
     expect(await out('keep', 'cat /home/owner/f /home/owner/g')).toBe('two\ng');
-    expect((await diskFiles('keep')).length).toBeLessThanOrEqual(before.length);
+    // Back to "one": now nothing reads the files written after it, and they are gone from the disk folder.
+    await ok('workspace', 'snapshots', 'restore', 'keep', 'one', '--force');
+    const after = await diskFiles('keep');
+    expect(after.length).toBeLessThan(before.length);
+    expect(await out('keep', 'cat /home/owner/f; ls /home/owner')).toBe('one\nf');
   }, 600_000);
 
   it('a base snapshot of a workspace whose disk is an overlay chain reads through the chain', async () => {
@@ -234,9 +243,11 @@ describe('persistent workspaces', () => {
     await ok('workspace', 'snapshots', 'create', 'busy', '--name', 'clean');
     const long = startCs(['exec', '--workspace', 'busy', '--', 'sh', '-c', 'echo started > /home/owner/s; sleep 8; echo done'], { env, timeoutMs: 120_000 });
     for (let i = 0; i < 200 && !(await sh('busy', 'test -e /home/owner/s').then((r) => r.exitCode === 0)); i++) await new Promise((r) => setTimeout(r, 100));
-    const refused = await cs('workspace', 'snapshots', 'restore', 'busy', 'clean');
-    expect(refused.exitCode).not.toBe(0);
-    expect(refused.stderr).toMatch(/commands running in it now: `sh -c echo started/);
+    for (const force of [[], ['--force']]) {
+      const refused = await cs('workspace', 'snapshots', 'restore', 'busy', 'clean', ...force);
+      expect(refused.exitCode).not.toBe(0);
+      expect(refused.stderr).toMatch(/commands are running in busy, and restoring would replace the disk under them: `sh -c echo started/);
+    }
     const removal = await cs('workspace', 'remove', 'busy');
     expect(removal.exitCode).not.toBe(0);
     expect(removal.stderr).toMatch(/commands are running in busy/);

@@ -190,9 +190,11 @@ describe('a workspace from a tiny image', () => {
     const suspend = await runCs(['sandbox', 'suspend', 'tiny', '--json'], { env: home.env, timeoutMs: 120_000 });
     expect(suspend.exitCode).toBe(0);
     expect((JSON.parse(suspend.stdout) as { workspaces: Summary[] }).workspaces[0]?.status).toBe('suspended');
-    const down = await runCs(['exec', '-W', 'tiny/dev', '--', 'true'], { env: home.env });
-    expect(down.exitCode).toBe(5);
-    expect(down.stderr).toContain('suspended');
+    // exec starts a suspended workspace for the command, and says so.
+    const down = await runCs(['exec', '-W', 'tiny/dev', '--', 'true'], { env: home.env, timeoutMs: 240_000 });
+    expect(down.exitCode, down.stderr).toBe(0);
+    expect(down.stderr).toContain('cs: workspace tiny/dev is stopped; starting it');
+    // resume of a running workspace changes nothing.
     const resume = await runCs(['sandbox', 'resume', 'tiny', '--wait', '--json'], { env: home.env, timeoutMs: 240_000 });
     expect(resume.exitCode).toBe(0);
     const read = await runCs(['exec', '-W', 'tiny/dev', '--', 'sh', '-c', 'cat notes.txt; cat src/app/hook.txt'], { env: home.env });
