@@ -70,7 +70,8 @@ describe('a kernel from an OCI image', () => {
       expect(created.exitCode, created.stderr).toBe(0);
       const record = JSON.parse(await readFile(join(home.home, 'sandboxes', 'kcfg', 'dev', 'workspace.json'), 'utf8')) as { kernel: { vmlinuz: string } };
       expect(record.kernel.vmlinuz).toMatch(/\/kernels\/oci-[0-9a-f]{16}\/vmlinuz$/);
-      expect((await runCs(['exec', '-W', 'kcfg/dev', '--', 'uname', '-r'], { env: home.env })).stdout).toBe(version);
+      const uname = await runCs(['exec', '-W', 'kcfg/dev', '--', 'uname', '-r'], { env: home.env, timeoutMs: 180_000 });
+      expect(uname.stdout, `exit ${uname.exitCode}: ${uname.stderr}`).toBe(version);
     } finally {
       await runCs(['sandbox', 'remove', 'kcfg'], { env: home.env, timeoutMs: 60_000 });
       await rm(home.env['CS_CONFIG'] as string, { force: true });
