@@ -1,6 +1,7 @@
 import { formatSize } from '../util/progress.js';
 import { usageReport, type UsageReport } from '../workspace/usage.js';
 import { CsCommand } from './_base.js';
+import { table } from './_table.js';
 
 export default class Usage extends CsCommand {
   static override summary = 'Show what your workspaces hold on this machine, against your cap.';
@@ -12,12 +13,8 @@ export default class Usage extends CsCommand {
   async run(): Promise<UsageReport> {
     await this.parse(Usage);
     const report = await usageReport();
-    const rows = [
-      ['WORKSPACE', 'USED', 'RESTORE POINTS', 'SHARED', 'DISK SIZE'],
-      ...report.workspaces.map((w) => [w.workspace, formatSize(w.bytes), `${w.restorePoints} (${formatSize(w.restorePointBytes)})`, formatSize(w.sharedBytes), formatSize(w.diskBytes)]),
-    ];
-    const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-    if (report.workspaces.length > 0) this.show(rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n'));
+    const rows = report.workspaces.map((w) => [w.workspace, formatSize(w.bytes), `${w.restorePoints} (${formatSize(w.restorePointBytes)})`, formatSize(w.sharedBytes), formatSize(w.diskBytes)]);
+    if (rows.length > 0) this.show(table(['WORKSPACE', 'USED', 'RESTORE POINTS', 'SHARED', 'DISK SIZE'], rows));
     const pct = report.quotaBytes > 0 ? Math.round((report.totalBytes / report.quotaBytes) * 100) : 0;
     this.show(`total: ${formatSize(report.totalBytes)} of ${formatSize(report.quotaBytes)} (${pct}%)`);
     return report;

@@ -1,6 +1,7 @@
 import { listImages, type ImageSummary } from '../../oci/image.js';
 import { formatSize } from '../../util/progress.js';
 import { CsCommand } from '../_base.js';
+import { table } from '../_table.js';
 
 export default class ImageLs extends CsCommand {
   static override summary = 'List the images in the local store.';
@@ -17,9 +18,4 @@ export default class ImageLs extends CsCommand {
     }
     return { images };
   }
-}
-
-export function table(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  return [header, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
 }

@@ -1,11 +1,11 @@
 import type { WorkspaceSummary } from '../../workspace/lifecycle.js';
 import { formatSize } from '../../util/progress.js';
+import { table } from '../_table.js';
 
 /** People-facing lines for workspaces (tables for list, details for show). */
 
 export function workspaceTable(rows: readonly WorkspaceSummary[]): string {
   if (rows.length === 0) return 'No sandboxes. Create one with `cs sandbox create NAME -f FILE`.';
-  const header = ['SANDBOX', 'WORKSPACE', 'STATUS', 'STEP', 'PORTS'];
   const lines = rows.map((w) => [
     w.sandbox,
     w.workspace,
@@ -13,8 +13,7 @@ export function workspaceTable(rows: readonly WorkspaceSummary[]): string {
     w.status === 'starting' ? (w.step ?? w.phase ?? '') : '',
     w.ports.map((p) => `127.0.0.1:${p.hostPort}->${p.guestPort}`).join(' '),
   ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] ?? '').length)));
-  return [header, ...lines].map((l) => l.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
+  return table(['SANDBOX', 'WORKSPACE', 'STATUS', 'STEP', 'PORTS'], lines);
 }
 
 export function workspaceDetails(w: WorkspaceSummary): string {

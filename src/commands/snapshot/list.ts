@@ -3,6 +3,7 @@ import { listSnapshotSummaries, type SnapshotSummary } from '../../snapshot/mana
 import { UsageError } from '../../util/errors.js';
 import { formatSize } from '../../util/progress.js';
 import { CsCommand } from '../_base.js';
+import { table } from '../_table.js';
 
 const COLUMNS: Record<string, { title: string; value: (s: SnapshotSummary) => string }> = {
   name: { title: 'NAME', value: (s) => s.name },
@@ -34,9 +35,7 @@ export default class SnapshotList extends CsCommand {
     if (snapshots.length === 0) this.show('No snapshots. Create one with `cs snapshot create NAME -W SANDBOX/WORKSPACE` (or --home, --personal).');
     else {
       const columns = names.map((n) => COLUMNS[n] as (typeof COLUMNS)[string]);
-      const rows = [columns.map((c) => c.title), ...snapshots.map((s) => columns.map((c) => c.value(s)))];
-      const widths = columns.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-      this.show(rows.map((r) => r.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n'));
+      this.show(table(columns.map((c) => c.title), snapshots.map((s) => columns.map((c) => c.value(s)))));
     }
     return { snapshots };
   }

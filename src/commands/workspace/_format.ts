@@ -1,14 +1,13 @@
 import { formatSize } from '../../util/progress.js';
 import type { WorkspaceInfo } from '../../workspace/standalone.js';
+import { table } from '../_table.js';
 
 /** People-facing lines for `cs workspace` results. */
 
 export function infoTable(rows: readonly WorkspaceInfo[]): string {
   if (rows.length === 0) return 'No workspaces. Make one with `cs workspace create --name NAME --image REF` (or `cs sandbox create -f FILE`).';
-  const header = ['NAME', 'STATUS', 'BASE', 'RESTORE POINTS', 'TEMPLATE', 'LABEL'];
   const lines = rows.map((w) => [w.id, w.status, w.base ?? '', String(w.restorePoints), w.template ? 'yes' : '', w.label ?? '']);
-  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => (l[i] ?? '').length)));
-  return [header, ...lines].map((l) => l.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
+  return table(['NAME', 'STATUS', 'BASE', 'RESTORE POINTS', 'TEMPLATE', 'LABEL'], lines);
 }
 
 export function infoDetails(w: WorkspaceInfo & { bytes?: number }): string {

@@ -2,6 +2,7 @@ import { Args } from '@oclif/core';
 import { formatSize } from '../../../util/progress.js';
 import { listRestorePoints, type RestorePointInfo } from '../../../workspace/restore-points.js';
 import { CsCommand } from '../../_base.js';
+import { table } from '../../_table.js';
 
 export default class RestorePointList extends CsCommand {
   static override summary = 'List a workspace\'s restore points, oldest first.';
@@ -14,9 +15,8 @@ export default class RestorePointList extends CsCommand {
     const result = await listRestorePoints({ target: args.workspace });
     if (result.restorePoints.length === 0) this.show(`${result.workspace} has no restore points. Take one with \`cs workspace snapshots create ${result.workspace} --name NAME\`.`);
     else {
-      const rows = [['NAME', 'CREATED', 'SIZE', 'TAKEN', 'STATE'], ...result.restorePoints.map((p) => [p.name, p.createdAt.replace(/\.\d+Z$/, 'Z'), formatSize(p.bytes), p.live ? 'running' : 'stopped', p.state])];
-      const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length)));
-      this.show(rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n'));
+      const rows = result.restorePoints.map((p) => [p.name, p.createdAt.replace(/\.\d+Z$/, 'Z'), formatSize(p.bytes), p.live ? 'running' : 'stopped', p.state]);
+      this.show(table(['NAME', 'CREATED', 'SIZE', 'TAKEN', 'STATE'], rows));
     }
     return result;
   }
