@@ -3,7 +3,7 @@ import { copyFile, link, lstat, mkdir, mkdtemp, open, readFile, readlink, readdi
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import fc from 'fast-check';
+import { damageRuns } from '../../test/helpers/damage.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LayerError } from '../util/errors.js';
 import { Ext4Image, walkTree } from './ext4.js';
@@ -655,42 +655,22 @@ describe('a damaged or hostile image', () => {
       [l1Offset, l1Offset + 8],
       [l2Offset + (MiB / clusterSize) * 8 - 16, l2Offset + (MiB / clusterSize) * 8 + 16],
     ];
-    const path = join(dir, 'fuzz.qcow2');
-    await copyFile(clean, path);
-    const original = await readFile(path);
-    const change = fc.record({ region: fc.nat(regions.length - 1), offset: fc.nat(), value: fc.nat(255) });
-    const outcomes = { ok: 0, refused: 0 };
-    await fc.assert(
-      fc.asyncProperty(fc.array(change, { minLength: 1, maxLength: 4 }), async (changes) => {
-        const fh = await open(path, 'r+');
-        const touched: number[] = [];
+    const outcomes = await damageRuns({
+      clean,
+      path: join(dir, 'fuzz.qcow2'),
+      regions,
+      maxBytes: 4,
+      runs: 300,
+      read: async (path) => {
+        // At most the first 2 MiB: a forged virtual size may claim petabytes.
+        const image = await openDiskImage(path);
         try {
-          for (const c of changes) {
-            const [start, end] = regions[c.region] as [number, number];
-            const at = start + (c.offset % (end - start));
-            touched.push(at);
-            await fh.write(Buffer.from([c.value]), 0, 1, at);
-          }
-          try {
-            // At most the first 2 MiB: a forged virtual size may claim petabytes.
-            const image = await openDiskImage(path);
-            try {
-              await image.read(Buffer.alloc(2 * MiB), 0, 2 * MiB, 0);
-            } finally {
-              await image.close();
-            }
-            outcomes.ok++;
-          } catch (error) {
-            if (!(error instanceof LayerError)) throw error;
-            outcomes.refused++;
-          }
+          await image.read(Buffer.alloc(2 * MiB), 0, 2 * MiB, 0);
         } finally {
-          for (const at of touched) await fh.write(original, at, 1, at);
-          await fh.close();
+          await image.close();
         }
-      }),
-      { numRuns: 300, seed: 20240601 },
-    );
+      },
+    });
     expect(outcomes.ok + outcomes.refused).toBe(300);
     expect(outcomes.refused).toBeGreaterThan(0);
   });
