@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { VmError } from '../util/errors.js';
 import { syncDir } from '../util/fs.js';
 import { run } from '../util/process.js';
-import { FILES, writeRecord, type DiskState, type WorkspaceRecord } from './state.js';
+import { displayName, FILES, writeRecord, type DiskState, type WorkspaceRecord } from './state.js';
 
 /**
  * A workspace's disk as a chain of files in its `disk/` folder.
@@ -228,7 +228,7 @@ export async function prepareDisk(dir: string, record: WorkspaceRecord, options:
     if (!options.boot) {
       throw new VmError(`files of the disk of ${name} are missing (${chain.filter((_, i) => !present[i]).join(', ') || 'disk.ext4'})`, {
         code: 'DISK_MISSING',
-        suggestions: [`start it once (\`cs workspace start ${record.standalone ? record.sandbox : name}\`): cs recovers what it can and says what was lost`],
+        suggestions: [`start it once (\`cs workspace start ${displayName({ sandbox: record.sandbox, workspace: record.name }, record.standalone)}\`): cs recovers what it can and says what was lost`],
       });
     }
     // The deepest run of files that are all there, down to the base.

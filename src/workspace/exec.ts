@@ -10,9 +10,9 @@ import type { Env } from '../util/paths.js';
 import { openAgent, requestForward } from './control.js';
 import { DAEMON_LOG_DIR, GUEST_BUSYBOX, parsePasswd, workspaceEnv } from './guest-env.js';
 import { withCommandLease } from './busy.js';
-import { portsInUse, resolveWorkspace, summarize } from './lifecycle.js';
+import { ensureRunning, portsInUse, resolveWorkspace } from './lifecycle.js';
 import { canListen, pickHostPort } from './ports.js';
-import { FILES, readRecord, writeRecord, type PortMapping, type WorkspaceRef } from './state.js';
+import { displayName, FILES, readRecord, writeRecord, type PortMapping, type WorkspaceRef } from './state.js';
 
 /** `cs exec`, `cs ssh`, `cs log` and `cs port-forward`: what people do with a running workspace. */
 
@@ -52,10 +52,10 @@ export async function execInWorkspace(options: ExecOptions): Promise<ExecResult>
     if (eq <= 0) throw new UsageError(`--env takes NAME=VALUE, not "${pair}"`);
     env[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
-  const shown = record.standalone ? record.sandbox : `${ws.sandbox}/${ws.workspace}`;
+  const shown = displayName(ws, record.standalone);
   // The lease comes first: a removal or restore must see a command that is still starting its workspace.
   return withCommandLease(ws.dir, options.argv.join(' '), async () => {
-    await startForCommand(ws, options.envOverride, options.onStart);
+    await startForCommand(ws, shown, options.envOverride, options.onStart);
     return runIn(ws.dir, shown, user, env, options);
   });
 }
@@ -97,13 +97,8 @@ async function runIn(dir: string, shown: string, user: string, env: Record<strin
 }
 
 /** A stopped workspace is started for a command (saying so) and left running for the next one. */
-async function startForCommand(ws: WorkspaceRef, env: Env | undefined, onStart: ((line: string) => void) | undefined): Promise<void> {
-  const record = await readRecord(ws.dir);
-  const shown = record?.standalone ? ws.sandbox : `${ws.sandbox}/${ws.workspace}`;
-  const before = (await summarize(ws.dir))?.status;
-  if (before === 'suspended' || before === 'crashed' || before === 'creating') onStart?.(`workspace ${shown} is stopped; starting it`);
-  const { ensureRunning } = await import('./standalone.js');
-  await ensureRunning(ws, { ...(env ? { env } : {}), ...(onStart ? { onPhase: (p: string) => onStart(`… ${p}`) } : {}) });
+async function startForCommand(ws: WorkspaceRef, label: string, env: Env | undefined, onStart: ((line: string) => void) | undefined): Promise<void> {
+  await ensureRunning(ws, { label, ...(env ? { env } : {}), ...(onStart ? { notify: onStart, onPhase: (p: string) => onStart(`… ${p}`) } : {}) });
 }
 
 function drained(stream: Readable): Promise<void> {
@@ -125,8 +120,9 @@ async function guestAccount(client: AgentClient, user: string): Promise<{ home: 
 /** The user's login shell from the image's passwd file, else sh. */
 export async function loginShell(target: string, user: string = WORKSPACE_USER, env?: Env, onStart?: (line: string) => void): Promise<string> {
   const ws = await resolveWorkspace(target, env);
-  await startForCommand(ws, env, onStart);
-  const client = await openAgent(ws.dir, `${ws.sandbox}/${ws.workspace}`);
+  const shown = displayName(ws, (await readRecord(ws.dir))?.standalone);
+  await startForCommand(ws, shown, env, onStart);
+  const client = await openAgent(ws.dir, shown);
   try {
     return (await guestAccount(client, user))?.shell ?? '/bin/sh';
   } finally {

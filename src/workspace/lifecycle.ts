@@ -256,6 +256,19 @@ export async function startWorkspace(ws: WorkspaceRef, options: LifecycleOptions
   return started;
 }
 
+/**
+ * Starts a stopped workspace for a command that needs it running (`cs
+ * exec`, `cs ssh`), telling `notify` first, and waits until it is ready;
+ * false when it was running (or starting, or failed with its VM up).
+ */
+export async function ensureRunning(ws: WorkspaceRef, options: LifecycleOptions & { label: string; notify?: (line: string) => void; waitTimeoutMs?: number }): Promise<boolean> {
+  const summary = await summarize(ws.dir);
+  if (!summary) throw new VmError(`workspace ${options.label} does not exist`);
+  if (summary.status === 'running' || summary.status === 'starting' || summary.status === 'failed') return false;
+  if (summary.status !== 'stopping') options.notify?.(`workspace ${options.label} is stopped; starting it`);
+  return startWorkspace(ws, { ...options, wait: true });
+}
+
 /** Marks a workspace wanted and starts its supervisor unless one runs; true when it started one. */
 async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOptions): Promise<boolean> {
   return withLock(join(ws.dir, FILES.lock), { purpose: `starting ${ws.sandbox}/${ws.workspace}` }, async () => {
@@ -280,28 +293,32 @@ export async function removeSandbox(options: LifecycleOptions & { name: string }
   const removed: string[] = [];
   const list = await sandboxWorkspaces(options.name, options.env);
   for (const ws of list) {
-    await withLock(join(ws.dir, FILES.lock), { purpose: `removing ${ws.sandbox}/${ws.workspace}` }, async () => {
-      options.onPhase?.(`stop ${ws.workspace}`);
-      await stopSupervisor(ws.dir, { graceful: true, deleting: true });
-      await retireRecord(ws.dir);
-    });
+    await retireWorkspace(ws, options);
     removed.push(ws.workspace);
   }
-  const root = join(sandboxesDir(options.env), options.name.toLowerCase());
-  // Renamed away first: a crash in the middle leaves no half-removed sandbox visible.
-  const trash = join(sandboxesDir(options.env), `.removed-${options.name.toLowerCase()}-${Date.now()}`);
-  await rename(root, trash);
-  await rm(trash, { recursive: true, force: true });
+  await discardFolder(join(sandboxesDir(options.env), options.name.toLowerCase()), options.name.toLowerCase(), options.env);
   return { sandbox: options.name.toLowerCase(), removed };
 }
 
 /**
- * Still under the lock of a removal: the record goes, so a command that
- * takes the lock next (an exec starting the workspace) finds nothing to
- * start in a folder about to be deleted.
+ * The first half of removing a workspace, under its lock: the on_delete
+ * hook runs, the VM stops, and the record goes, so a command that takes
+ * the lock next (an exec starting the workspace) finds nothing to start in
+ * a folder about to be deleted.
  */
-export async function retireRecord(dir: string): Promise<void> {
-  await rename(join(dir, FILES.record), join(dir, `${FILES.record}.removed`)).catch(() => undefined);
+export async function retireWorkspace(ws: WorkspaceRef, options: LifecycleOptions = {}): Promise<void> {
+  await withLock(join(ws.dir, FILES.lock), { purpose: `removing ${ws.sandbox}/${ws.workspace}` }, async () => {
+    options.onPhase?.(`stop ${ws.workspace}`);
+    await stopSupervisor(ws.dir, { graceful: true, deleting: true });
+    await rename(join(ws.dir, FILES.record), join(ws.dir, `${FILES.record}.removed`)).catch(() => undefined);
+  });
+}
+
+/** Deletes a sandbox's or workspace's folder, renamed away first: a crash in the middle leaves nothing half-removed in sight. */
+export async function discardFolder(dir: string, label: string, env?: Env): Promise<void> {
+  const trash = join(sandboxesDir(env), `.removed-${label}-${Date.now()}`);
+  await rename(dir, trash);
+  await rm(trash, { recursive: true, force: true });
 }
 
 /**

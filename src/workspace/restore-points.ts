@@ -9,8 +9,8 @@ import { openAgent, requestDiskSwitch } from './control.js';
 import { allocated, chainOf, collectGarbage, DISK_DIR, freezeTop, overlayOn, prepareDisk, prunedState, sealed } from './disk.js';
 import { killOrphanQemu, resolveWorkspace, startWorkspace, stopSupervisor, type LifecycleOptions } from './lifecycle.js';
 import { freeze } from './snapshots.js';
-import { FILES, readRecord, readRun, supervisorAlive, writeRecord, type RestorePoint, type WorkspaceRecord, type WorkspaceRef } from './state.js';
-import { checkQuota, displayName, OVERLAY_BYTES } from './usage.js';
+import { displayName, FILES, readRecord, readRun, supervisorAlive, writeRecord, type RestorePoint, type WorkspaceRecord, type WorkspaceRef } from './state.js';
+import { checkQuota, OVERLAY_BYTES } from './usage.js';
 
 /**
  * Restore points: the whole disk of a workspace at a moment, kept as a

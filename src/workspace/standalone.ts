@@ -5,26 +5,26 @@ import { parseDefinition } from '../definition/load.js';
 import type { Sandbox } from '../definition/model.js';
 import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
 import { loadConfig } from '../oci/config.js';
-import { InputError, UsageError, VmError } from '../util/errors.js';
+import { InputError, UsageError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import { run } from '../util/process.js';
 import { activeCommands, describeCommands } from './busy.js';
 import { freezeTop, linkChain, overlayOn, prepareDisk, sealed } from './disk.js';
 import {
+  discardFolder,
   killOrphanQemu,
   portsInUse,
-  retireRecord,
   removeSandbox,
   resolveWorkspace,
+  retireWorkspace,
   startWorkspace,
-  stopSupervisor,
   summarize,
   type LifecycleOptions,
   type WorkspaceSummary,
 } from './lifecycle.js';
 import { allocatePorts } from './ports.js';
-import { FILES, listWorkspaces, readRecord, readRun, sandboxesDir, supervisorAlive, writeRecord, type WorkspaceRecord, type WorkspaceRef } from './state.js';
-import { checkQuota, displayName, OVERLAY_BYTES, usageReport } from './usage.js';
+import { displayName, FILES, listWorkspaces, readRecord, readRun, sandboxesDir, supervisorAlive, writeRecord, type WorkspaceRecord, type WorkspaceRef } from './state.js';
+import { checkQuota, OVERLAY_BYTES, usageReport } from './usage.js';
 
 /**
  * Workspaces without a definition (`cs workspace …`), in the spirit of
@@ -301,20 +301,7 @@ export async function removeWorkspace(options: LifecycleOptions & { target: stri
     await removeSandbox({ name: ref.sandbox, ...(options.env ? { env: options.env } : {}), ...(options.onPhase ? { onPhase: options.onPhase } : {}) });
     return { removed: shown };
   }
-  await withLock(join(ref.dir, FILES.lock), { purpose: `removing ${shown}` }, async () => {
-    await stopSupervisor(ref.dir, { graceful: true, deleting: true });
-    await retireRecord(ref.dir);
-  });
-  const trash = join(sandboxesDir(options.env), `.removed-${ref.sandbox}-${ref.workspace}-${Date.now()}`);
-  await rename(ref.dir, trash);
-  await rm(trash, { recursive: true, force: true });
+  await retireWorkspace(ref, options);
+  await discardFolder(ref.dir, `${ref.sandbox}-${ref.workspace}`, options.env);
   return { removed: shown };
-}
-
-/** Starts a stopped workspace for a command that needs it running; says so through `onPhase`. */
-export async function ensureRunning(ref: WorkspaceRef, options: LifecycleOptions & { waitTimeoutMs?: number } = {}): Promise<boolean> {
-  const summary = await summarize(ref.dir);
-  if (!summary) throw new VmError(`workspace ${ref.sandbox}/${ref.workspace} does not exist`);
-  if (summary.status === 'running' || summary.status === 'starting' || summary.status === 'failed') return false;
-  return startWorkspace(ref, { ...options, wait: true });
 }

@@ -194,6 +194,11 @@ export interface WorkspaceRef {
   dir: string;
 }
 
+/** The name a person uses for a workspace: SANDBOX/WORKSPACE, or its own name for one made by `cs workspace create`. */
+export function displayName(ref: { sandbox: string; workspace: string }, standalone: boolean | undefined): string {
+  return standalone ? ref.sandbox : `${ref.sandbox}/${ref.workspace}`;
+}
+
 export async function listWorkspaces(env?: Env): Promise<WorkspaceRef[]> {
   const out: WorkspaceRef[] = [];
   const root = sandboxesDir(env);

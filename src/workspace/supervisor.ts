@@ -26,6 +26,17 @@ import type { StepContext } from './steps.js';
 
 const AGENT_TIMEOUT_MS = 5 * 60_000;
 
+/** One QMP conversation with the workspace's QEMU: connect, handshake, `fn`, close. */
+async function withQmp<T>(dir: string, fn: (qmp: QmpClient) => Promise<T>): Promise<T> {
+  const qmp = new QmpClient(await connectUnix(join(dir, FILES.qmpSocket)));
+  try {
+    await qmp.handshake();
+    return await fn(qmp);
+  } finally {
+    qmp.close();
+  }
+}
+
 export async function supervise(dir: string): Promise<void> {
   process.chdir(dir);
   // The control and agent sockets run commands as root in the guest: only
@@ -163,27 +174,15 @@ export async function supervise(dir: string): Promise<void> {
       const hostPort = Number(fieldText(fields, ControlTag.HOST_PORT));
       const guestPort = Number(fieldText(fields, ControlTag.GUEST_PORT));
       if (!(proto === 'tcp' || proto === 'udp') || !Number.isInteger(hostPort) || !Number.isInteger(guestPort)) throw new Error('bad port forward request');
-      const qmp = new QmpClient(await connectUnix(join(dir, FILES.qmpSocket)));
-      try {
-        await qmp.handshake();
-        const out = await qmp.hmp(`hostfwd_add net0 ${proto}:127.0.0.1:${hostPort}-:${guestPort}`);
-        if (out.trim() !== '') throw new Error(out.trim());
-      } finally {
-        qmp.close();
-      }
+      const out = await withQmp(dir, (qmp) => qmp.hmp(`hostfwd_add net0 ${proto}:127.0.0.1:${hostPort}-:${guestPort}`));
+      if (out.trim() !== '') throw new Error(out.trim());
       return;
     }
     if (type === ControlType.DISK_SNAPSHOT) {
       const file = fieldText(fields, ControlTag.FILE) ?? '';
       if (!isDiskFile(file) || !existsSync(join(dir, DISK_DIR, file))) throw new Error(`no disk file "${file}" to switch to`);
-      const qmp = new QmpClient(await connectUnix(join(dir, FILES.qmpSocket)));
-      try {
-        await qmp.handshake();
-        // "existing": cs made the overlay (backed by the current top, by its plain name); QEMU only opens it and writes there from now on.
-        await qmp.execute('blockdev-snapshot-sync', { device: 'disk', 'snapshot-file': resolve(dir, DISK_DIR, file), format: 'qcow2', mode: 'existing' });
-      } finally {
-        qmp.close();
-      }
+      // "existing": cs made the overlay (backed by the current top, by its plain name); QEMU only opens it and writes there from now on.
+      await withQmp(dir, (qmp) => qmp.execute('blockdev-snapshot-sync', { device: 'disk', 'snapshot-file': resolve(dir, DISK_DIR, file), format: 'qcow2', mode: 'existing' }));
       log(dir, `disk switched to ${file}`);
       return;
     }

@@ -5,7 +5,7 @@ import { InputError } from '../util/errors.js';
 import type { Env } from '../util/paths.js';
 import { formatSize } from '../util/progress.js';
 import { allocated, chainOf, DISK_DIR } from './disk.js';
-import { listWorkspaces, readRecord } from './state.js';
+import { displayName, listWorkspaces, readRecord } from './state.js';
 
 /**
  * `cs usage` and the cap on what one user's workspaces hold.
@@ -62,11 +62,6 @@ async function filesUnder(dir: string): Promise<FileUse[]> {
     }
   }
   return out;
-}
-
-/** The name a person uses for a workspace: a standalone one by its own name. */
-export function displayName(ref: { sandbox: string; workspace: string }, standalone: boolean | undefined): string {
-  return standalone ? ref.sandbox : `${ref.sandbox}/${ref.workspace}`;
 }
 
 export async function usageReport(env?: Env): Promise<UsageReport> {
