@@ -89,6 +89,31 @@ done
 disk="$(disk_by_serial cs-disk)"
 mount -t ext4 -o noatime "$disk" /disk || fatal "cannot mount the workspace disk ($disk)"
 mkdir -p /disk/upper /disk/work || fatal "cannot prepare the workspace disk"
+
+# A refreshed root (cs apply after base_snapshot changed): the host raised
+# cs.root. The disk's changes outside /home belonged to the old base and
+# would shadow the new one, so they go; /home and cs's own state
+# (/var/lib/cs: whether on_create ran) stay. The host took a restore point
+# of the disk first. The number is written last: a crash in the middle
+# redoes the whole step on the next boot.
+generation="$(arg cs.root)" || generation=0
+if [ "$generation" != "$(cat /disk/root-generation 2>/dev/null || echo 0)" ]; then
+  say "new root (generation $generation): keeping /home and /var/lib/cs of this disk"
+  if [ -d /disk/upper/var/lib/cs ] && [ ! -e /disk/refresh-keep ]; then
+    mv /disk/upper/var/lib/cs /disk/refresh-keep || fatal "cannot set /var/lib/cs aside"
+  fi
+  for entry in /disk/upper/* /disk/upper/.[!.]* /disk/upper/..?*; do
+    [ -e "$entry" ] || [ -L "$entry" ] || continue
+    [ "${entry##*/}" = home ] && continue
+    rm -rf "$entry" || fatal "cannot drop $entry from the old root"
+  done
+  if [ -e /disk/refresh-keep ]; then
+    { mkdir -p /disk/upper/var/lib && mv /disk/refresh-keep /disk/upper/var/lib/cs; } || fatal "cannot put /var/lib/cs back"
+  fi
+  rm -rf /disk/work/* 2>/dev/null
+  echo "$generation" >/disk/root-generation.new && mv /disk/root-generation.new /disk/root-generation || fatal "cannot record the root generation"
+  sync
+fi
 # redirect_dir, index and metacopy off: the upper stays plain files and
 # whiteouts, which is what a snapshot of the workspace converts into a layer.
 mount -t overlay overlay -o "lowerdir=$lowers,upperdir=/disk/upper,workdir=/disk/work,redirect_dir=off,index=off,metacopy=off" /sysroot ||

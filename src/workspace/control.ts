@@ -64,6 +64,14 @@ export async function requestForward(dir: string, forward: { protocol: 'tcp' | '
   ]);
 }
 
+export async function requestUnforward(dir: string, forward: { protocol: 'tcp' | 'udp'; hostPort: number; guestPort: number }): Promise<void> {
+  await request(dir, ControlType.UNFORWARD, [
+    [ControlTag.PROTO, forward.protocol],
+    [ControlTag.HOST_PORT, String(forward.hostPort)],
+    [ControlTag.GUEST_PORT, String(forward.guestPort)],
+  ]);
+}
+
 /** Has the running VM write to `file` (an overlay in `disk/` on its current top) from now on. */
 export async function requestDiskSwitch(dir: string, file: string): Promise<void> {
   await request(dir, ControlType.DISK_SNAPSHOT, [[ControlTag.FILE, file]]);

@@ -25,6 +25,8 @@ export const ControlType = {
   FORWARD: 0x22,
   /** Switch the VM's disk to a new, empty overlay (a restore point of a running workspace). */
   DISK_SNAPSHOT: 0x23,
+  /** Remove a forward added by FORWARD or at boot (a port dropped from the definition). */
+  UNFORWARD: 0x24,
 } as const;
 
 /** Field tags of the supervisor's requests (above the agent's own tags). */

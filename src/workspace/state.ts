@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { appendFileSync, existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Workspace } from '../definition/model.js';
@@ -78,6 +78,14 @@ export interface WorkspaceRecord {
   /** The disk chain; absent in records of older cs versions, whose disk is `disk.ext4` beside the record. */
   disk?: DiskState;
   restorePoints?: RestorePoint[];
+  /**
+   * Raised each time the root is refreshed from a new base snapshot: a boot
+   * that sees a number its disk has not seen yet drops the disk's changes
+   * outside /home before stacking the new root (see guest/init.sh).
+   */
+  rootGeneration?: number;
+  /** The definition this record's spec was last applied from (`cs apply`), with its content hash and git commit. */
+  applied?: AppliedSource;
   createdAt: string;
   desired: DesiredState;
   /** The workspace from the definition, as validated. */
@@ -97,6 +105,22 @@ export interface WorkspaceRecord {
   ports: PortMapping[];
 }
 
+export interface AppliedSource {
+  file: string;
+  sha256: string;
+  commit?: string;
+  at: string;
+}
+
+/** What a boot really started with: a record changed since is not in effect until the next boot. */
+export interface BootedSpec {
+  lowers: string[];
+  cpus: number;
+  memoryMiB: number;
+  kernel: string;
+  rootGeneration: number;
+}
+
 export type Phase = 'booting' | 'starting' | 'ready' | 'failed' | 'stopping' | 'stopped';
 
 export interface StepRecord {
@@ -112,6 +136,7 @@ export interface RunRecord {
   qemuPid?: number;
   bootId?: string;
   startedAt: string;
+  boot?: BootedSpec;
   /** Host wall-clock milestones of this boot, in ms since startedAt. */
   timings: Record<string, number>;
   phase: Phase;
@@ -155,6 +180,11 @@ export async function readRecord(dir: string): Promise<WorkspaceRecord | undefin
 
 export async function writeRecord(dir: string, record: WorkspaceRecord): Promise<void> {
   await writeFileAtomic(join(dir, FILES.record), JSON.stringify(record, null, 2) + '\n');
+}
+
+/** The workspace log (`cs log`): what each start-up step and live update did. */
+export function appendWorkspaceLog(dir: string, line: string): void {
+  appendFileSync(join(dir, FILES.log), `${new Date().toISOString()} ${line}\n`);
 }
 
 export async function readRun(dir: string): Promise<RunRecord | undefined> {

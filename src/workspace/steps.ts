@@ -3,7 +3,7 @@ import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
 import { validateFile } from '../definition/load.js';
-import type { Checkout, Hook, Manifest, Probe, RunSpec, SystemFile } from '../definition/model.js';
+import type { Checkout, Hook, Manifest, PortForwardRule, Probe, RunSpec, SystemFile, Workspace } from '../definition/model.js';
 import { WORKSPACE_HOME, WORKSPACE_USER } from '../definition/model.js';
 import { packDirectory } from '../layers/pack.js';
 import { CsError, VmError } from '../util/errors.js';
@@ -38,12 +38,12 @@ export class StepError extends CsError {
   }
 }
 
-function identity(record: WorkspaceRecord): GuestIdentity {
+export function identity(record: WorkspaceRecord): GuestIdentity {
   return { sandbox: record.sandbox, workspace: record.name };
 }
 
 /** Runs a command in the guest, streaming its output to the log; throws with the output's tail on failure. */
-async function guestRun(
+export async function guestRun(
   ctx: StepContext,
   what: string,
   options: { argv: string[]; env: Record<string, string>; cwd?: string; user?: string; timeoutMs?: number; input?: Buffer },
@@ -68,7 +68,7 @@ function tailOf(out: string): string {
   return lines.length > 0 ? `:\n${lines.map((l) => `    ${l}`).join('\n')}` : ' (no output)';
 }
 
-const ROOT_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' };
+export const ROOT_ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root' };
 
 /**
  * The `owner` account people work as, added to the image's own files when
@@ -106,12 +106,12 @@ export async function ensureOwner(ctx: StepContext): Promise<void> {
   await ctx.step('account', () => guestRun(ctx, 'creating the owner account', { argv: [GUEST_BUSYBOX, 'sh', '-c', ENSURE_USER], env: ROOT_ENV }));
 }
 
-interface Ids {
+export interface Ids {
   users: Map<string, { uid: number; gid: number }>;
   groups: Map<string, number>;
 }
 
-async function readIds(client: AgentClient): Promise<Ids> {
+export async function readIds(client: AgentClient): Promise<Ids> {
   const users = new Map<string, { uid: number; gid: number }>();
   const groups = new Map<string, number>();
   for (const entry of parsePasswd((await client.readFile('/etc/passwd')).toString('utf8'))) users.set(entry.name, { uid: entry.uid, gid: entry.gid });
@@ -145,7 +145,12 @@ export async function writeSystemFiles(ctx: StepContext): Promise<void> {
   });
 }
 
-async function writeSystemFile(ctx: StepContext, file: SystemFile, ids: Ids, env: Record<string, string>): Promise<void> {
+/** A content or template file's bytes as written (templates expand the workspace's env). */
+export function renderedText(file: Exclude<SystemFile, { kind: 'symlink' }>, env: Record<string, string>): string {
+  return file.kind === 'content' ? file.content : expand(file.template, env);
+}
+
+export async function writeSystemFile(ctx: StepContext, file: SystemFile, ids: Ids, env: Record<string, string>): Promise<void> {
   const { uid, gid } = ownerIds(file.owner, ids, file.path);
   ctx.log(`  ${file.path}`);
   if (file.kind === 'symlink') {
@@ -156,7 +161,7 @@ async function writeSystemFile(ctx: StepContext, file: SystemFile, ids: Ids, env
     });
     return;
   }
-  const text = file.kind === 'content' ? file.content : expand(file.template, env);
+  const text = renderedText(file, env);
   await ctx.client.writeFile(file.path, Buffer.from(text, 'utf8'), { mode: file.mode ?? 0o644, uid, gid, mkdirs: true }).catch((error: unknown) => {
     throw new StepError(`cannot write system file ${file.path}: ${(error as Error).message}`, { cause: error });
   });
@@ -179,7 +184,7 @@ export function checkoutDir(item: Pick<Checkout, 'path' | 'dest'>): string {
   return item.dest ?? `${WORKSPACE_HOME}/${item.path}`;
 }
 
-export async function checkout(ctx: StepContext, item: Checkout): Promise<Manifest | undefined> {
+export async function checkout(ctx: StepContext, item: Checkout): Promise<{ manifest: Manifest | undefined; cloned: boolean }> {
   const dest = checkoutDir(item);
   // A folder outside the home is made by root for the owner; there an empty folder (from the image) counts as absent.
   const probe = item.dest
@@ -188,7 +193,8 @@ export async function checkout(ctx: StepContext, item: Checkout): Promise<Manife
   const exists = await ctx.client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', probe, 'sh', dest], env: ROOT_ENV });
   const host = await mkdtemp(join(tmpdir(), 'cs-checkout-'));
   try {
-    if (exists.code === 0) {
+    const cloned = exists.code !== 0;
+    if (!cloned) {
       ctx.log(`  ${dest} exists; kept as it is`);
     } else {
       const isCommit = item.versionSpec !== undefined && /^[0-9a-f]{7,40}$/i.test(item.versionSpec);
@@ -224,9 +230,18 @@ export async function checkout(ctx: StepContext, item: Checkout): Promise<Manife
       if (result.code !== 0) throw new StepError(`copying ${item.repo.git} into ${dest} failed${tailOf(Buffer.concat(stderr).toString('utf8'))}`);
       if (copyError) throw new StepError(`copying ${item.repo.git} into ${dest} failed: ${copyError.message}`, { cause: copyError });
     }
-    // The repo's own manifest: read from the workspace's copy (it may have been edited there).
-    const text = await ctx.client.readFile(`${dest}/.sandbox/manifest.yaml`).catch(() => undefined);
-    if (!text) return undefined;
+    return { manifest: await readManifest(ctx, item), cloned };
+  } finally {
+    await rm(host, { recursive: true, force: true });
+  }
+}
+
+/** A checkout's own manifest, read from the workspace's copy (it may have been edited there). */
+export async function readManifest(ctx: Pick<StepContext, 'client'>, item: Checkout): Promise<Manifest | undefined> {
+  const text = await ctx.client.readFile(`${checkoutDir(item)}/.sandbox/manifest.yaml`).catch(() => undefined);
+  if (!text) return undefined;
+  const host = await mkdtemp(join(tmpdir(), 'cs-manifest-'));
+  try {
     const file = join(host, 'manifest.yaml');
     await writeFile(file, text);
     const parsed = await validateFile(file, 'manifest');
@@ -243,13 +258,13 @@ export async function checkout(ctx: StepContext, item: Checkout): Promise<Manife
 export async function runCheckouts(ctx: StepContext): Promise<Record<string, Manifest>> {
   const manifests: Record<string, Manifest> = {};
   for (const item of ctx.record.spec.checkouts) {
-    const manifest = await ctx.step(`checkout ${item.path}`, () => checkout(ctx, item));
+    const { manifest } = await ctx.step(`checkout ${item.path}`, () => checkout(ctx, item));
     if (manifest) manifests[item.path] = manifest;
   }
   return manifests;
 }
 
-async function runHook(ctx: StepContext, what: string, spec: RunSpec, base: string, timeoutMs: number | undefined, manifest?: Manifest): Promise<void> {
+export async function runHook(ctx: StepContext, what: string, spec: RunSpec, base: string, timeoutMs: number | undefined, manifest?: Manifest): Promise<void> {
   await ctx.step(what, () =>
     guestRun(ctx, what, {
       argv: ['/bin/sh', '-c', spec.cmd],
@@ -276,26 +291,66 @@ export async function runLifecycle(ctx: StepContext, name: 'on_create' | 'on_res
 }
 
 
-export async function startDaemons(ctx: StepContext, manifests: Record<string, Manifest>): Promise<void> {
-  const daemons: { name: string; run: RunSpec; base: string; manifest?: Manifest }[] = [
+export interface DaemonRun {
+  name: string;
+  run: RunSpec;
+  base: string;
+  manifest?: Manifest;
+}
+
+/** The definition's daemons, then those of the repos' manifests. */
+export function daemonsOf(ctx: Pick<StepContext, 'record'>, manifests: Record<string, Manifest>): DaemonRun[] {
+  return [
     ...ctx.record.spec.system.daemons.map((d) => ({ name: d.name, run: d.run, base: WORKSPACE_HOME })),
     ...Object.entries(manifests).flatMap(([path, m]) => m.daemons.map((d) => ({ name: d.name, run: d.run, base: checkoutDir(ctx.record.spec.checkouts.find((c) => c.path === path) ?? { path }), manifest: m }))),
   ];
-  for (const d of daemons) {
-    await ctx.step(`daemon ${d.name}`, async () => {
-      const log = `${DAEMON_LOG_DIR}/${d.name}.log`;
-      const handle = ctx.client.exec({
-        argv: ['/bin/sh', '-c', d.run.cmd],
-        env: runEnv(identity(ctx.record), ctx.record.spec, d.run, d.manifest),
-        cwd: runDir(d.run, d.base),
-        user: WORKSPACE_USER,
-        detach: { log },
-      });
-      const { pid } = await handle.started;
-      await handle.exit;
-      ctx.log(`  started ${d.name} (pid ${pid}); its output goes to ${log} in the workspace`);
-    });
-  }
+}
+
+/** What a daemon is started with: a daemon whose launch changed is restarted by a live update. */
+export function daemonLaunch(ctx: Pick<StepContext, 'record'>, d: DaemonRun): { argv: string[]; env: Record<string, string>; cwd: string } {
+  return { argv: ['/bin/sh', '-c', d.run.cmd], env: runEnv(identity(ctx.record), ctx.record.spec, d.run, d.manifest), cwd: runDir(d.run, d.base) };
+}
+
+/**
+ * Where the process group of a daemon or relay started by cs is noted, so
+ * that a live update can stop it (each is a session leader: its pid is its
+ * group). /run is a tmpfs: the notes go with the boot.
+ */
+export function pidFile(kind: 'daemons' | 'forwards', name: string): string {
+  return `/run/cs/${kind}/${name.replace(/[^A-Za-z0-9_.-]/g, '_')}.pid`;
+}
+
+async function notePid(ctx: StepContext, file: string, pid: number): Promise<void> {
+  await ctx.client.writeFile(file, Buffer.from(`${pid}\n`), { mode: 0o644, mkdirs: true });
+}
+
+export async function startDaemon(ctx: StepContext, d: DaemonRun): Promise<void> {
+  const log = `${DAEMON_LOG_DIR}/${d.name}.log`;
+  const handle = ctx.client.exec({ ...daemonLaunch(ctx, d), user: WORKSPACE_USER, detach: { log } });
+  const { pid } = await handle.started;
+  await handle.exit;
+  await notePid(ctx, pidFile('daemons', d.name), pid);
+  ctx.log(`  started ${d.name} (pid ${pid}); its output goes to ${log} in the workspace`);
+}
+
+export async function startDaemons(ctx: StepContext, manifests: Record<string, Manifest>): Promise<void> {
+  for (const d of daemonsOf(ctx, manifests)) await ctx.step(`daemon ${d.name}`, () => startDaemon(ctx, d));
+}
+
+/** Stops what a pid file names (its whole process group): TERM, then KILL after 10 s. */
+export async function stopNoted(ctx: StepContext, file: string, what: string): Promise<void> {
+  const script = `
+BB=${GUEST_BUSYBOX}
+pid=$($BB cat "$1" 2>/dev/null) || exit 0
+if $BB kill -s TERM -- "-$pid" 2>/dev/null; then
+  i=0
+  while $BB kill -0 -- "-$pid" 2>/dev/null && [ $i -lt 100 ]; do $BB sleep 0.1; i=$((i + 1)); done
+  $BB kill -s KILL -- "-$pid" 2>/dev/null
+fi
+$BB rm -f "$1"
+`;
+  await guestRun(ctx, `stopping ${what}`, { argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', file], env: ROOT_ENV });
+  ctx.log(`  stopped ${what}`);
 }
 
 /** The host as QEMU's user-mode network shows it to the guest. */
@@ -309,24 +364,33 @@ const HOST_FROM_GUEST = '10.0.2.2';
  */
 export async function startForwards(ctx: StepContext): Promise<void> {
   for (const rule of ctx.record.spec.portForwardRules) {
-    await ctx.step(`forward ${rule.local.port} to ${rule.remote.target}:${rule.remote.port}`, async () => {
-      const ports = await ctx.siblingPorts(rule.remote.target);
-      if (!ports) throw new StepError(`port_forward_rules: workspace "${rule.remote.target}" does not exist in sandbox ${ctx.record.sandbox}`);
-      const mapping = ports.find((p) => p.guestPort === rule.remote.port && p.protocol !== 'UDP');
-      if (!mapping) {
-        throw new StepError(`port_forward_rules: workspace "${rule.remote.target}" declares no TCP port ${rule.remote.port} in its ports, so nothing forwards to it`);
-      }
-      const handle = ctx.client.exec({
-        argv: [GUEST_BUSYBOX, 'nc', '-ll', '-p', String(rule.local.port), '-e', GUEST_BUSYBOX, 'nc', HOST_FROM_GUEST, String(mapping.hostPort)],
-        env: ROOT_ENV,
-        user: 'root',
-        detach: { log: `${DAEMON_LOG_DIR}/forward-${rule.local.port}.log` },
-      });
-      await handle.started;
-      await handle.exit;
-      ctx.log(`  127.0.0.1:${rule.local.port} -> ${rule.remote.target}:${rule.remote.port} (host 127.0.0.1:${mapping.hostPort})`);
-    });
+    await ctx.step(`forward ${rule.local.port} to ${rule.remote.target}:${rule.remote.port}`, () => startForward(ctx, rule));
   }
+}
+
+/** The host port a rule's relay connects to (the other workspace's forward of the port). */
+export async function forwardHostPort(ctx: Pick<StepContext, 'record' | 'siblingPorts'>, rule: PortForwardRule): Promise<number> {
+  const ports = await ctx.siblingPorts(rule.remote.target);
+  if (!ports) throw new StepError(`port_forward_rules: workspace "${rule.remote.target}" does not exist in sandbox ${ctx.record.sandbox}`);
+  const mapping = ports.find((p) => p.guestPort === rule.remote.port && p.protocol !== 'UDP');
+  if (!mapping) {
+    throw new StepError(`port_forward_rules: workspace "${rule.remote.target}" declares no TCP port ${rule.remote.port} in its ports, so nothing forwards to it`);
+  }
+  return mapping.hostPort;
+}
+
+export async function startForward(ctx: StepContext, rule: PortForwardRule): Promise<void> {
+  const hostPort = await forwardHostPort(ctx, rule);
+  const handle = ctx.client.exec({
+    argv: [GUEST_BUSYBOX, 'nc', '-ll', '-p', String(rule.local.port), '-e', GUEST_BUSYBOX, 'nc', HOST_FROM_GUEST, String(hostPort)],
+    env: ROOT_ENV,
+    user: 'root',
+    detach: { log: `${DAEMON_LOG_DIR}/forward-${rule.local.port}.log` },
+  });
+  const { pid } = await handle.started;
+  await handle.exit;
+  await notePid(ctx, pidFile('forwards', String(rule.local.port)), pid);
+  ctx.log(`  127.0.0.1:${rule.local.port} -> ${rule.remote.target}:${rule.remote.port} (host 127.0.0.1:${hostPort})`);
 }
 
 function probeArgv(probe: Probe): string[] {
@@ -394,6 +458,28 @@ export async function startWorkspace(ctx: StepContext): Promise<void> {
   await startForwards(ctx);
   await startDaemons(ctx, manifests);
   await waitReady(ctx);
+  await writeApplied(ctx.client, ctx.record.spec);
+}
+
+/**
+ * The spec the running guest was brought to (by its start-up or by a live
+ * update), kept in the guest's /run: what `cs apply` compares with to know
+ * whether a change still has to be made in the running workspace.
+ */
+export const APPLIED_FILE = '/run/cs/applied.json';
+
+export async function writeApplied(client: AgentClient, spec: Workspace): Promise<void> {
+  await client.writeFile(APPLIED_FILE, Buffer.from(JSON.stringify(spec) + '\n'), { mode: 0o600, mkdirs: true });
+}
+
+export async function readApplied(client: AgentClient): Promise<Workspace | undefined> {
+  const bytes = await client.readFile(APPLIED_FILE).catch(() => undefined);
+  if (!bytes) return undefined;
+  try {
+    return JSON.parse(bytes.toString('utf8')) as Workspace;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Written once the first start-up (checkouts, hooks, on_create) succeeded. */

@@ -12,7 +12,7 @@ import { connectUnix } from './connect.js';
 import { serveHostRequests } from './host-requests.js';
 import { ControlTag, ControlType, Mux } from './mux.js';
 import { qemuProtocol } from './ports.js';
-import { FILES, readRecord, readRun, supervisorAlive, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
+import { appendWorkspaceLog, FILES, readRecord, readRun, supervisorAlive, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
 import type { StepContext } from './steps.js';
 
 /**
@@ -54,7 +54,15 @@ export async function supervise(dir: string): Promise<void> {
     return;
   }
   const t0 = Date.now();
-  const state: RunRecord = { supervisorPid: process.pid, startedAt: new Date(t0).toISOString(), timings: {}, phase: 'booting', steps: [] };
+  const rootGeneration = record.rootGeneration ?? 0;
+  const state: RunRecord = {
+    supervisorPid: process.pid,
+    startedAt: new Date(t0).toISOString(),
+    boot: { lowers: record.lowers, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel: record.kernel.boot ?? record.kernel.vmlinuz, rootGeneration },
+    timings: {},
+    phase: 'booting',
+    steps: [],
+  };
   const save = (): Promise<void> => writeRun(dir, state).catch(() => undefined);
   const mark = (name: string): void => {
     state.timings[name] = Date.now() - t0;
@@ -82,6 +90,7 @@ export async function supervise(dir: string): Promise<void> {
     qmpSocket: FILES.qmpSocket,
     consoleLog: FILES.console,
     hostname: record.name,
+    settings: { root: String(rootGeneration) },
     network: true,
     tscKhz: hostTscKhz(),
     forwards: record.ports.map((p) => ({ protocol: qemuProtocol(p.protocol), hostAddress: '127.0.0.1', hostPort: p.hostPort, guestPort: p.guestPort })),
@@ -169,13 +178,15 @@ export async function supervise(dir: string): Promise<void> {
       await stop(deleting ? 'delete' : 'suspend');
       return;
     }
-    if (type === ControlType.FORWARD) {
+    if (type === ControlType.FORWARD || type === ControlType.UNFORWARD) {
       const proto = fieldText(fields, ControlTag.PROTO) ?? 'tcp';
       const hostPort = Number(fieldText(fields, ControlTag.HOST_PORT));
       const guestPort = Number(fieldText(fields, ControlTag.GUEST_PORT));
       if (!(proto === 'tcp' || proto === 'udp') || !Number.isInteger(hostPort) || !Number.isInteger(guestPort)) throw new Error('bad port forward request');
-      const out = await withQmp(dir, (qmp) => qmp.hmp(`hostfwd_add net0 ${proto}:127.0.0.1:${hostPort}-:${guestPort}`));
-      if (out.trim() !== '') throw new Error(out.trim());
+      const command = type === ControlType.FORWARD ? `hostfwd_add net0 ${proto}:127.0.0.1:${hostPort}-:${guestPort}` : `hostfwd_remove net0 ${proto}:127.0.0.1:${hostPort}`;
+      const out = await withQmp(dir, (qmp) => qmp.hmp(command));
+      // hostfwd_remove answers "host forwarding rule for ... removed" (or "not found": gone already, which is what was asked).
+      if (out.trim() !== '' && !/ (removed|not found)\s*$/.test(out.trim())) throw new Error(out.trim());
       return;
     }
     if (type === ControlType.DISK_SNAPSHOT) {
@@ -225,7 +236,7 @@ export async function supervise(dir: string): Promise<void> {
     if (waitError) {
       state.phase = 'failed';
       state.error = waitError;
-      appendLog(dir, `FAILED: ${waitError}`);
+      appendWorkspaceLog(dir, `FAILED: ${waitError}`);
       await save();
       return;
     }
@@ -246,7 +257,7 @@ export async function supervise(dir: string): Promise<void> {
     if (!stopping) {
       state.phase = 'failed';
       state.error = (error as Error).message;
-      appendLog(dir, `FAILED: ${state.error}`);
+      appendWorkspaceLog(dir, `FAILED: ${state.error}`);
     }
   } finally {
     client.close();
@@ -259,7 +270,7 @@ async function waitForSibling(dir: string, name: string, state: RunRecord, save:
   const step = { name: `wait for ${name}`, startedAt: new Date().toISOString() } as RunRecord['steps'][number];
   state.steps.push(step);
   await save();
-  appendLog(dir, `==> wait for ${name}`);
+  appendWorkspaceLog(dir, `==> wait for ${name}`);
   const other = join(dir, '..', name);
   const deadline = Date.now() + 30 * 60_000;
   let why: string | undefined;
@@ -292,13 +303,13 @@ function stepContext(dir: string, record: WorkspaceRecord, client: AgentClient, 
     client,
     record,
     firstBoot: false,
-    log: (line) => appendLog(dir, line),
+    log: (line) => appendWorkspaceLog(dir, line),
     siblingPorts: async (workspace) => (await readRecord(join(dir, '..', workspace)))?.ports,
     step: async (name, fn) => {
       const entry = { name, startedAt: new Date().toISOString() } as RunRecord['steps'][number];
       state.steps.push(entry);
       await save();
-      appendLog(dir, `==> ${name}`);
+      appendWorkspaceLog(dir, `==> ${name}`);
       try {
         const result = await fn();
         entry.ok = true;
@@ -326,10 +337,6 @@ function guestFatal(dir: string): string | undefined {
   }
 }
 
-/** The workspace log: what each start-up step did, for `cs log`. */
-function appendLog(dir: string, line: string): void {
-  appendFileSync(join(dir, FILES.log), `${new Date().toISOString()} ${line}\n`);
-}
 
 /** The supervisor's own diagnostics. */
 function log(dir: string, line: string): void {
