@@ -13,8 +13,9 @@ import { resolvePersonal, resolveSnapshot, type ResolvedSnapshot } from '../snap
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { chooseAccelerator } from '../vm/accel.js';
+import type { Accelerator } from '../vm/qemu.js';
 import { ensureInitramfs } from '../vm/initramfs.js';
-import { bootImage, ensureKernel } from '../vm/kernel.js';
+import { bootImage, ensureKernel, type Kernel } from '../vm/kernel.js';
 import { QEMU_BINARY } from '../vm/qemu.js';
 import { resolveKernel } from './kernel-image.js';
 import { portsInUse, showSandbox, startSupervisor, waitUntil, type LifecycleOptions, type SandboxResult } from './lifecycle.js';
@@ -31,7 +32,7 @@ import { FILES, sandboxesDir, writeRecord, type WorkspaceImage, type WorkspaceRe
  */
 
 /** Base, home, then the user's personal snapshot: what a workspace's root is assembled from. */
-async function snapshotsOf(sandbox: string, ws: Workspace, personal: ResolvedSnapshot | undefined, env?: Env): Promise<ResolvedSnapshot[]> {
+export async function snapshotsOf(sandbox: string, ws: Workspace, personal: ResolvedSnapshot | undefined, env?: Env): Promise<ResolvedSnapshot[]> {
   const where = `workspace ${sandbox}/${ws.name}`;
   if (!ws.baseSnapshot) {
     throw new InputError(`${where} has no base_snapshot, so there is nothing to boot`, {
@@ -74,6 +75,8 @@ export interface CreateOptions extends LifecycleOptions {
   waitTimeoutMs?: number;
   /** The personal snapshot to apply: a name, NONE, or (undefined) the user's default. */
   personal?: string;
+  /** The definition version the records are made from (`cs apply`). */
+  applied?: WorkspaceRecord['applied'];
 }
 
 
@@ -94,6 +97,104 @@ export async function createSandbox(options: CreateOptions): Promise<SandboxResu
   return createFromModel(await loadSandbox({ file: options.file }), options);
 }
 
+/** What every workspace of one creation shares: the default kernel and initramfs, the accelerator, the config. */
+interface BootContext {
+  kernel: Kernel;
+  initramfs: { path: string };
+  accel: Accelerator;
+  config: Awaited<ReturnType<typeof loadConfig>>;
+}
+
+async function bootContext(env: Env | undefined, phase: (p: string) => void): Promise<BootContext> {
+  requireQemu();
+  const envOpt = env ? { env } : {};
+  const config = await loadConfig(envOpt);
+  phase('kernel');
+  const kernel = await ensureKernel({ ...envOpt, onPhase: phase });
+  phase('initramfs');
+  const initramfs = await ensureInitramfs({ kernel, ...envOpt });
+  phase('accelerator');
+  const verdict = await chooseAccelerator({ kernel: kernel.vmlinuz, initrd: initramfs.path, ...envOpt });
+  return { kernel, initramfs, accel: verdict.accel, config };
+}
+
+/** A workspace's read-only root: its snapshots assembled into one shared (or, with a personal snapshot, private) image. */
+export async function rootImage(
+  ws: Workspace,
+  snapshots: readonly ResolvedSnapshot[],
+  options: { env?: Env; onPhase?: (phase: string) => void },
+): Promise<Pick<WorkspaceRecord, 'lowers' | 'images' | 'chainId'>> {
+  const personal = snapshots.some((s) => s.kind === 'personal');
+  // A root with a personal snapshot in it is as private as the snapshot: it is kept in the user's own folder.
+  const privateDir = personal ? await ensurePersonalDir(options.env) : undefined;
+  const image = await assemble({
+    snapshots,
+    out: (chain) => join(privateDir ? join(privateDir, 'images') : imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
+    ...(privateDir ? { privateDir } : {}),
+    format: 'erofs',
+    home: WORKSPACE_HOME,
+    ...(options.env ? { env: options.env } : {}),
+    onPhase: (p) => options.onPhase?.(`${ws.name}: ${p}`),
+  });
+  return { lowers: [image.out], images: await imagesOf(snapshots, options.env), chainId: image.chainId };
+}
+
+/** The definition's kernel, else the config's, else Debian's; with the initramfs that goes with it. */
+export async function kernelFields(ws: Workspace, options: { env?: Env; onPhase?: (phase: string) => void; context?: BootContext }): Promise<Pick<WorkspaceRecord, 'kernel' | 'initramfs'>> {
+  const envOpt = options.env ? { env: options.env } : {};
+  const context = options.context ?? (await bootContext(options.env, () => undefined));
+  const kernelRef = ws.kernel.kind === 'oci' ? ws.kernel : context.config.kernel ? { kind: 'oci' as const, ...context.config.kernel } : undefined;
+  const wsKernel = kernelRef ? await resolveKernel(kernelRef, { ...envOpt, onPhase: (p) => options.onPhase?.(`${ws.name}: ${p}`) }) : context.kernel;
+  const wsInitramfs = wsKernel === context.kernel ? context.initramfs : await ensureInitramfs({ kernel: wsKernel, ...envOpt });
+  return { kernel: { version: wsKernel.version, vmlinuz: wsKernel.vmlinuz, boot: await bootImage(wsKernel) }, initramfs: wsInitramfs.path };
+}
+
+interface NewWorkspace {
+  sandbox: string;
+  ws: Workspace;
+  snapshots: ResolvedSnapshot[];
+  /** The folder to fill (a staging folder, renamed into place by the caller). */
+  dir: string;
+  file: string;
+  start: boolean;
+  extra?: CreateOptions['extra'];
+  applied?: WorkspaceRecord['applied'];
+  taken: Set<number>;
+  context: BootContext;
+  env?: Env;
+  onPhase: (phase: string) => void;
+}
+
+/** One workspace's folder: its root image, kernel, disk and record. */
+async function makeWorkspace(n: NewWorkspace): Promise<void> {
+  n.onPhase(`snapshots of ${n.ws.name}`);
+  const root = await rootImage(n.ws, n.snapshots, { ...(n.env ? { env: n.env } : {}), onPhase: n.onPhase });
+  const boot = await kernelFields(n.ws, { ...(n.env ? { env: n.env } : {}), onPhase: n.onPhase, context: n.context });
+  await mkdir(n.dir, { mode: 0o700 });
+  n.onPhase(`disk of ${n.ws.name}`);
+  const disk = await newDisk(n.dir, n.ws.resources.diskBytes);
+  const record: WorkspaceRecord = {
+    version: 1,
+    sandbox: n.sandbox,
+    name: n.ws.name,
+    file: n.file,
+    ...n.extra,
+    ...(n.applied ? { applied: n.applied } : {}),
+    createdAt: new Date().toISOString(),
+    desired: n.start ? 'running' : 'suspended',
+    disk,
+    spec: n.ws,
+    ...root,
+    ...boot,
+    accel: n.context.accel,
+    cpus: n.ws.resources.cpus,
+    memoryMiB: n.ws.resources.memoryMiB,
+    diskBytes: n.ws.resources.diskBytes,
+    ports: await allocatePorts(n.ws.ports, n.taken),
+  };
+  await writeRecord(n.dir, record);
+}
+
 /** A sandbox's workspaces from its validated model: records, disks, and (unless told not to) their boot. */
 export async function createFromModel(sandbox: Sandbox, options: CreateOptions): Promise<SandboxResult> {
   const phase = options.onPhase ?? (() => undefined);
@@ -107,20 +208,11 @@ export async function createFromModel(sandbox: Sandbox, options: CreateOptions):
   const personal = await resolvePersonal(options.personal, options.env);
   const plans: { ws: Workspace; snapshots: ResolvedSnapshot[] }[] = [];
   for (const ws of sandbox.workspaces) plans.push({ ws, snapshots: await snapshotsOf(name, ws, personal, options.env) });
-  // A root with a personal snapshot in it is as private as the snapshot: it is kept in the user's own folder.
-  const privateDir = personal ? await ensurePersonalDir(options.env) : undefined;
 
   requireQemu();
   // The disks are what counts against the cap: a fresh ext4 costs its metadata.
   await checkQuota({ adding: plans.reduce((sum, p) => sum + freshDiskBytes(p.ws.resources.diskBytes), 0), what: `creating ${name}`, ...(options.env ? { env: options.env } : {}) });
-  const envOpt = options.env ? { env: options.env } : {};
-  const config = await loadConfig(envOpt);
-  phase('kernel');
-  const kernel = await ensureKernel({ ...envOpt, onPhase: phase });
-  phase('initramfs');
-  const initramfs = await ensureInitramfs({ kernel, ...envOpt });
-  phase('accelerator');
-  const verdict = await chooseAccelerator({ kernel: kernel.vmlinuz, initrd: initramfs.path, ...envOpt });
+  const context = await bootContext(options.env, phase);
 
   await mkdir(sandboxesDir(options.env), { recursive: true });
   const staging = join(sandboxesDir(options.env), `.new-${name}-${process.pid}-${Date.now()}`);
@@ -129,46 +221,20 @@ export async function createFromModel(sandbox: Sandbox, options: CreateOptions):
   try {
     const taken = await portsInUse(options.env);
     for (const { ws, snapshots } of plans) {
-      phase(`snapshots of ${ws.name}`);
-      const image = await assemble({
-        snapshots,
-        out: (chain) => join(privateDir ? join(privateDir, 'images') : imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
-        ...(privateDir ? { privateDir } : {}),
-        format: 'erofs',
-        home: WORKSPACE_HOME,
-        ...envOpt,
-        onPhase: (p) => phase(`${ws.name}: ${p}`),
-      });
-      // The definition's kernel, else the config's, else Debian's.
-      const kernelRef = ws.kernel.kind === 'oci' ? ws.kernel : config.kernel ? { kind: 'oci' as const, ...config.kernel } : undefined;
-      const wsKernel = kernelRef ? await resolveKernel(kernelRef, { ...envOpt, onPhase: (p) => phase(`${ws.name}: ${p}`) }) : kernel;
-      const wsInitramfs = wsKernel === kernel ? initramfs : await ensureInitramfs({ kernel: wsKernel, ...envOpt });
-      const dir = join(staging, ws.name);
-      await mkdir(dir, { mode: 0o700 });
-      phase(`disk of ${ws.name}`);
-      const disk = await newDisk(dir, ws.resources.diskBytes);
-      const record: WorkspaceRecord = {
-        version: 1,
+      await makeWorkspace({
         sandbox: name,
-        name: ws.name,
+        ws,
+        snapshots,
+        dir: join(staging, ws.name),
         file: options.file,
-        ...options.extra,
-        createdAt: new Date().toISOString(),
-        desired: start ? 'running' : 'suspended',
-        disk,
-        spec: ws,
-        lowers: [image.out],
-        images: await imagesOf(snapshots, options.env),
-        chainId: image.chainId,
-        kernel: { version: wsKernel.version, vmlinuz: wsKernel.vmlinuz, boot: await bootImage(wsKernel) },
-        initramfs: wsInitramfs.path,
-        accel: verdict.accel,
-        cpus: ws.resources.cpus,
-        memoryMiB: ws.resources.memoryMiB,
-        diskBytes: ws.resources.diskBytes,
-        ports: await allocatePorts(ws.ports, taken),
-      };
-      await writeRecord(dir, record);
+        start,
+        ...(options.extra ? { extra: options.extra } : {}),
+        ...(options.applied ? { applied: options.applied } : {}),
+        taken,
+        context,
+        ...(options.env ? { env: options.env } : {}),
+        onPhase: phase,
+      });
     }
     await writeFile(join(staging, 'sandbox.json'), JSON.stringify({ name, file: options.file, createdAt: new Date().toISOString() }, null, 2) + '\n');
     await rename(staging, root).catch((error: NodeJS.ErrnoException) => {
@@ -178,16 +244,59 @@ export async function createFromModel(sandbox: Sandbox, options: CreateOptions):
     await rm(staging, { recursive: true, force: true });
     throw error;
   }
-  if (!start) return showSandbox({ name, ...envOpt });
+  if (!start) return showSandbox({ name, ...(options.env ? { env: options.env } : {}) });
   for (const { ws } of plans) {
     phase(`start ${ws.name}`);
     await startSupervisor(join(root, ws.name), options.env);
   }
-  if (options.wait) {
-    for (const { ws } of plans) await waitUntil(join(root, ws.name), 'ready', { ...options, onPhase: phase });
-  } else {
-    for (const { ws } of plans) await waitUntil(join(root, ws.name), 'booted', { ...options, onPhase: phase });
-  }
-  return showSandbox({ name, ...envOpt });
+  for (const { ws } of plans) await waitUntil(join(root, ws.name), options.wait ? 'ready' : 'booted', { ...options, onPhase: phase });
+  return showSandbox({ name, ...(options.env ? { env: options.env } : {}) });
 }
 
+/**
+ * One new workspace in an existing sandbox (a workspace added to its
+ * definition): built in a hidden folder beside its siblings and renamed
+ * into place, so a crash leaves nothing that looks like a workspace.
+ */
+export async function addWorkspace(options: {
+  sandbox: string;
+  ws: Workspace;
+  file: string;
+  start: boolean;
+  applied?: WorkspaceRecord['applied'];
+  personal?: string;
+  env?: Env;
+  onPhase?: (phase: string) => void;
+}): Promise<void> {
+  const phase = options.onPhase ?? (() => undefined);
+  const root = join(sandboxesDir(options.env), options.sandbox);
+  const dir = join(root, options.ws.name);
+  if (existsSync(dir)) throw new InputError(`sandbox "${options.sandbox}" already has a workspace "${options.ws.name}"`);
+  const personal = await resolvePersonal(options.personal, options.env);
+  const snapshots = await snapshotsOf(options.sandbox, options.ws, personal, options.env);
+  await checkQuota({ adding: freshDiskBytes(options.ws.resources.diskBytes), what: `creating ${options.sandbox}/${options.ws.name}`, ...(options.env ? { env: options.env } : {}) });
+  const context = await bootContext(options.env, phase);
+  const staging = join(root, `.new-${options.ws.name}-${process.pid}-${Date.now()}`);
+  try {
+    await makeWorkspace({
+      sandbox: options.sandbox,
+      ws: options.ws,
+      snapshots,
+      dir: staging,
+      file: options.file,
+      start: options.start,
+      ...(options.applied ? { applied: options.applied } : {}),
+      taken: await portsInUse(options.env),
+      context,
+      ...(options.env ? { env: options.env } : {}),
+      onPhase: phase,
+    });
+    await rename(staging, dir);
+  } catch (error) {
+    await rm(staging, { recursive: true, force: true });
+    throw error;
+  }
+  if (!options.start) return;
+  await startSupervisor(dir, options.env);
+  await waitUntil(dir, 'booted', { ...(options.env ? { env: options.env } : {}), onPhase: phase });
+}

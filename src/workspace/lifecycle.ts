@@ -269,8 +269,20 @@ export async function ensureRunning(ws: WorkspaceRef, options: LifecycleOptions 
   return startWorkspace(ws, { ...options, wait: true });
 }
 
+/**
+ * Stops a workspace and starts it again with what its record says now
+ * (cpus, memory, kernel, root images), keeping its disk; it stays wanted.
+ */
+export async function restartWorkspace(ws: WorkspaceRef, options: LifecycleOptions & { wait?: boolean; waitTimeoutMs?: number } = {}): Promise<void> {
+  await withLock(join(ws.dir, FILES.lock), { purpose: `restarting ${ws.sandbox}/${ws.workspace}` }, async () => {
+    options.onPhase?.(`stop ${ws.workspace}`);
+    await stopSupervisor(ws.dir, { graceful: true });
+  });
+  await startWorkspace(ws, options);
+}
+
 /** Marks a workspace wanted and starts its supervisor unless one runs; true when it started one. */
-async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOptions): Promise<boolean> {
+export async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOptions): Promise<boolean> {
   return withLock(join(ws.dir, FILES.lock), { purpose: `starting ${ws.sandbox}/${ws.workspace}` }, async () => {
     let record = await readRecord(ws.dir);
     if (!record) return false;
