@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { appendFileSync, existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -119,6 +120,8 @@ export interface BootedSpec {
   memoryMiB: number;
   kernel: string;
   rootGeneration: number;
+  /** sha256 of the spec it started with. */
+  spec: string;
 }
 
 export type Phase = 'booting' | 'starting' | 'ready' | 'failed' | 'stopping' | 'stopped';
@@ -225,6 +228,10 @@ export interface WorkspaceRef {
 }
 
 /** The name a person uses for a workspace: SANDBOX/WORKSPACE, or its own name for one made by `cs workspace create`. */
+export function specHash(spec: Workspace): string {
+  return createHash('sha256').update(JSON.stringify(spec)).digest('hex');
+}
+
 export function displayName(ref: { sandbox: string; workspace: string }, standalone: boolean | undefined): string {
   return standalone ? ref.sandbox : `${ref.sandbox}/${ref.workspace}`;
 }

@@ -12,7 +12,7 @@ import { connectUnix } from './connect.js';
 import { serveHostRequests } from './host-requests.js';
 import { ControlTag, ControlType, Mux } from './mux.js';
 import { qemuProtocol } from './ports.js';
-import { appendWorkspaceLog, FILES, readRecord, readRun, supervisorAlive, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
+import { appendWorkspaceLog, FILES, readRecord, specHash, readRun, supervisorAlive, writeRun, type RunRecord, type WorkspaceRecord } from './state.js';
 import type { StepContext } from './steps.js';
 
 /**
@@ -58,7 +58,7 @@ export async function supervise(dir: string): Promise<void> {
   const state: RunRecord = {
     supervisorPid: process.pid,
     startedAt: new Date(t0).toISOString(),
-    boot: { lowers: record.lowers, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel: record.kernel.boot ?? record.kernel.vmlinuz, rootGeneration },
+    boot: { lowers: record.lowers, cpus: record.cpus, memoryMiB: record.memoryMiB, kernel: record.kernel.boot ?? record.kernel.vmlinuz, rootGeneration, spec: specHash(record.spec) },
     timings: {},
     phase: 'booting',
     steps: [],

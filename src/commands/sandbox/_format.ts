@@ -1,19 +1,21 @@
+import { syncCell, type SyncSummary } from '../../reconcile/status.js';
 import type { WorkspaceSummary } from '../../workspace/lifecycle.js';
 import { formatSize } from '../../util/progress.js';
 import { table } from '../_table.js';
 
 /** People-facing lines for workspaces (tables for list, details for show). */
 
-export function workspaceTable(rows: readonly WorkspaceSummary[]): string {
-  if (rows.length === 0) return 'No sandboxes. Create one with `cs sandbox create NAME -f FILE`.';
+export function workspaceTable(rows: readonly (WorkspaceSummary & { sync?: SyncSummary })[]): string {
+  if (rows.length === 0) return 'No sandboxes. Create one with `cs sandbox create NAME -f FILE` or `cs apply -f PATH`.';
   const lines = rows.map((w) => [
     w.sandbox,
     w.workspace,
     w.status,
     w.status === 'starting' ? (w.step ?? w.phase ?? '') : '',
     w.ports.map((p) => `127.0.0.1:${p.hostPort}->${p.guestPort}`).join(' '),
+    ...(rows.some((r) => r.sync) ? [w.sync ? syncCell(w.sync) : '-'] : []),
   ]);
-  return table(['SANDBOX', 'WORKSPACE', 'STATUS', 'STEP', 'PORTS'], lines);
+  return table(['SANDBOX', 'WORKSPACE', 'STATUS', 'STEP', 'PORTS', ...(rows.some((r) => r.sync) ? ['SYNC'] : [])], lines);
 }
 
 export function workspaceDetails(w: WorkspaceSummary): string {
