@@ -49,3 +49,8 @@ export { usageReport, type UsageReport, type WorkspaceUsage } from './workspace/
 export { addPortForward, execInWorkspace, showLog, type ExecOptions, type ExecResult } from './workspace/exec.js';
 export { doctor, setup } from './workspace/setup.js';
 export { AgentClient } from './vm/agent-client.js';
+export { applyDefinitions, applyDesired, type ApplyEvent, type ApplyOptions as ReconcileOptions, type ApplyResult as ReconcileResult } from './reconcile/engine.js';
+export { readDesired, type DesiredState } from './reconcile/desired.js';
+export { buildPlan, type FieldChange, type Plan } from './reconcile/plan.js';
+export { followRepository, watchDefinitions } from './reconcile/watch.js';
+export { syncSummary, type SyncSummary } from './reconcile/status.js';

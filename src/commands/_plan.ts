@@ -72,7 +72,8 @@ export function formatPlan(plan: Plan): string {
     lines.push('', 'Definition problems (their sandboxes are left as they are):');
     for (const issue of plan.issues) lines.push(`  ${formatIssue(issue)}`);
   }
-  lines.push('', plan.empty ? `Nothing to do: the workspaces match ${source}.` : `Plan for ${source}; apply it with \`cs apply -f ${shown(plan.path)}\`.`);
+  const nothing = plan.issues.length > 0 ? 'Nothing else to do until the problems above are fixed.' : `Nothing to do: the workspaces match ${source}.`;
+  lines.push('', plan.empty ? nothing : `Plan for ${source}; apply it with \`cs apply -f ${shown(plan.path)}\`.`);
   return lines.join('\n');
 }
 
@@ -106,7 +107,7 @@ export function resultJson(result: ApplyResult): Record<string, unknown> {
 
 export function formatResult(result: ApplyResult): string {
   const lines: string[] = [];
-  if (result.done.length === 0 && result.failed.length === 0) lines.push('Nothing to do: the workspaces match their definitions.');
+  if (result.done.length === 0 && result.failed.length === 0) lines.push(result.plan.issues.length > 0 ? 'Nothing applied.' : 'Nothing to do: the workspaces match their definitions.');
   else lines.push(`Applied ${result.done.length} step${result.done.length === 1 ? '' : 's'} in ${result.rounds} round${result.rounds === 1 ? '' : 's'}.`);
   for (const f of result.failed) lines.push(`✗ ${f.target}: ${f.reason}`);
   if (result.plan.issues.length > 0) {

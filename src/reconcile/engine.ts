@@ -4,12 +4,12 @@ import { CsError } from '../util/errors.js';
 import { acquireLock, LockedError, type Lock } from '../util/lock.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { addWorkspace, createFromModel } from '../workspace/create.js';
-import { discardFolder, removeSandbox, restartWorkspace, retireWorkspace, waitUntil } from '../workspace/lifecycle.js';
+import { discardFolder, launchWorkspace, removeSandbox, restartWorkspace, retireWorkspace, waitUntil } from '../workspace/lifecycle.js';
 import { liveUpdate } from '../workspace/live.js';
 import { sandboxesDir, type AppliedSource, type WorkspaceRef } from '../workspace/state.js';
 import { portsMatch, rebuildRoot, recordSpec, updatePorts } from '../workspace/update.js';
 import { readDesired, type DesiredSandbox, type DesiredState } from './desired.js';
-import { buildPlan, needsLive, needsRecord, observe, restartReason, rootNeeds, versionsFor, type Observed, type Plan, type PlanOptions, type WorkspacePlan } from './plan.js';
+import { buildPlan, needsLive, needsRecord, needsStart, observe, restartReason, rootNeeds, versionsFor, type Observed, type Plan, type PlanOptions, type WorkspacePlan } from './plan.js';
 import { writeSync } from './status.js';
 
 /**
@@ -218,7 +218,7 @@ function unitsOf(plan: Plan, desired: DesiredState, options: ApplyOptions): Unit
             name: 'create sandbox',
             shouldDo: async () => (await observeSandbox(root)) === false,
             do: async () => {
-              await createFromModel(source.model, { file: source.file, applied: appliedOf(source, desired), start: true, ...envOpt, onPhase: progress(sandbox.sandbox, 'create') });
+              await createFromModel(source.model, { file: source.file, applied: appliedOf(source, desired), start: true, wait: true, ...envOpt, onPhase: progress(sandbox.sandbox, 'create') });
               return [`created ${source.model.workspaces.map((w) => w.name).join(', ')}`];
             },
             verify: async () => ((await observeSandbox(root)) ? undefined : 'the sandbox is not there'),
@@ -260,7 +260,7 @@ function unitsOf(plan: Plan, desired: DesiredState, options: ApplyOptions): Unit
               name: 'create workspace',
               shouldDo: async () => (await observe({ sandbox: w.sandbox, workspace: w.workspace, dir })) === undefined,
               do: async () => {
-                await addWorkspace({ sandbox: w.sandbox, ws, file: source.file, start: true, applied: appliedOf(source, desired), ...envOpt, onPhase: progress(target, 'create') });
+                await addWorkspace({ sandbox: w.sandbox, ws, file: source.file, start: true, wait: true, applied: appliedOf(source, desired), ...envOpt, onPhase: progress(target, 'create') });
                 return ['created'];
               },
               verify: async () => ((await observe({ sandbox: w.sandbox, workspace: w.workspace, dir })) ? undefined : 'the workspace is not there'),
@@ -338,7 +338,7 @@ function updateSteps(ref: WorkspaceRef, ws: WorkspacePlan['desired'] & object, s
       },
       do: async () => {
         const need = await rootFor(await fresh());
-        const result = await rebuildRoot(ref, ws, { base: need.base, home: need.home, ...envOpt, onPhase: (p) => options.onEvent?.({ target: `${ref.sandbox}/${ref.workspace}`, step: 'root', phase: 'progress', message: p }) });
+        const result = await rebuildRoot(ref, ws, { base: need.base, home: need.home, wait: true, ...envOpt, onPhase: (p) => options.onEvent?.({ target: `${ref.sandbox}/${ref.workspace}`, step: 'root', phase: 'progress', message: p }) });
         return [need.base ? 'root refreshed from the new base snapshot; /home kept' : 'root rebuilt with the new home snapshot', ...(result.restorePoint ? [`restore point ${result.restorePoint} holds the disk as it was`] : [])];
       },
       verify: async () => {
@@ -351,10 +351,21 @@ function updateSteps(ref: WorkspaceRef, ws: WorkspacePlan['desired'] & object, s
       shouldDo: async () => restartReason(await fresh()) !== undefined,
       do: async () => {
         const why = restartReason(await fresh());
-        await restartWorkspace(ref, envOpt);
+        await restartWorkspace(ref, { ...envOpt, wait: true });
         return [`restarted (${why ?? 'changed'})`];
       },
       verify: async () => restartReason(await fresh()),
+    },
+    {
+      name: 'start',
+      shouldDo: async () => needsStart(await fresh()),
+      do: async () => {
+        const o = await fresh();
+        await launchWorkspace(ref, envOpt);
+        await waitUntil(ref.dir, 'ready', envOpt);
+        return [`started (it was ${o.status})`];
+      },
+      verify: async () => (needsStart(await fresh()) ? 'it did not start' : undefined),
     },
     {
       name: 'live update',

@@ -48,6 +48,7 @@ export interface Needs {
   ports: boolean;
   root?: { base: boolean; home: boolean };
   restart?: string;
+  start: boolean;
   live: boolean;
 }
 
@@ -132,7 +133,7 @@ export async function wantedImage(ref: SnapshotRef | undefined, kind: 'base' | '
 function recordedImage(record: WorkspaceRecord, kind: WorkspaceImage['kind']): ImageVersion | undefined {
   const image = record.images?.find((i) => i.kind === kind);
   if (!image) return undefined;
-  return { label: image.snapshot ?? image.reference, reference: image.reference, ...(image.snapshot ? { snapshot: image.snapshot.toLowerCase() } : {}), ...(image.digest ? { digest: image.digest } : {}) };
+  return { label: image.snapshot ?? `oci://${image.reference}`, reference: image.reference, ...(image.snapshot ? { snapshot: image.snapshot.toLowerCase() } : {}), ...(image.digest ? { digest: image.digest } : {}) };
 }
 
 /** How a wanted image differs from the recorded one: another snapshot, a new version of the same, or not at all. */
@@ -278,6 +279,11 @@ export function restartReason(o: Observed): string | undefined {
   return undefined;
 }
 
+/** A workspace that should run and does not (stopped midway by an interrupted apply, or crashed): it is started. */
+export function needsStart(o: Observed): boolean {
+  return o.record.desired === 'running' && !(o.run && supervisorAlive(o.run));
+}
+
 /** Whether a running guest still has to be brought to its record's spec. */
 export function needsLive(o: Observed): boolean {
   if (o.record.desired !== 'running') return false;
@@ -302,14 +308,16 @@ async function planWorkspace(source: DesiredSandbox, ws: Workspace, o: Observed,
   if (restart) pending.push(`restart: ${restart}`);
   if (!recordNeeded && needsLive(o)) pending.push('the running workspace has not taken its current definition yet');
   if (!portsMatch(record, record.spec)) pending.push('port forwards differ from the record');
+  if (needsStart(o)) pending.push(`start: it should run and is ${o.status}`);
   const needs: Needs = {
     record: recordNeeded,
     ports: !portsMatch(after.record, after.record.spec) || (recordNeeded && !portsMatch(record, recordedSpec(ws, record))),
     ...(root.base || root.home ? { root: { base: root.base, home: root.home } } : {}),
     ...(restart || (o.status !== 'suspended' && changes.some((c) => c.effect === 'restart') && record.desired === 'running') ? { restart: restart ?? 'resources or kernel changed' } : {}),
+    start: needsStart(o),
     live: needsLive(after) || (recordNeeded && changes.some((c) => c.effect === 'in-place') && (o.status === 'running' || o.status === 'starting')),
   };
-  const any = needs.record || needs.ports || needs.root !== undefined || needs.restart !== undefined || needs.live;
+  const any = needs.record || needs.ports || needs.root !== undefined || needs.restart !== undefined || needs.start || needs.live;
   return {
     sandbox: record.sandbox,
     workspace: record.name,

@@ -263,6 +263,8 @@ export async function addWorkspace(options: {
   ws: Workspace;
   file: string;
   start: boolean;
+  /** Wait until it is ready (its start-up done), not only booted. */
+  wait?: boolean;
   applied?: WorkspaceRecord['applied'];
   personal?: string;
   env?: Env;
@@ -298,5 +300,5 @@ export async function addWorkspace(options: {
   }
   if (!options.start) return;
   await startSupervisor(dir, options.env);
-  await waitUntil(dir, 'booted', { ...(options.env ? { env: options.env } : {}), onPhase: phase });
+  await waitUntil(dir, options.wait ? 'ready' : 'booted', { ...(options.env ? { env: options.env } : {}), onPhase: phase });
 }

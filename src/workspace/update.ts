@@ -119,7 +119,7 @@ export async function rootSnapshots(record: WorkspaceRecord, spec: Workspace, op
 export async function rebuildRoot(
   ws: WorkspaceRef,
   spec: Workspace,
-  options: { base: boolean; home: boolean; env?: Env; onPhase?: (phase: string) => void },
+  options: { base: boolean; home: boolean; wait?: boolean; env?: Env; onPhase?: (phase: string) => void },
 ): Promise<{ restorePoint?: string }> {
   const envOpt = options.env ? { env: options.env } : {};
   const before = await mustRead(ws);
@@ -147,7 +147,7 @@ export async function rebuildRoot(
   });
   if (wasRunning || record.desired === 'running') {
     await launchWorkspace(ws, envOpt);
-    await waitUntil(ws.dir, 'booted', envOpt);
+    await waitUntil(ws.dir, options.wait ? 'ready' : 'booted', envOpt);
   }
   return restorePoint ? { restorePoint } : {};
 }
