@@ -9,6 +9,7 @@ const scenarios: Record<string, () => Promise<void>> = {
   boot: async () => (await import('./boot.js')).benchBoot(),
   snapshot: async () => (await import('./snapshot.js')).benchSnapshot(),
   restore: async () => (await import('./restore.js')).benchRestore(),
+  reconcile: async () => (await import('./reconcile.js')).benchReconcile(),
 };
 
 const name = process.argv[2];
