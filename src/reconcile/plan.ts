@@ -5,7 +5,8 @@ import { openImageContext } from '../oci/image.js';
 import { formatReference } from '../oci/reference.js';
 import { findSnapshot } from '../snapshot/catalogue.js';
 import type { Env } from '../util/paths.js';
-import { appliedSpec, sameLive } from '../workspace/live.js';
+import { appliedState, liveBehind, sameLive } from '../workspace/live.js';
+import type { Applied } from '../workspace/steps.js';
 import { listWorkspaces, readRecord, readRun, specHash, statusOf, supervisorAlive, type RunRecord, type Status, type WorkspaceImage, type WorkspaceRecord, type WorkspaceRef } from '../workspace/state.js';
 import { portsMatch } from '../workspace/update.js';
 import { inScope, type DesiredSandbox, type DesiredState } from './desired.js';
@@ -97,7 +98,10 @@ export interface Observed {
   record: WorkspaceRecord;
   run?: RunRecord;
   status: Status;
-  applied?: Workspace;
+  /** What the guest says it runs with (running workspaces). */
+  applied?: Applied;
+  /** Its repos' manifests as they are in the guest now (running workspaces). */
+  manifests?: Record<string, string>;
 }
 
 export async function observe(ref: WorkspaceRef): Promise<Observed | undefined> {
@@ -105,8 +109,8 @@ export async function observe(ref: WorkspaceRef): Promise<Observed | undefined> 
   if (!record) return undefined;
   const run = await readRun(ref.dir);
   const status = statusOf(record, run);
-  const applied = status === 'running' ? await appliedSpec(ref) : undefined;
-  return { ref, record, ...(run ? { run } : {}), status, ...(applied ? { applied } : {}) };
+  const live = status === 'running' ? await appliedState(ref, record.spec) : undefined;
+  return { ref, record, ...(run ? { run } : {}), status, ...(live?.applied ? { applied: live.applied } : {}), ...(live ? { manifests: live.manifests } : {}) };
 }
 
 // ---- images: a snapshot reference and the version it stands for now ----
@@ -287,7 +291,7 @@ export function needsStart(o: Observed): boolean {
 /** Whether a running guest still has to be brought to its record's spec. */
 export function needsLive(o: Observed): boolean {
   if (o.record.desired !== 'running') return false;
-  if (o.status === 'running') return !sameLive(o.applied, o.record.spec);
+  if (o.status === 'running') return liveBehind(o.applied, o.record.spec, o.manifests);
   // Still starting: its start-up applies the spec it was started with; anything newer waits for it.
   if (o.status === 'starting') return o.run?.boot?.spec !== undefined && o.run.boot.spec !== specHash(o.record.spec);
   return false;
@@ -306,7 +310,9 @@ async function planWorkspace(source: DesiredSandbox, ws: Workspace, o: Observed,
   const pending: string[] = [];
   const restart = restartReason(o);
   if (restart) pending.push(`restart: ${restart}`);
-  if (!recordNeeded && needsLive(o)) pending.push('the running workspace has not taken its current definition yet');
+  if (!recordNeeded && needsLive(o)) {
+    pending.push(o.applied && sameLive(o.applied.spec, record.spec) ? 'a repo manifest was edited in the workspace: its daemons are applied again' : 'the running workspace has not taken its current definition yet');
+  }
   if (!portsMatch(record, record.spec)) pending.push('port forwards differ from the record');
   if (needsStart(o)) pending.push(`start: it should run and is ${o.status}`);
   const needs: Needs = {

@@ -10,15 +10,17 @@ import { appendWorkspaceLog, readRecord, type PortMapping, type WorkspaceRecord,
 import {
   checkout,
   checkoutDir,
-  daemonLaunch,
+  appliedNow,
   daemonsOf,
-  forwardHostPort,
   guestRun,
   identity,
+  launchKeys,
+  manifestHashes,
   pidFile,
   readApplied,
   readIds,
   readManifest,
+  relayKeys,
   renderedText,
   ROOT_ENV,
   runRepoHooks,
@@ -28,6 +30,7 @@ import {
   waitReady,
   writeApplied,
   writeSystemFile,
+  type Applied,
   type Ids,
   type StepContext,
 } from './steps.js';
@@ -61,22 +64,28 @@ export function sameLive(a: Workspace | undefined, b: Workspace): boolean {
   return a !== undefined && JSON.stringify(liveFields(a)) === JSON.stringify(liveFields(b));
 }
 
+/** Whether a running guest still has to take its record's spec, or a repo manifest edited in it since. */
+export function liveBehind(applied: Applied | undefined, spec: Workspace, manifests: Record<string, string> | undefined): boolean {
+  if (!applied || !sameLive(applied.spec, spec)) return true;
+  return manifests !== undefined && JSON.stringify(manifests) !== JSON.stringify(applied.manifests);
+}
+
 /**
- * Applies `ctx.record.spec` to the running guest, coming from `before` (the
- * spec it was started with or last updated to; undefined when unknown, in
+ * Applies `ctx.record.spec` to the running guest, coming from `before`
+ * (what it was started with or last updated to; undefined when unknown, in
  * which case everything is redone). Returns what it did, in words.
  */
-export async function applyLive(ctx: StepContext, before: Workspace | undefined): Promise<string[]> {
+export async function applyLive(ctx: StepContext, before: Applied | undefined): Promise<string[]> {
   const done: string[] = [];
   const after = ctx.record.spec;
-  const old: Pick<StepContext, 'record'> | undefined = before ? { record: { ...ctx.record, spec: before } } : undefined;
+  const old = before?.spec;
   const envAfter = workspaceEnv(identity(ctx.record), after);
-  const envBefore = before ? workspaceEnv(identity(ctx.record), before) : {};
+  const envBefore = old ? workspaceEnv(identity(ctx.record), old) : {};
 
   // System files.
   let ids: Ids | undefined;
   for (const file of after.system.files) {
-    const prev = before?.system.files.find((f) => f.path === file.path);
+    const prev = old?.system.files.find((f) => f.path === file.path);
     if (prev && fileKey(prev, envBefore) === fileKey(file, envAfter)) continue;
     await ctx.step(`system file ${file.path}`, async () => {
       ids ??= await readIds(ctx.client);
@@ -84,7 +93,7 @@ export async function applyLive(ctx: StepContext, before: Workspace | undefined)
     });
     done.push(`wrote ${file.path}`);
   }
-  for (const prev of before?.system.files ?? []) {
+  for (const prev of old?.system.files ?? []) {
     if (after.system.files.some((f) => f.path === prev.path)) continue;
     // A file cs wrote goes with its definition, unless someone changed it in the workspace since.
     const untouched = await ctx.step(`remove system file ${prev.path}`, () => removeIfUnchanged(ctx, prev, envBefore));
@@ -92,9 +101,9 @@ export async function applyLive(ctx: StepContext, before: Workspace | undefined)
   }
 
   // Checkouts: new ones are cloned (and their repo hooks run); removed ones are the user's files and stay.
-  const known = new Set((before?.checkouts ?? []).map(checkoutKey));
+  const known = new Set((old?.checkouts ?? []).map(checkoutKey));
   for (const item of after.checkouts) {
-    if (before && known.has(checkoutKey(item))) continue;
+    if (old && known.has(checkoutKey(item))) continue;
     const { manifest, cloned } = await ctx.step(`checkout ${item.path}`, () => checkout(ctx, item));
     if (cloned) {
       done.push(`cloned ${item.repo.git} into ${checkoutDir(item)}`);
@@ -102,52 +111,48 @@ export async function applyLive(ctx: StepContext, before: Workspace | undefined)
     }
   }
 
-  // Relays of port_forward_rules, by local port.
-  const relayKey = async (c: Pick<StepContext, 'record' | 'siblingPorts'>, rule: Workspace['portForwardRules'][number]): Promise<string> =>
-    JSON.stringify({ ...rule, hostPort: await forwardHostPort(c, rule).catch(() => 0) });
-  const beforeRelays = new Map<number, string>();
-  for (const rule of before?.portForwardRules ?? []) beforeRelays.set(rule.local.port, await relayKey({ record: old?.record ?? ctx.record, siblingPorts: ctx.siblingPorts }, rule));
-  const afterRelays = new Map<number, string>();
-  for (const rule of after.portForwardRules) afterRelays.set(rule.local.port, await relayKey(ctx, rule));
-  for (const [port, key] of before ? beforeRelays : new Map(after.portForwardRules.map((r) => [r.local.port, '']))) {
-    if (afterRelays.get(port) === key) continue;
-    await ctx.step(`stop forward ${port}`, () => stopNoted(ctx, pidFile('forwards', String(port)), `the relay of port ${port}`));
-    if (!afterRelays.has(port)) done.push(`stopped the relay of port ${port}`);
+  // Relays of port_forward_rules, by local port: those whose target changed are stopped and started.
+  const relays = await relayKeys(ctx);
+  const wasRelays = before?.relays ?? Object.fromEntries(Object.keys(relays).map((port) => [port, '']));
+  for (const [port, key] of Object.entries(wasRelays)) {
+    if (before && relays[port] === key) continue;
+    await ctx.step(`stop forward ${port}`, () => stopNoted(ctx, pidFile('forwards', port), `the relay of port ${port}`));
+    if (relays[port] === undefined) done.push(`stopped the relay of port ${port}`);
   }
   for (const rule of after.portForwardRules) {
-    if (before && beforeRelays.get(rule.local.port) === afterRelays.get(rule.local.port)) continue;
-    await ctx.step(`forward ${rule.local.port} to ${rule.remote.target}:${rule.remote.port}`, () => startForward(ctx, rule));
-    done.push(`started the relay of port ${rule.local.port}`);
+    const port = String(rule.local.port);
+    if (before && before.relays[port] === relays[port]) continue;
+    await ctx.step(`forward ${port} to ${rule.remote.target}:${rule.remote.port}`, () => startForward(ctx, rule));
+    done.push(`started the relay of port ${port}`);
   }
 
-  // Daemons, the definition's and the repos' (manifests as they are now in the workspace).
+  // Daemons, the definition's and the repos' (manifests as they are now in the workspace), by how they are launched.
   const manifests: Record<string, Manifest> = {};
   for (const item of after.checkouts) {
     const manifest = await readManifest(ctx, item);
     if (manifest) manifests[item.path] = manifest;
   }
-  const launches = (c: Pick<StepContext, 'record'>): Map<string, string> => new Map(daemonsOf(c, manifests).map((d) => [d.name, JSON.stringify(daemonLaunch(c, d))]));
-  const was = old ? launches(old) : new Map<string, string>();
-  const now = launches(ctx);
-  for (const [name, launch] of old ? was : now) {
-    if (old && now.get(name) === launch) continue;
+  const now = launchKeys(ctx, manifests);
+  const was = before?.daemons ?? Object.fromEntries(Object.keys(now).map((name) => [name, '']));
+  for (const [name, launch] of Object.entries(was)) {
+    if (before && now[name] === launch) continue;
     await ctx.step(`stop daemon ${name}`, () => stopNoted(ctx, pidFile('daemons', name), `daemon ${name}`));
-    if (!now.has(name)) done.push(`stopped daemon ${name}`);
+    if (now[name] === undefined) done.push(`stopped daemon ${name}`);
   }
   let restarted = false;
   for (const d of daemonsOf(ctx, manifests)) {
-    if (old && was.get(d.name) === now.get(d.name)) continue;
+    if (before && before.daemons[d.name] === now[d.name]) continue;
     await ctx.step(`daemon ${d.name}`, () => startDaemon(ctx, d));
-    done.push(`${was.has(d.name) ? 'restarted' : 'started'} daemon ${d.name}`);
+    done.push(`${before?.daemons[d.name] !== undefined ? 'restarted' : 'started'} daemon ${d.name}`);
     restarted = true;
   }
 
-  const probesChanged = JSON.stringify(before?.probes) !== JSON.stringify(after.probes);
+  const probesChanged = JSON.stringify(old?.probes) !== JSON.stringify(after.probes);
   if (probesChanged || restarted || done.length > 0) {
     await waitReady(ctx, 5 * 60_000);
     if (probesChanged && after.probes.readiness.length > 0) done.push('readiness probes passed');
   }
-  await writeApplied(ctx.client, after);
+  await writeApplied(ctx.client, await appliedNow(ctx, manifests));
   return done;
 }
 
@@ -194,12 +199,16 @@ export async function liveUpdate(ws: WorkspaceRef, options: { label?: string; lo
   }
 }
 
-/** The spec a running guest was brought to, or undefined when it is not running or does not say. */
-export async function appliedSpec(ws: WorkspaceRef): Promise<Workspace | undefined> {
+/**
+ * What a running guest was brought to, and its repos' manifests as they are
+ * in it now; undefined when it cannot be asked.
+ */
+export async function appliedState(ws: WorkspaceRef, spec: Workspace): Promise<{ applied?: Applied; manifests: Record<string, string> } | undefined> {
   const client = await openAgent(ws.dir, `${ws.sandbox}/${ws.workspace}`).catch(() => undefined);
   if (!client) return undefined;
   try {
-    return await readApplied(client);
+    const applied = await readApplied(client);
+    return { ...(applied ? { applied } : {}), manifests: await manifestHashes(client, spec) };
   } finally {
     client.close();
   }

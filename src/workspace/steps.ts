@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { tmpdir } from 'node:os';
@@ -458,25 +459,63 @@ export async function startWorkspace(ctx: StepContext): Promise<void> {
   await startForwards(ctx);
   await startDaemons(ctx, manifests);
   await waitReady(ctx);
-  await writeApplied(ctx.client, ctx.record.spec);
+  await writeApplied(ctx.client, await appliedNow(ctx, manifests));
 }
 
 /**
- * The spec the running guest was brought to (by its start-up or by a live
- * update), kept in the guest's /run: what `cs apply` compares with to know
- * whether a change still has to be made in the running workspace.
+ * What the running guest was brought to (by its start-up or by a live
+ * update), kept in the guest's /run: the spec, how each daemon and relay
+ * was launched, and the repos' manifests as they were read. `cs apply`
+ * compares it with the record (and with the manifests in the workspace now)
+ * to know whether a running workspace still has something to take.
  */
 export const APPLIED_FILE = '/run/cs/applied.json';
 
-export async function writeApplied(client: AgentClient, spec: Workspace): Promise<void> {
-  await client.writeFile(APPLIED_FILE, Buffer.from(JSON.stringify(spec) + '\n'), { mode: 0o600, mkdirs: true });
+export interface Applied {
+  spec: Workspace;
+  /** Daemon name to its launch (see daemonLaunch). */
+  daemons: Record<string, string>;
+  /** Local port of a port_forward_rules relay to what it relays to. */
+  relays: Record<string, string>;
+  /** Checkout path to the sha256 of its .sandbox/manifest.yaml ('' when it has none). */
+  manifests: Record<string, string>;
 }
 
-export async function readApplied(client: AgentClient): Promise<Workspace | undefined> {
+export function launchKeys(ctx: Pick<StepContext, 'record'>, manifests: Record<string, Manifest>): Record<string, string> {
+  return Object.fromEntries(daemonsOf(ctx, manifests).map((d) => [d.name, JSON.stringify(daemonLaunch(ctx, d))]));
+}
+
+export async function relayKeys(ctx: Pick<StepContext, 'record' | 'siblingPorts'>): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const rule of ctx.record.spec.portForwardRules) out[String(rule.local.port)] = JSON.stringify({ ...rule, hostPort: await forwardHostPort(ctx, rule).catch(() => 0) });
+  return out;
+}
+
+/** The manifests of a spec's checkouts as they are in the workspace now, by content. */
+export async function manifestHashes(client: AgentClient, spec: Workspace): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const item of spec.checkouts) {
+    const text = await client.readFile(`${checkoutDir(item)}/.sandbox/manifest.yaml`).catch(() => undefined);
+    out[item.path] = text ? createHash('sha256').update(text).digest('hex') : '';
+  }
+  return out;
+}
+
+export async function appliedNow(ctx: StepContext, manifests: Record<string, Manifest>): Promise<Applied> {
+  return { spec: ctx.record.spec, daemons: launchKeys(ctx, manifests), relays: await relayKeys(ctx), manifests: await manifestHashes(ctx.client, ctx.record.spec) };
+}
+
+export async function writeApplied(client: AgentClient, applied: Applied): Promise<void> {
+  await client.writeFile(APPLIED_FILE, Buffer.from(JSON.stringify(applied) + '\n'), { mode: 0o600, mkdirs: true });
+}
+
+export async function readApplied(client: AgentClient): Promise<Applied | undefined> {
   const bytes = await client.readFile(APPLIED_FILE).catch(() => undefined);
   if (!bytes) return undefined;
   try {
-    return JSON.parse(bytes.toString('utf8')) as Workspace;
+    const parsed = JSON.parse(bytes.toString('utf8')) as Partial<Applied>;
+    if (typeof parsed.spec !== 'object' || parsed.spec === null) return undefined;
+    return { spec: parsed.spec, daemons: parsed.daemons ?? {}, relays: parsed.relays ?? {}, manifests: parsed.manifests ?? {} };
   } catch {
     return undefined;
   }
@@ -491,4 +530,3 @@ export async function isFirstBoot(client: AgentClient): Promise<boolean> {
     () => true,
   );
 }
-

@@ -190,6 +190,38 @@ describe('reconcile: cs apply, cs diff, cs reconcile', () => {
     expect(gone).toBe('refused');
   }, 600_000);
 
+  it('a new checkout is cloned in place, and a manifest edited in the workspace has its daemons applied again', async () => {
+    const repo = await mkdtemp(join(tmpdir(), 'cs-rec-repo-'));
+    try {
+      await execa('git', ['init', '-q', '-b', 'main', repo]);
+      await execa('mkdir', ['-p', join(repo, '.sandbox')]);
+      await writeFile(join(repo, '.sandbox', 'manifest.yaml'), 'daemons:\n  beacon:\n    run:\n      cmd: while true; do echo v1 > /tmp/beacon; sleep 0.2; done\n');
+      await execa('git', ['-C', repo, 'add', '-A']);
+      await execa('git', ['-C', repo, '-c', 'user.email=t@example.com', '-c', 'user.name=t', 'commit', '-qm', 'manifest']);
+      const checkout = `    checkouts:\n      - path: app\n        repo:\n          git: ${repo}\n`;
+      await writeFile(file, definition({ base: v1, greeting: 'bonjour', extra: checkout }));
+      const pid = (await listed('demo/dev'))?.pid;
+      const applied = await ok('apply', '-f', defs);
+      expect(applied.stderr).toContain(`cloned ${repo} into /home/owner/app`);
+      expect(await out('demo/dev', 'sleep 0.5; cat /tmp/beacon; ls ~/app/.sandbox')).toBe('v1\nmanifest.yaml');
+      // The user edits the repo's manifest in their workspace: the next apply restarts that daemon only.
+      await out('demo/dev', 'sed -i s/v1/v2/ ~/app/.sandbox/manifest.yaml');
+      const diff = await ok('diff', '-f', defs);
+      expect(diff.stdout).toContain('a repo manifest was edited in the workspace');
+      const again = await ok('apply', '-f', defs);
+      expect(again.stderr).toMatch(/restarted daemon beacon/);
+      expect(again.stderr).not.toMatch(/daemon ticker/);
+      expect(await out('demo/dev', 'sleep 0.5; cat /tmp/beacon')).toBe('v2');
+      expect((await listed('demo/dev'))?.pid).toBe(pid);
+      // Dropping the checkout from the definition leaves the user's folder.
+      await writeFile(file, definition({ base: v1, greeting: 'bonjour' }));
+      await ok('apply', '-f', defs);
+      expect(await out('demo/dev', 'cat ~/app/.sandbox/manifest.yaml | grep -c v2')).toBe('1');
+    } finally {
+      await rm(repo, { recursive: true, force: true });
+    }
+  }, 600_000);
+
   it('an invalid definition changes nothing and says where it is wrong', async () => {
     const pid = (await listed('demo/dev'))?.pid;
     const good = await readFile(file, 'utf8');
