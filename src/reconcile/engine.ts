@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CsError } from '../util/errors.js';
 import { acquireLock, LockedError, type Lock } from '../util/lock.js';
@@ -6,7 +7,7 @@ import { dataDir, type Env } from '../util/paths.js';
 import { addWorkspace, createFromModel } from '../workspace/create.js';
 import { discardFolder, launchWorkspace, removeSandbox, restartWorkspace, retireWorkspace, waitUntil } from '../workspace/lifecycle.js';
 import { liveUpdate } from '../workspace/live.js';
-import { sandboxesDir, type AppliedSource, type WorkspaceRef } from '../workspace/state.js';
+import { FILES, sandboxesDir, supervisorAlive, type AppliedSource, type WorkspaceRef } from '../workspace/state.js';
 import { portsMatch, rebuildRoot, recordSpec, updatePorts } from '../workspace/update.js';
 import { readDesired, type DesiredSandbox, type DesiredState } from './desired.js';
 import { buildPlan, needsLive, needsRecord, needsStart, observe, restartReason, rootNeeds, versionsFor, type Observed, type Plan, type PlanOptions, type WorkspacePlan } from './plan.js';
@@ -35,6 +36,13 @@ export interface ApplyOptions extends PlanOptions {
   onEvent?: (event: ApplyEvent) => void;
   /** The caller holds the reconcile lock already (the watch and git loops). */
   locked?: boolean;
+  /**
+   * Removals wait until they have been planned for this long (the watch
+   * loop: a file read while an editor was writing it must not read as
+   * gone), remembered across applies in `seenRemovals`.
+   */
+  removalGraceMs?: number;
+  seenRemovals?: Map<string, number>;
 }
 
 export interface ApplyEvent {
@@ -52,6 +60,8 @@ export interface ApplyResult {
   rounds: number;
   /** Nothing was left to do at the end (failed workspaces aside). */
   converged: boolean;
+  /** Removals waiting for their grace time (see removalGraceMs). */
+  deferred: string[];
 }
 
 interface Step {
@@ -64,6 +74,7 @@ interface Step {
 
 interface Unit {
   target: string;
+  kind: 'create' | 'remove' | 'update';
   /** Folders of existing workspaces, for their status files. */
   dirs: string[];
   steps: Step[];
@@ -96,7 +107,7 @@ export async function applyDefinitions(options: ApplyOptions): Promise<ApplyResu
 
 export async function applyDesired(desired: DesiredState, options: ApplyOptions): Promise<ApplyResult> {
   const first = await buildPlan(desired, options);
-  if (options.dryRun) return { plan: first, done: [], failed: [], rounds: 0, converged: first.empty };
+  if (options.dryRun) return { plan: first, done: [], failed: [], rounds: 0, converged: first.empty, deferred: [] };
   const lock = options.locked ? undefined : await lockReconciler(options.env, `cs apply -f ${options.path}`);
   try {
     return await converge(desired, first, options);
@@ -116,13 +127,63 @@ async function converge(desired: DesiredState, first: Plan, options: ApplyOption
   const nextTry = new Map<string, number>();
   const failed = new Map<string, string>();
   const done: ApplyResult['done'] = [];
+  const seen = options.seenRemovals ?? new Map<string, number>();
+  let deferred: string[] = [];
   let plan = first;
   let rounds = 0;
   let converged = false;
+
+  const runUnit = async (unit: Unit): Promise<void> => {
+    const tries = (attempts.get(unit.target) ?? 0) + 1;
+    for (const dir of unit.dirs) await writeSync(dir, { state: 'applying', attempts: tries, ...(unit.held.length ? { held: unit.held } : {}) });
+    try {
+      for (const step of unit.steps) {
+        if (!(await step.shouldDo())) continue;
+        emit({ target: unit.target, step: step.name, phase: 'start' });
+        const detail = await step.do();
+        const why = await step.verify();
+        if (why) throw new Error(`${step.name}: ${why}`);
+        done.push({ target: unit.target, step: step.name, detail });
+        emit({ target: unit.target, step: step.name, phase: 'done', ...(detail.length ? { message: detail.join('; ') } : {}) });
+      }
+      attempts.delete(unit.target);
+      nextTry.delete(unit.target);
+    } catch (error) {
+      const reason = (error as Error).message.split('\n')[0] ?? 'unknown error';
+      attempts.set(unit.target, tries);
+      if (tries >= maxAttempts) {
+        failed.set(unit.target, reason);
+        for (const dir of unit.dirs) await writeSync(dir, { state: 'failed', attempts: tries, reason });
+        emit({ target: unit.target, step: 'apply', phase: 'failed', message: `${reason} (gave up after ${tries} tries)` });
+      } else {
+        const delay = backoff * 2 ** (tries - 1);
+        nextTry.set(unit.target, Date.now() + delay);
+        for (const dir of unit.dirs) await writeSync(dir, { state: 'retrying', attempts: tries, reason });
+        emit({ target: unit.target, step: 'apply', phase: 'retry', message: `${reason}; trying again in ${(delay / 1000).toFixed(1)} s` });
+      }
+    }
+  };
+
+  /** This round's units: failed ones left out, removals still in their grace time set aside. */
+  const work = (p: Plan): Unit[] => {
+    const now = Date.now();
+    const units = unitsOf(p, desired, options).filter((u) => !failed.has(u.target));
+    const removals = new Set(units.filter((u) => u.kind === 'remove').map((u) => u.target));
+    for (const target of [...seen.keys()]) if (!removals.has(target)) seen.delete(target);
+    deferred = [];
+    return units.filter((u) => {
+      if (u.kind !== 'remove' || !options.removalGraceMs) return true;
+      const since = seen.get(u.target) ?? now;
+      seen.set(u.target, since);
+      if (now - since >= options.removalGraceMs) return true;
+      deferred.push(u.target);
+      return false;
+    });
+  };
+
   while (rounds < maxRounds) {
-    rounds++;
-    if (rounds > 1) plan = await buildPlan(desired, options);
-    const units = unitsOf(plan, desired, options).filter((u) => !failed.has(u.target));
+    if (rounds > 0) plan = await buildPlan(desired, options);
+    const units = work(plan);
     if (units.length === 0) {
       converged = true;
       break;
@@ -130,58 +191,34 @@ async function converge(desired: DesiredState, first: Plan, options: ApplyOption
     const now = Date.now();
     const ready = units.filter((u) => (nextTry.get(u.target) ?? 0) <= now);
     if (ready.length === 0) {
+      // Waiting out a back-off is not a round.
       await sleep(Math.max(10, Math.min(...units.map((u) => nextTry.get(u.target) ?? now)) - now));
       continue;
     }
-    await eachLimited(ready, options.concurrency ?? 2, async (unit) => {
-      const tries = (attempts.get(unit.target) ?? 0) + 1;
-      for (const dir of unit.dirs) await writeSync(dir, { state: 'applying', attempts: tries, ...(unit.held.length ? { held: unit.held } : {}) });
-      try {
-        for (const step of unit.steps) {
-          if (!(await step.shouldDo())) continue;
-          emit({ target: unit.target, step: step.name, phase: 'start' });
-          const detail = await step.do();
-          const why = await step.verify();
-          if (why) throw new Error(`${step.name}: ${why}`);
-          done.push({ target: unit.target, step: step.name, detail });
-          emit({ target: unit.target, step: step.name, phase: 'done', ...(detail.length ? { message: detail.join('; ') } : {}) });
-        }
-        attempts.delete(unit.target);
-        nextTry.delete(unit.target);
-      } catch (error) {
-        const reason = (error as Error).message.split('\n')[0] ?? 'unknown error';
-        attempts.set(unit.target, tries);
-        if (tries >= maxAttempts) {
-          failed.set(unit.target, reason);
-          for (const dir of unit.dirs) await writeSync(dir, { state: 'failed', attempts: tries, reason });
-          emit({ target: unit.target, step: 'apply', phase: 'failed', message: `${reason} (gave up after ${tries} tries)` });
-        } else {
-          const delay = backoff * 2 ** (tries - 1);
-          nextTry.set(unit.target, Date.now() + delay);
-          for (const dir of unit.dirs) await writeSync(dir, { state: 'retrying', attempts: tries, reason });
-          emit({ target: unit.target, step: 'apply', phase: 'retry', message: `${reason}; trying again in ${(delay / 1000).toFixed(1)} s` });
-        }
-      }
-    });
+    rounds++;
+    // New sandboxes and workspaces first, one at a time: each picks free host ports, and a relay
+    // (port_forward_rules) of a changed workspace may point at one of them.
+    for (const unit of ready.filter((u) => u.kind === 'create')) await runUnit(unit);
+    await eachLimited(ready.filter((u) => u.kind !== 'create'), options.concurrency ?? 2, runUnit);
   }
   if (!converged) {
-    for (const unit of unitsOf(plan, desired, options)) {
+    for (const unit of work(plan)) {
       if (failed.has(unit.target)) continue;
       const reason = `still not matching its definition after ${maxRounds} rounds`;
       failed.set(unit.target, reason);
       for (const dir of unit.dirs) await writeSync(dir, { state: 'failed', attempts: attempts.get(unit.target) ?? 0, reason });
     }
   }
-  // What matches now says so; a definition that did not validate leaves its workspaces failed, with why.
-  const final = rounds > 1 || !converged ? await buildPlan(desired, options) : plan;
+  // What matches now says so; a definition that did not validate, or a start-up that failed, leaves the workspace failed, with why.
+  const final = rounds > 0 ? await buildPlan(desired, options) : plan;
   for (const sandbox of final.sandboxes) {
     for (const w of sandbox.workspaces) {
       if (!w.ref || failed.has(`${w.sandbox}/${w.workspace}`) || failed.has(w.sandbox)) continue;
-      if (w.action === 'blocked') await writeSync(w.ref.dir, { state: 'failed', attempts: 0, reason: w.reason ?? 'blocked' });
+      if (w.action === 'blocked' || (w.action === 'none' && w.status === 'failed')) await writeSync(w.ref.dir, { state: 'failed', attempts: 0, reason: w.reason ?? 'blocked' });
       else if (w.action === 'none') await writeSync(w.ref.dir, { state: 'synced', attempts: 0, ...heldOf(w) });
     }
   }
-  return { plan: first, done, failed: [...failed].map(([target, reason]) => ({ target, reason })), rounds, converged };
+  return { plan: first, done, failed: [...failed].map(([target, reason]) => ({ target, reason })), rounds, converged, deferred };
 }
 
 function heldOf(w: WorkspacePlan): { held?: string[] } {
@@ -211,6 +248,7 @@ function unitsOf(plan: Plan, desired: DesiredState, options: ApplyOptions): Unit
       const root = join(sandboxesDir(options.env), sandbox.sandbox);
       units.push({
         target: sandbox.sandbox,
+        kind: 'create',
         dirs: [],
         held: [],
         steps: [
@@ -230,6 +268,7 @@ function unitsOf(plan: Plan, desired: DesiredState, options: ApplyOptions): Unit
     if (sandbox.action === 'remove') {
       units.push({
         target: sandbox.sandbox,
+        kind: 'remove',
         dirs: [],
         held: [],
         steps: [
@@ -253,6 +292,7 @@ function unitsOf(plan: Plan, desired: DesiredState, options: ApplyOptions): Unit
         const dir = join(sandboxesDir(options.env), w.sandbox, w.workspace);
         units.push({
           target,
+          kind: 'create',
           dirs: [],
           held: [],
           steps: [
@@ -271,6 +311,7 @@ function unitsOf(plan: Plan, desired: DesiredState, options: ApplyOptions): Unit
         const ref = w.ref;
         units.push({
           target,
+          kind: 'remove',
           dirs: [],
           held: [],
           steps: [
@@ -287,15 +328,17 @@ function unitsOf(plan: Plan, desired: DesiredState, options: ApplyOptions): Unit
           ],
         });
       } else if (w.action === 'update' && w.ref && w.desired && source) {
-        units.push({ target, dirs: [w.ref.dir], held: heldOf(w).held ?? [], steps: updateSteps(w.ref, w.desired, source, desired, options) });
+        units.push({ target, kind: 'update', dirs: [w.ref.dir], held: heldOf(w).held ?? [], steps: updateSteps(w.ref, w.desired, source, desired, options) });
       }
     }
   }
   return units;
 }
 
+/** Whether a sandbox has any workspace (a folder a crash left without records does not count: creating it clears it). */
 async function observeSandbox(root: string): Promise<boolean> {
-  return existsSync(join(root, 'sandbox.json')) || existsSync(root);
+  const names = await readdir(root).catch(() => [] as string[]);
+  return names.some((name) => !name.startsWith('.') && existsSync(join(root, name, FILES.record)));
 }
 
 /** The steps that bring one existing workspace to its definition, each measuring afresh. */
@@ -308,12 +351,17 @@ function updateSteps(ref: WorkspaceRef, ws: WorkspacePlan['desired'] & object, s
     return o;
   };
   const rootFor = async (o: Observed) => rootNeeds(await versionsFor(ws, o.record, options.env), o.record, refreshHome);
+  // A VM started by an older cs does not say what it booted with: it is restarted when this apply changed what a boot takes.
+  let restartWanted = false;
+  const bootUnknown = (o: Observed): boolean => restartWanted && o.run !== undefined && !o.run.boot && supervisorAlive(o.run) && o.record.desired === 'running';
   return [
     {
       name: 'record',
       shouldDo: async () => needsRecord(ws, source, desired.commit, (await fresh()).record),
       do: async () => {
+        const before = (await fresh()).record;
         await recordSpec(ref, ws, appliedOf(source, desired), envOpt);
+        restartWanted ||= before.cpus !== ws.resources.cpus || before.memoryMiB !== ws.resources.memoryMiB || JSON.stringify(before.spec.kernel) !== JSON.stringify(ws.kernel);
         return [];
       },
       verify: async () => (needsRecord(ws, source, desired.commit, (await fresh()).record) ? 'the record does not hold the new spec' : undefined),
@@ -348,11 +396,15 @@ function updateSteps(ref: WorkspaceRef, ws: WorkspacePlan['desired'] & object, s
     },
     {
       name: 'restart',
-      shouldDo: async () => restartReason(await fresh()) !== undefined,
+      shouldDo: async () => {
+        const o = await fresh();
+        return restartReason(o) !== undefined || bootUnknown(o);
+      },
       do: async () => {
-        const why = restartReason(await fresh());
+        const why = restartReason(await fresh()) ?? 'its resources or kernel changed';
         await restartWorkspace(ref, { ...envOpt, wait: true });
-        return [`restarted (${why ?? 'changed'})`];
+        restartWanted = false;
+        return [`restarted (${why})`];
       },
       verify: async () => restartReason(await fresh()),
     },

@@ -97,7 +97,9 @@ describe('image versions', () => {
     const versions = { base: { label: 'oci://r/b:1', reference: 'r/b:1', digest: 'sha256:9' }, home: { label: 'h', snapshot: 'h', digest: 'sha256:3' } };
     const held = rootNeeds(versions, record, false);
     expect(held).toMatchObject({ base: true, home: false });
-    expect(held.changes).toEqual([{ field: 'base_snapshot', from: 'oci://r/b:1@1', to: 'oci://r/b:1@9 (new version)', effect: 'refresh-root' }]);
+    expect(held.changes).toEqual([
+      { field: 'base_snapshot', from: 'oci://r/b:1@1', to: 'oci://r/b:1@9 (new version)', effect: 'refresh-root', note: expect.stringContaining('come along at their new versions') },
+    ]);
     expect(held.held).toEqual([expect.objectContaining({ field: 'home_snapshot', effect: 'held' })]);
     const applied = rootNeeds(versions, record, true);
     expect(applied).toMatchObject({ base: true, home: true, held: [] });
@@ -153,9 +155,10 @@ describe('desired state and the plan', () => {
     await writeFile(join(dir, 'web.yaml'), `name: shop\nworkspaces: [{name: dev}]\n`);
     await writeFile(join(dir, 'shop2.yaml'), `name: Shop\nworkspaces: [{name: dev}]\n`);
     const desired = await readDesired(dir);
-    expect([...desired.sandboxes.keys()].sort()).toEqual(['api', 'shop']);
-    expect([...desired.invalid.keys()]).toEqual([join(dir, 'web.yaml')]);
-    expect(desired.issues[0]?.message).toMatch(/sandbox "shop" is also defined in/);
+    // Neither file defines "shop" until one of them is fixed.
+    expect([...desired.sandboxes.keys()]).toEqual(['api']);
+    expect([...desired.invalid.keys()].sort()).toEqual([join(dir, 'shop2.yaml'), join(dir, 'web.yaml')]);
+    expect(desired.issues.map((i) => i.message).join('\n')).toMatch(/sandbox "shop" is also defined in/);
     expect(inScope(desired, join(dir, 'team', 'x.yaml'))).toBe(true);
     expect(inScope(desired, join(dir, '..', 'x.yaml'))).toBe(false);
     expect(inScope(desired, '')).toBe(false);
@@ -167,11 +170,18 @@ describe('desired state and the plan', () => {
     await writeFile(kept, `workspaces:\n  - name: dev\n    ${BASE}\n`);
     await writeFile(broken, 'workspaces:\n  - name: dev\n    cpus: [\n');
     await writeFile(join(dir, 'fresh.yaml'), `workspaces:\n  - name: dev\n    ${BASE}\n`);
+    const applied = (file: string) => ({ applied: { file, sha256: 'old', at: '' } });
     await existing('kept', kept, BASE);
-    await existing('broken', broken, BASE);
-    await existing('gone', join(dir, 'gone.yaml'), BASE);
-    await existing('elsewhere', '/somewhere/else.yaml', BASE);
+    await existing('broken', broken, BASE, applied(broken));
+    await existing('gone', join(dir, 'gone.yaml'), BASE, applied(join(dir, 'gone.yaml')));
+    await existing('elsewhere', '/somewhere/else.yaml', BASE, applied('/somewhere/else.yaml'));
     await existing('loner', '', BASE, { standalone: true });
+    // Made by `cs sandbox create` (never applied): cs apply does not judge it, whatever happened to its file.
+    await existing('manual', join(dir, 'manual.yaml'), BASE);
+    // Applied from a file the search does not read (a hidden folder): not "gone".
+    await mkdir(join(dir, '.private'), { recursive: true });
+    await writeFile(join(dir, '.private', 'hidden.yaml'), `workspaces:\n  - name: dev\n    ${BASE}\n`);
+    await existing('hidden', join(dir, '.private', 'hidden.yaml'), BASE, applied(join(dir, '.private', 'hidden.yaml')));
     const desired = await readDesired(dir);
     const plan = await buildPlan(desired, { env: env() });
     const by = Object.fromEntries(plan.sandboxes.map((s) => [s.sandbox, s]));
@@ -183,10 +193,18 @@ describe('desired state and the plan', () => {
     expect(by['gone']).toMatchObject({ action: 'keep', reason: expect.stringContaining('--prune') });
     expect(by['elsewhere']).toBeUndefined();
     expect(by['loner']).toBeUndefined();
+    expect(by['manual']).toBeUndefined();
+    expect(by['hidden']).toBeUndefined();
     expect(plan.empty).toBe(false);
-    const pruned = await buildPlan(desired, { env: env(), prune: true });
+    // While any definition has a problem, nothing is removed, even with --prune.
+    const held = await buildPlan(desired, { env: env(), prune: true });
+    expect(held.sandboxes.find((s) => s.sandbox === 'gone')).toMatchObject({ action: 'keep', reason: expect.stringContaining('not removed while the definitions have problems') });
+    await rm(broken);
+    const pruned = await buildPlan(await readDesired(dir), { env: env(), prune: true });
     expect(pruned.sandboxes.find((s) => s.sandbox === 'gone')?.action).toBe('remove');
-    expect(pruned.sandboxes.find((s) => s.sandbox === 'broken')?.action).toBe('blocked');
+    // Its file is gone now too: removed like any other.
+    expect(pruned.sandboxes.find((s) => s.sandbox === 'broken')?.action).toBe('remove');
+    expect(pruned.sandboxes.find((s) => s.sandbox === 'hidden')).toBeUndefined();
   });
 
   it('a workspace whose record is at the file\'s version needs nothing; a stopped one stays stopped', async () => {

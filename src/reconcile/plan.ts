@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { DefinitionIssue } from '../definition/issues.js';
 import type { EnvVar, SnapshotRef, Workspace } from '../definition/model.js';
@@ -104,12 +105,13 @@ export interface Observed {
   manifests?: Record<string, string>;
 }
 
-export async function observe(ref: WorkspaceRef): Promise<Observed | undefined> {
+/** `guest: false` skips asking the guest (workspaces the plan only lists). */
+export async function observe(ref: WorkspaceRef, options: { guest?: boolean } = {}): Promise<Observed | undefined> {
   const record = await readRecord(ref.dir);
   if (!record) return undefined;
   const run = await readRun(ref.dir);
   const status = statusOf(record, run);
-  const live = status === 'running' ? await appliedState(ref, record.spec) : undefined;
+  const live = status === 'running' && options.guest !== false ? await appliedState(ref, record.spec) : undefined;
   return { ref, record, ...(run ? { run } : {}), status, ...(live?.applied ? { applied: live.applied } : {}), ...(live ? { manifests: live.manifests } : {}) };
 }
 
@@ -267,6 +269,10 @@ export function rootNeeds(versions: Versions, record: WorkspaceRecord, refreshHo
     (refreshHome ? changes : held).push(entry);
     if (refreshHome) home = true;
   }
+  const baseChange = changes.find((c) => c.field === 'base_snapshot');
+  if (baseChange && held.some((h) => h.to?.endsWith('(new version)'))) {
+    baseChange.note = 'the held snapshots come along at their new versions (a store keeps one version per tag)';
+  }
   return { base: base !== undefined, home, held, changes };
 }
 
@@ -311,10 +317,17 @@ async function planWorkspace(source: DesiredSandbox, ws: Workspace, o: Observed,
   const restart = restartReason(o);
   if (restart) pending.push(`restart: ${restart}`);
   if (!recordNeeded && needsLive(o)) {
-    pending.push(o.applied && sameLive(o.applied.spec, record.spec) ? 'a repo manifest was edited in the workspace: its daemons are applied again' : 'the running workspace has not taken its current definition yet');
+    const why = !o.applied || !sameLive(o.applied.spec, record.spec)
+      ? 'the running workspace has not taken its current definition yet'
+      : o.applied.ready === false
+        ? 'its readiness probes have not passed since its last live update'
+        : 'a repo manifest was edited in the workspace: its daemons are applied again';
+    pending.push(why);
   }
   if (!portsMatch(record, record.spec)) pending.push('port forwards differ from the record');
   if (needsStart(o)) pending.push(`start: it should run and is ${o.status}`);
+  const failedStart = o.status === 'failed' ? `its start-up failed: ${o.run?.error ?? 'see cs log'}` : undefined;
+  if (failedStart && !restart) pending.push(`${failedStart} (it is started again when its definition changes; see \`cs log\`)`);
   const needs: Needs = {
     record: recordNeeded,
     ports: !portsMatch(after.record, after.record.spec) || (recordNeeded && !portsMatch(record, recordedSpec(ws, record))),
@@ -334,15 +347,20 @@ async function planWorkspace(source: DesiredSandbox, ws: Workspace, o: Observed,
     needs,
     ref: o.ref,
     desired: ws,
+    ...(failedStart ? { reason: failedStart } : {}),
   };
 }
 
 export async function buildPlan(desired: DesiredState, options: PlanOptions = {}): Promise<Plan> {
   const bySandbox = new Map<string, Observed[]>();
   for (const ref of await listWorkspaces(options.env)) {
-    const o = await observe(ref);
+    // Only workspaces a definition names are asked what they run with.
+    const o = await observe(ref, { guest: desired.sandboxes.has(ref.sandbox) });
     if (o) bySandbox.set(ref.sandbox, [...(bySandbox.get(ref.sandbox) ?? []), o]);
   }
+  // Nothing is removed while any definition has a problem: a file cut short, renamed or broken must not read as "gone".
+  const mayRemove = options.prune === true && desired.issues.length === 0;
+  const held = 'not removed while the definitions have problems (see below)';
   const sandboxes: SandboxPlan[] = [];
   for (const source of [...desired.sandboxes.values()].sort((a, b) => a.name.localeCompare(b.name))) {
     const existing = bySandbox.get(source.name);
@@ -368,39 +386,35 @@ export async function buildPlan(desired: DesiredState, options: PlanOptions = {}
     }
     for (const o of existing) {
       if (source.model.workspaces.some((ws) => ws.name === o.record.name)) continue;
-      workspaces.push({
-        sandbox: source.name,
-        workspace: o.record.name,
-        action: options.prune ? 'remove' : 'keep',
-        changes: [],
-        pending: [],
-        status: o.status,
-        ref: o.ref,
-        reason: options.prune ? 'no longer in its definition' : 'no longer in its definition; kept (use --prune to remove it)',
-      });
+      const reason = mayRemove ? 'no longer in its definition' : `no longer in its definition; kept (${options.prune ? held : 'use --prune to remove it'})`;
+      workspaces.push({ sandbox: source.name, workspace: o.record.name, action: mayRemove ? 'remove' : 'keep', changes: [], pending: [], status: o.status, ref: o.ref, reason });
     }
     const action: Action = workspaces.some((w) => w.action !== 'none' && w.action !== 'keep') ? 'update' : workspaces.some((w) => w.action === 'keep') ? 'keep' : 'none';
     sandboxes.push({ sandbox: source.name, file: source.file, action, source, workspaces });
   }
-  // Sandboxes no definition names any more: their file was in scope and is gone, or is invalid now.
+  // Sandboxes no definition names any more. Only those `cs apply` made or adopted are judged, by the
+  // file they were last applied from: gone from disk, or read and naming another sandbox now. A file in
+  // scope that was not read (a hidden folder, another extension) says nothing, so nothing happens.
   for (const [name, observed] of [...bySandbox.entries()].sort((a, b) => a[0].localeCompare(b[0]))) {
-    const file = observed[0]?.record.file ?? '';
-    if (observed.some((o) => o.record.standalone) || !inScope(desired, file)) continue;
-    const issues = desired.invalid.get(resolve(file));
+    const applied = observed.find((o) => o.record.applied)?.record.applied;
+    if (!applied || observed.some((o) => o.record.standalone) || !inScope(desired, applied.file)) continue;
+    const issues = desired.invalid.get(resolve(applied.file));
+    const listed = (action: Action, reason: string): SandboxPlan => ({
+      sandbox: name,
+      file: applied.file,
+      action,
+      reason,
+      workspaces: observed.map((o) => ({ sandbox: name, workspace: o.record.name, action, changes: [], pending: [], status: o.status, ref: o.ref, reason })),
+    });
     if (issues) {
       const first = issues[0];
-      const reason = `its definition is invalid, so its last good spec stays applied: ${first ? `${first.file}:${first.line}:${first.column} ${first.message}` : 'see cs validate'}`;
-      sandboxes.push({ sandbox: name, file, action: 'blocked', reason, workspaces: observed.map((o) => ({ sandbox: name, workspace: o.record.name, action: 'blocked', changes: [], pending: [], status: o.status, ref: o.ref, reason })) });
+      sandboxes.push(listed('blocked', `its definition is invalid, so its last good spec stays applied: ${first ? `${first.file}:${first.line}:${first.column} ${first.message}` : 'see cs validate'}`));
       continue;
     }
-    const reason = options.prune ? `its definition ${file} is gone` : `its definition ${file} is gone; kept (use --prune to remove it)`;
-    sandboxes.push({
-      sandbox: name,
-      file,
-      action: options.prune ? 'remove' : 'keep',
-      reason,
-      workspaces: observed.map((o) => ({ sandbox: name, workspace: o.record.name, action: options.prune ? 'remove' : 'keep', changes: [], pending: [], status: o.status, ref: o.ref, reason })),
-    });
+    const gone = !existsSync(applied.file);
+    if (!gone && !desired.files.has(resolve(applied.file))) continue;
+    const why = gone ? `its definition ${applied.file} is gone` : `${applied.file} defines another sandbox now`;
+    sandboxes.push(mayRemove ? listed('remove', why) : listed('keep', `${why}; kept (${options.prune ? held : 'use --prune to remove it'})`));
   }
   const empty = sandboxes.every((s) => s.action === 'none' || s.action === 'keep' || s.action === 'blocked');
   return { path: desired.path, ...(desired.commit ? { commit: desired.commit } : {}), sandboxes, issues: desired.issues, empty };

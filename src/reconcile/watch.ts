@@ -22,13 +22,25 @@ import { applyDesired, lockReconciler, type ApplyOptions, type ApplyResult } fro
 export interface LoopOptions extends Omit<ApplyOptions, 'path' | 'commit' | 'locked' | 'dryRun'> {
   /** A full resync this often even when nothing changed (default 60 s). */
   resyncMs?: number;
-  /** Quiet time after a file event before applying (default 100 ms). */
+  /** Quiet time after a file event before applying (default 50 ms; chokidar waits for writes to settle first). */
   debounceMs?: number;
   /** One apply (for git: one fetch and apply), then return. */
   once?: boolean;
   signal?: AbortSignal;
   onApply?: (result: ApplyResult, trigger: string) => void;
   onError?: (error: Error) => void;
+}
+
+/** A removal seen by the watcher is carried out when a second apply this much later still plans it. */
+const REMOVAL_GRACE_MS = 2000;
+
+/** Runs a caller's callback; one that throws must not end the loop. */
+function report(fn: () => void): void {
+  try {
+    fn();
+  } catch {
+    // the caller's printing failed (a closed stdout): the loop goes on
+  }
 }
 
 /** Runs `fn` whenever asked, never twice at once; a request during a run makes one more run after it. */
@@ -71,12 +83,23 @@ export async function watchDefinitions(options: LoopOptions & { path: string }):
   let timer: NodeJS.Timeout | undefined;
   let resync: NodeJS.Timeout | undefined;
   try {
+    const seenRemovals = new Map<string, number>();
+    const grace = options.once ? 0 : REMOVAL_GRACE_MS;
+    let later: NodeJS.Timeout | undefined;
     const applyOnce = async (trigger: string): Promise<void> => {
       try {
         const desired = await readDesired(options.path);
-        options.onApply?.(await applyDesired(desired, { ...options, path: options.path, locked: true }), trigger);
+        const result = await applyDesired(desired, { ...options, path: options.path, locked: true, removalGraceMs: grace, seenRemovals });
+        report(() => options.onApply?.(result, trigger));
+        // A removal waits for a second look: the file may have been half-written when it was read.
+        if (result.deferred.length > 0 && !later) {
+          later = setTimeout(() => {
+            later = undefined;
+            loop.request('removal check');
+          }, grace + 50);
+        }
       } catch (error) {
-        options.onError?.(error as Error);
+        report(() => options.onError?.(error as Error));
       }
     };
     const loop = serial(applyOnce);
@@ -89,15 +112,18 @@ export async function watchDefinitions(options: LoopOptions & { path: string }):
       ignoreInitial: true,
       // Only definitions (and folders holding them) matter; editors' swap and backup files do not.
       ignored: (path, stats) => (stats?.isFile() ?? false) && !/\.ya?ml$/i.test(path),
+      // An editor that writes in place (truncate, then write) is read once it has stopped writing.
+      awaitWriteFinish: { stabilityThreshold: 60, pollInterval: 20 },
     });
     watcher.on('all', (event, path) => {
       clearTimeout(timer);
-      timer = setTimeout(() => loop.request(`${event} ${path}`), options.debounceMs ?? 100);
+      timer = setTimeout(() => loop.request(`${event} ${path}`), options.debounceMs ?? 50);
     });
-    watcher.on('error', (error) => options.onError?.(error as Error));
+    watcher.on('error', (error) => report(() => options.onError?.(error as Error)));
     resync = setInterval(() => loop.request('resync'), options.resyncMs ?? 60_000);
     await aborted(options.signal);
     await loop.idle();
+    clearTimeout(later);
   } finally {
     clearTimeout(timer);
     clearInterval(resync);
@@ -167,12 +193,13 @@ export async function followRepository(options: GitOptions): Promise<void> {
         if (commit !== last || resyncDue) {
           if (!existsSync(path)) throw new InputError(`${options.url} has no folder ${subdir} at commit ${commit.slice(0, 12)}`);
           const desired = await readDesired(path, { commit });
-          options.onApply?.(await applyDesired(desired, { ...options, path, commit, locked: true }), commit !== last ? `commit ${commit.slice(0, 12)}` : 'resync');
+          const result = await applyDesired(desired, { ...options, path, commit, locked: true });
+          report(() => options.onApply?.(result, commit !== last ? `commit ${commit.slice(0, 12)}` : 'resync'));
           last = commit;
           lastFull = Date.now();
         }
       } catch (error) {
-        options.onError?.(error as Error);
+        report(() => options.onError?.(error as Error));
       }
       if (options.once || options.signal?.aborted) return;
       await Promise.race([new Promise((r) => setTimeout(r, options.intervalMs ?? 30_000)), aborted(options.signal)]);

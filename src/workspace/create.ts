@@ -1,6 +1,6 @@
 import { existsSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { basename, join, resolve } from 'node:path';
 import { loadSandbox } from '../definition/load.js';
 import type { Sandbox, Workspace } from '../definition/model.js';
 import { WORKSPACE_HOME } from '../definition/model.js';
@@ -18,7 +18,7 @@ import { ensureInitramfs } from '../vm/initramfs.js';
 import { bootImage, ensureKernel, type Kernel } from '../vm/kernel.js';
 import { QEMU_BINARY } from '../vm/qemu.js';
 import { resolveKernel } from './kernel-image.js';
-import { portsInUse, showSandbox, startSupervisor, waitUntil, type LifecycleOptions, type SandboxResult } from './lifecycle.js';
+import { discardFolder, portsInUse, showSandbox, startSupervisor, waitUntil, type LifecycleOptions, type SandboxResult } from './lifecycle.js';
 import { newDisk } from './disk.js';
 import { allocatePorts } from './ports.js';
 import { checkQuota, freshDiskBytes } from './usage.js';
@@ -201,6 +201,9 @@ export async function createFromModel(sandbox: Sandbox, options: CreateOptions):
   const start = options.start ?? true;
   const name = checkName(options.name ?? sandbox.name);
   const root = join(sandboxesDir(options.env), name);
+  // Stored absolute: `cs apply` and `cs sandbox list` compare it from other folders.
+  const file = options.file === '' ? '' : resolve(options.file);
+  await clearLeftover(root, options.env);
   if (existsSync(root)) {
     throw new InputError(`sandbox "${name}" already exists`, { suggestions: [`remove it first with \`cs sandbox remove ${name}\`, or pick another name`] });
   }
@@ -226,7 +229,7 @@ export async function createFromModel(sandbox: Sandbox, options: CreateOptions):
         ws,
         snapshots,
         dir: join(staging, ws.name),
-        file: options.file,
+        file,
         start,
         ...(options.extra ? { extra: options.extra } : {}),
         ...(options.applied ? { applied: options.applied } : {}),
@@ -236,7 +239,7 @@ export async function createFromModel(sandbox: Sandbox, options: CreateOptions):
         onPhase: phase,
       });
     }
-    await writeFile(join(staging, 'sandbox.json'), JSON.stringify({ name, file: options.file, createdAt: new Date().toISOString() }, null, 2) + '\n');
+    await writeFile(join(staging, 'sandbox.json'), JSON.stringify({ name, file, createdAt: new Date().toISOString() }, null, 2) + '\n');
     await rename(staging, root).catch((error: NodeJS.ErrnoException) => {
       throw new InputError(`sandbox "${name}" was created by someone else meanwhile`, { cause: error });
     });
@@ -251,6 +254,18 @@ export async function createFromModel(sandbox: Sandbox, options: CreateOptions):
   }
   for (const { ws } of plans) await waitUntil(join(root, ws.name), options.wait ? 'ready' : 'booted', { ...options, onPhase: phase });
   return showSandbox({ name, ...(options.env ? { env: options.env } : {}) });
+}
+
+/**
+ * A folder a crash left behind while a workspace or sandbox was removed
+ * (its records renamed away first, see retireWorkspace): nothing in it is a
+ * workspace any more, so it is cleared before one is made under its name.
+ */
+async function clearLeftover(dir: string, env?: Env): Promise<void> {
+  if (!existsSync(dir) || existsSync(join(dir, FILES.record))) return;
+  const entries = await readdir(dir).catch(() => [] as string[]);
+  if (entries.some((e) => !e.startsWith('.') && existsSync(join(dir, e, FILES.record)))) return;
+  await discardFolder(dir, `leftover-${basename(dir)}`, env);
 }
 
 /**
@@ -273,6 +288,7 @@ export async function addWorkspace(options: {
   const phase = options.onPhase ?? (() => undefined);
   const root = join(sandboxesDir(options.env), options.sandbox);
   const dir = join(root, options.ws.name);
+  await clearLeftover(dir, options.env);
   if (existsSync(dir)) throw new InputError(`sandbox "${options.sandbox}" already has a workspace "${options.ws.name}"`);
   const personal = await resolvePersonal(options.personal, options.env);
   const snapshots = await snapshotsOf(options.sandbox, options.ws, personal, options.env);

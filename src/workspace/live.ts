@@ -30,6 +30,7 @@ import {
   waitReady,
   writeApplied,
   writeSystemFile,
+  StepError,
   type Applied,
   type Ids,
   type StepContext,
@@ -66,7 +67,7 @@ export function sameLive(a: Workspace | undefined, b: Workspace): boolean {
 
 /** Whether a running guest still has to take its record's spec, or a repo manifest edited in it since. */
 export function liveBehind(applied: Applied | undefined, spec: Workspace, manifests: Record<string, string> | undefined): boolean {
-  if (!applied || !sameLive(applied.spec, spec)) return true;
+  if (!applied || !sameLive(applied.spec, spec) || applied.ready === false) return true;
   return manifests !== undefined && JSON.stringify(manifests) !== JSON.stringify(applied.manifests);
 }
 
@@ -140,19 +141,35 @@ export async function applyLive(ctx: StepContext, before: Applied | undefined): 
     if (now[name] === undefined) done.push(`stopped daemon ${name}`);
   }
   let restarted = false;
+  // Each daemon on its own: one that cannot start does not keep the others down.
+  const failed = new Map<string, string>();
   for (const d of daemonsOf(ctx, manifests)) {
     if (before && before.daemons[d.name] === now[d.name]) continue;
-    await ctx.step(`daemon ${d.name}`, () => startDaemon(ctx, d));
+    try {
+      await ctx.step(`daemon ${d.name}`, () => startDaemon(ctx, d));
+    } catch (error) {
+      failed.set(d.name, (error as Error).message);
+      continue;
+    }
     done.push(`${before?.daemons[d.name] !== undefined ? 'restarted' : 'started'} daemon ${d.name}`);
     restarted = true;
   }
 
+  const applied = await appliedNow(ctx, manifests);
+  if (failed.size > 0) {
+    // Not noted as applied, so the next apply tries them again.
+    for (const name of failed.keys()) delete applied.daemons[name];
+    await writeApplied(ctx.client, applied);
+    throw new StepError(`daemon${failed.size > 1 ? 's' : ''} could not start: ${[...failed].map(([name, why]) => `${name}: ${why}`).join('; ')}`);
+  }
   const probesChanged = JSON.stringify(old?.probes) !== JSON.stringify(after.probes);
-  if (probesChanged || restarted || done.length > 0) {
+  if (probesChanged || restarted || done.length > 0 || before?.ready === false) {
+    // Noted as applied but not ready first: a retry after failing probes only probes again.
+    await writeApplied(ctx.client, { ...applied, ready: false });
     await waitReady(ctx, 5 * 60_000);
     if (probesChanged && after.probes.readiness.length > 0) done.push('readiness probes passed');
   }
-  await writeApplied(ctx.client, await appliedNow(ctx, manifests));
+  await writeApplied(ctx.client, applied);
   return done;
 }
 

@@ -9,7 +9,7 @@ import { openAgent, requestDiskSwitch } from './control.js';
 import { allocated, chainOf, collectGarbage, DISK_DIR, freezeTop, overlayOn, prepareDisk, prunedState, sealed } from './disk.js';
 import { killOrphanQemu, resolveWorkspace, startWorkspace, stopSupervisor, type LifecycleOptions } from './lifecycle.js';
 import { freeze } from './snapshots.js';
-import { displayName, FILES, readRecord, readRun, supervisorAlive, writeRecord, type RestorePoint, type WorkspaceRecord, type WorkspaceRef } from './state.js';
+import { displayName, FILES, readRecord, readRun, rootOf, supervisorAlive, writeRecord, type RestorePoint, type WorkspaceRecord, type WorkspaceRef } from './state.js';
 import { checkQuota, OVERLAY_BYTES } from './usage.js';
 
 /**
@@ -78,7 +78,7 @@ export async function createRestorePoint(options: LifecycleOptions & { target: s
     record = await prepareDisk(ws.dir, record, { boot: false });
     const disk = record.disk as NonNullable<WorkspaceRecord['disk']>;
     const { state, frozen } = await freezeTop(ws.dir, disk, record.diskBytes);
-    const taken: RestorePoint = { name: options.name, layer: frozen, createdAt: new Date().toISOString(), state: 'ready', live: false };
+    const taken: RestorePoint = { name: options.name, layer: frozen, createdAt: new Date().toISOString(), state: 'ready', live: false, root: rootOf(record) };
     await writeRecord(ws.dir, { ...record, disk: state, restorePoints: [...(record.restorePoints ?? []), taken] });
     await sealed(ws.dir, frozen);
     return taken;
@@ -106,7 +106,7 @@ async function takeLive(ws: WorkspaceRef, record: WorkspaceRecord, options: Life
   const thaw = await freeze(await openAgent(ws.dir, name), name);
   const old = disk.top;
   let top: string | undefined;
-  const taken: RestorePoint = { name: options.name, layer: old, createdAt: new Date().toISOString(), state: 'creating', live: true };
+  const taken: RestorePoint = { name: options.name, layer: old, createdAt: new Date().toISOString(), state: 'creating', live: true, root: rootOf(record) };
   try {
     top = await overlayOn(ws.dir, old, record.diskBytes);
     await writeRecord(ws.dir, { ...record, disk: { top, parents: { ...disk.parents, [top]: old } }, restorePoints: [...(record.restorePoints ?? []), taken] });
@@ -184,7 +184,7 @@ export async function restoreRestorePoint(options: LifecycleOptions & { target: 
     record = await prepareDisk(ws.dir, record, { boot: false });
     const disk = record.disk as NonNullable<WorkspaceRecord['disk']>;
     const top = await overlayOn(ws.dir, point.layer, record.diskBytes);
-    const next = { ...record, disk: { top, parents: { ...disk.parents, [top]: point.layer }, pristine: top } };
+    const next = { ...record, ...pointRoot(point, record, options.onPhase), disk: { top, parents: { ...disk.parents, [top]: point.layer }, pristine: top } };
     const pruned = { ...next, disk: prunedState(next) ?? next.disk };
     await writeRecord(ws.dir, pruned);
     await collectGarbage(ws.dir, pruned);
@@ -193,6 +193,22 @@ export async function restoreRestorePoint(options: LifecycleOptions & { target: 
   if (restart) await startWorkspace(ws, options);
   const record = await mustRead(ws);
   return { workspace: label(ws, record), restored: options.name, restarted: restart };
+}
+
+/**
+ * The root a point's disk goes back onto: the one it was taken on, so that
+ * its changes outside /home are neither shadowed by nor dropped for another
+ * base (see rootGeneration). When that root's image is gone, the disk goes
+ * on the current root, keeping the point's generation so nothing is dropped.
+ */
+function pointRoot(point: RestorePoint, record: WorkspaceRecord, warn?: (line: string) => void): Partial<WorkspaceRecord> {
+  const root = point.root;
+  if (!root) return {};
+  if (root.lowers.every((file) => existsSync(file))) {
+    return { lowers: root.lowers, ...(root.images ? { images: root.images } : {}), chainId: root.chainId, rootGeneration: root.generation };
+  }
+  if (root.generation !== (record.rootGeneration ?? 0)) warn?.(`the root image restore point "${point.name}" was taken on is gone; its disk goes on the current root`);
+  return { rootGeneration: root.generation };
 }
 
 export async function deleteRestorePoint(options: { target: string; name: string; env?: Env }): Promise<{ workspace: string; deleted: string; freedBytes: number }> {

@@ -55,6 +55,19 @@ export interface RestorePoint {
   state: 'creating' | 'ready';
   /** Whether the workspace was running (its file system frozen) when it was taken. */
   live: boolean;
+  /** The root the disk was used with (a disk's changes belong to their root): restoring the point brings it back. */
+  root?: PointRoot;
+}
+
+export interface PointRoot {
+  lowers: string[];
+  images?: WorkspaceImage[];
+  chainId: string;
+  generation: number;
+}
+
+export function rootOf(record: WorkspaceRecord): PointRoot {
+  return { lowers: record.lowers, ...(record.images ? { images: record.images } : {}), chainId: record.chainId, generation: record.rootGeneration ?? 0 };
 }
 
 /** Where a workspace's files came from, when cs put them there. */

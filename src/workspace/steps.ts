@@ -325,7 +325,9 @@ async function notePid(ctx: StepContext, file: string, pid: number): Promise<voi
   await ctx.client.writeFile(file, Buffer.from(`${pid}\n`), { mode: 0o644, mkdirs: true });
 }
 
+/** Starts a daemon; one cs started under this name before (a retried update) is stopped first, never left beside it. */
 export async function startDaemon(ctx: StepContext, d: DaemonRun): Promise<void> {
+  await stopNoted(ctx, pidFile('daemons', d.name), `daemon ${d.name}`, { quiet: true });
   const log = `${DAEMON_LOG_DIR}/${d.name}.log`;
   const handle = ctx.client.exec({ ...daemonLaunch(ctx, d), user: WORKSPACE_USER, detach: { log } });
   const { pid } = await handle.started;
@@ -339,19 +341,21 @@ export async function startDaemons(ctx: StepContext, manifests: Record<string, M
 }
 
 /** Stops what a pid file names (its whole process group): TERM, then KILL after 10 s. */
-export async function stopNoted(ctx: StepContext, file: string, what: string): Promise<void> {
+export async function stopNoted(ctx: StepContext, file: string, what: string, options: { quiet?: boolean } = {}): Promise<void> {
   const script = `
 BB=${GUEST_BUSYBOX}
 pid=$($BB cat "$1" 2>/dev/null) || exit 0
-if $BB kill -s TERM -- "-$pid" 2>/dev/null; then
+case "$pid" in ''|*[!0-9]*|0|1) $BB rm -f "$1"; exit 0 ;; esac
+# busybox kill takes a negative pid (the process group) as is; it knows no "--".
+if $BB kill -s TERM "-$pid" 2>/dev/null; then
   i=0
-  while $BB kill -0 -- "-$pid" 2>/dev/null && [ $i -lt 100 ]; do $BB sleep 0.1; i=$((i + 1)); done
-  $BB kill -s KILL -- "-$pid" 2>/dev/null
+  while $BB kill -0 "-$pid" 2>/dev/null && [ $i -lt 100 ]; do $BB sleep 0.1; i=$((i + 1)); done
+  $BB kill -s KILL "-$pid" 2>/dev/null
 fi
 $BB rm -f "$1"
 `;
   await guestRun(ctx, `stopping ${what}`, { argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', file], env: ROOT_ENV });
-  ctx.log(`  stopped ${what}`);
+  if (!options.quiet) ctx.log(`  stopped ${what}`);
 }
 
 /** The host as QEMU's user-mode network shows it to the guest. */
@@ -382,6 +386,7 @@ export async function forwardHostPort(ctx: Pick<StepContext, 'record' | 'sibling
 
 export async function startForward(ctx: StepContext, rule: PortForwardRule): Promise<void> {
   const hostPort = await forwardHostPort(ctx, rule);
+  await stopNoted(ctx, pidFile('forwards', String(rule.local.port)), `the relay of port ${rule.local.port}`, { quiet: true });
   const handle = ctx.client.exec({
     argv: [GUEST_BUSYBOX, 'nc', '-ll', '-p', String(rule.local.port), '-e', GUEST_BUSYBOX, 'nc', HOST_FROM_GUEST, String(hostPort)],
     env: ROOT_ENV,
@@ -479,6 +484,8 @@ export interface Applied {
   relays: Record<string, string>;
   /** Checkout path to the sha256 of its .sandbox/manifest.yaml ('' when it has none). */
   manifests: Record<string, string>;
+  /** False while (or when) the readiness probes after a live update have not passed. */
+  ready?: boolean;
 }
 
 export function launchKeys(ctx: Pick<StepContext, 'record'>, manifests: Record<string, Manifest>): Record<string, string> {
@@ -515,7 +522,7 @@ export async function readApplied(client: AgentClient): Promise<Applied | undefi
   try {
     const parsed = JSON.parse(bytes.toString('utf8')) as Partial<Applied>;
     if (typeof parsed.spec !== 'object' || parsed.spec === null) return undefined;
-    return { spec: parsed.spec, daemons: parsed.daemons ?? {}, relays: parsed.relays ?? {}, manifests: parsed.manifests ?? {} };
+    return { spec: parsed.spec, daemons: parsed.daemons ?? {}, relays: parsed.relays ?? {}, manifests: parsed.manifests ?? {}, ...(parsed.ready === false ? { ready: false } : {}) };
   } catch {
     return undefined;
   }

@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import type { Workspace } from '../definition/model.js';
 import { resolvePersonal, resolveSnapshot, type ResolvedSnapshot } from '../snapshot/resolve.js';
-import { CsError, InputError } from '../util/errors.js';
+import { InputError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import { kernelFields, rootImage } from './create.js';
@@ -71,8 +71,9 @@ export function portsMatch(record: WorkspaceRecord, spec: Workspace): boolean {
   return JSON.stringify(have) === JSON.stringify(want);
 }
 
+/** A snapshot the root keeps, found again by its tag (its digest is read from the store, as it is now). */
 function fromRecord(image: WorkspaceImage): ResolvedSnapshot {
-  return { reference: image.reference, kind: image.kind, ...(image.snapshot ? { snapshot: image.snapshot } : {}), ...(image.digest ? { digest: image.digest } : {}) };
+  return { reference: image.reference, kind: image.kind, ...(image.snapshot ? { snapshot: image.snapshot } : {}) };
 }
 
 /**
@@ -109,6 +110,26 @@ export async function rootSnapshots(record: WorkspaceRecord, spec: Workspace, op
 }
 
 /**
+ * The restore point taken before a root refresh drops the disk's changes
+ * outside /home. One an interrupted try took already is kept when nothing
+ * was written since (the disk's top is still the empty overlay made on
+ * it); otherwise a new one is taken beside it (a point costs a header
+ * write). Returns the point's name.
+ */
+async function pointBeforeRoot(ws: WorkspaceRef, generation: number, envOpt: { env?: Env }): Promise<string> {
+  const record = await mustRead(ws);
+  const disk = record.disk;
+  let name = `before-root-${generation}`;
+  const earlier = (record.restorePoints ?? []).find((p) => p.name === name);
+  if (earlier) {
+    if (earlier.state === 'ready' && disk && disk.pristine === disk.top && disk.parents[disk.top] === earlier.layer) return name;
+    name = `${name}-${Date.now().toString(36)}`;
+  }
+  await createRestorePoint({ target: `${ws.sandbox}/${ws.workspace}`, name, ...envOpt });
+  return name;
+}
+
+/**
  * Rebuilds a workspace's root from new snapshots and boots it on them.
  * With `base` the root is refreshed: a restore point of the disk is taken
  * (`before-root-N`) and the next boot drops the disk's changes outside /home
@@ -132,13 +153,7 @@ export async function rebuildRoot(
   });
   let restorePoint: string | undefined;
   const generation = (before.rootGeneration ?? 0) + (options.base ? 1 : 0);
-  if (options.base && before.disk && before.disk.pristine !== before.disk.top) {
-    restorePoint = `before-root-${generation}`;
-    await createRestorePoint({ target: `${ws.sandbox}/${ws.workspace}`, name: restorePoint, ...envOpt }).catch((error: unknown) => {
-      // Taken already by an earlier try that was interrupted: that point is the one to keep.
-      if (!(error instanceof CsError && error.code === 'EXISTS')) throw error;
-    });
-  }
+  if (options.base) restorePoint = await pointBeforeRoot(ws, generation, envOpt);
   const record = await lock(ws, 'updating', async () => {
     const current = await mustRead(ws);
     const next: WorkspaceRecord = { ...current, ...root, rootGeneration: generation };
