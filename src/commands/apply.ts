@@ -8,7 +8,7 @@ export default class Apply extends CsCommand {
   static override summary = 'Bring workspaces to their definitions: create, change in place, restart, refresh roots, and (with --prune) remove.';
   static override description = `Reads the definitions under PATH (each file is one sandbox, named by its top-level \`name:\` or its file name) and applies the plan \`cs diff\` shows. Each step checks whether it is still needed, acts, and checks that it took; a failing workspace is retried with growing back-off and reported failed after a few tries, without holding up the others. An invalid definition changes nothing: its problems are reported with file and line, and its sandbox keeps its last good spec. Workspaces are only removed with --prune.
 
-Removals are judged only for sandboxes `cs apply` made or adopted, and none happen while any definition has a problem.
+Removals are judged only for sandboxes \`cs apply\` made or adopted, and none happen while any definition has a problem.
 
 Exits 0 when everything matches, 3 when a definition is invalid (or another reconciler runs), 5 when a workspace could not be brought to its definition.`;
   static override examples = [
