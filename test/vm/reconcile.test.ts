@@ -222,6 +222,22 @@ describe('reconcile: cs apply, cs diff, cs reconcile', () => {
     }
   }, 600_000);
 
+  it('a daemon that ignores TERM is killed before its new version starts', async () => {
+    const stubborn = (word: string): string =>
+      definition({ base: v1, greeting: 'bonjour' }).replace(
+        '      daemons:\n',
+        `      daemons:\n        - name: stubborn\n          run:\n            cmd: trap "" TERM; while true; do echo ${word} > /tmp/stubborn; sleep 0.2; done\n`,
+      );
+    await writeFile(file, stubborn('first'));
+    await ok('apply', '-f', defs);
+    await writeFile(file, stubborn('second'));
+    await ok('apply', '-f', defs);
+    expect(await out('demo/dev', 'sleep 0.5; cat /tmp/stubborn; ps -o args | grep -c "^/bin/sh -c trap"')).toBe('second\n1');
+    await writeFile(file, definition({ base: v1, greeting: 'bonjour' }));
+    await ok('apply', '-f', defs);
+    expect(await out('demo/dev', 'ps -o args | grep -c "^/bin/sh -c trap" || true')).toBe('0');
+  }, 300_000);
+
   it('an invalid definition changes nothing and says where it is wrong', async () => {
     const pid = (await listed('demo/dev'))?.pid;
     const good = await readFile(file, 'utf8');
@@ -252,6 +268,14 @@ describe('reconcile: cs apply, cs diff, cs reconcile', () => {
     expect((await cs('exec', '-W', 'demo/dev', '--', 'cat', '/etc/mine')).exitCode).not.toBe(0);
     const points = await json<{ restorePoints: { name: string }[] }>('workspace', 'snapshots', 'list', 'demo/dev');
     expect(points.restorePoints.map((p) => p.name)).toContain('before-root-1');
+    // The point brings back the disk with the root it was used on: the old base and the change outside /home.
+    await ok('workspace', 'snapshots', 'restore', 'demo/dev', 'before-root-1', '--force');
+    expect(await out('demo/dev', 'cat /etc/image-version; cat /etc/mine; cat ~/notes.txt')).toBe('v1\nsystem change\nmy notes');
+    // The definition still says v2: the next apply refreshes again, keeping a point of what was written since.
+    await ok('apply', '-f', defs);
+    expect(await out('demo/dev', 'cat /etc/image-version; cat ~/notes.txt')).toBe('v2\nmy notes');
+    const after = await json<{ restorePoints: { name: string }[] }>('workspace', 'snapshots', 'list', 'demo/dev');
+    expect(after.restorePoints.map((p) => p.name).filter((n) => n.startsWith('before-root-1'))).toHaveLength(2);
   }, 600_000);
 
   it('a workspace removed from its definition is kept without --prune and removed with it', async () => {
