@@ -17,8 +17,11 @@ export interface ActiveCommand {
 
 const PREFIX = '.exec-';
 
+let leases = 0;
+
 export async function withCommandLease<T>(dir: string, command: string, fn: () => Promise<T>): Promise<T> {
-  const file = join(dir, `${PREFIX}${process.pid}-${Date.now()}.json`);
+  // One process (the service) may hold many at once: each gets its own file.
+  const file = join(dir, `${PREFIX}${process.pid}-${Date.now()}-${++leases}.json`);
   const lease: ActiveCommand = { pid: process.pid, since: new Date().toISOString(), command: command.slice(0, 200) };
   await writeFile(file, JSON.stringify(lease)).catch(() => undefined);
   try {

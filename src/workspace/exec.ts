@@ -31,6 +31,8 @@ export interface ExecOptions {
   envOverride?: Env;
   /** Told when the workspace was stopped and is started for this command (and the start-up's phases). */
   onStart?: (line: string) => void;
+  /** Aborting it kills the command's process group (a client that went away). */
+  signal?: AbortSignal;
 }
 
 export interface ExecResult {
@@ -79,6 +81,9 @@ async function runIn(dir: string, shown: string, user: string, env: Record<strin
       stdin: options.stdin !== undefined,
     });
     await handle.started;
+    const kill = (): void => handle.signal('SIGKILL');
+    if (options.signal?.aborted) kill();
+    options.signal?.addEventListener('abort', kill, { once: true });
     handle.stdout.pipe(options.stdout, { end: false });
     handle.stderr.pipe(options.stderr, { end: false });
     if (options.stdin && handle.stdin) {
@@ -88,6 +93,7 @@ async function runIn(dir: string, shown: string, user: string, env: Record<strin
     }
     options.tty?.onResize?.((rows, cols) => handle.resize(rows, cols));
     const exit = await handle.exit;
+    options.signal?.removeEventListener('abort', kill);
     options.stdin?.unpipe();
     await Promise.all([drained(handle.stdout), drained(handle.stderr)]);
     return exit;

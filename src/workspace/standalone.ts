@@ -5,6 +5,7 @@ import { parseDefinition } from '../definition/load.js';
 import type { Sandbox } from '../definition/model.js';
 import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
 import { loadConfig } from '../oci/config.js';
+import { currentUser } from '../snapshot/catalogue.js';
 import { InputError, UsageError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import { run } from '../util/process.js';
@@ -50,6 +51,8 @@ export interface StandaloneOptions extends LifecycleOptions {
   /** Boot it now (default: it boots on first use, e.g. `cs exec`). */
   start?: boolean;
   personal?: string;
+  /** Whose it is (an API key's owner, for `cs serve`); default the local user. */
+  owner?: string;
 }
 
 export interface WorkspaceInfo extends WorkspaceSummary {
@@ -61,6 +64,13 @@ export interface WorkspaceInfo extends WorkspaceSummary {
   origin?: WorkspaceRecord['origin'];
   restorePoints: number;
   base?: string;
+  /** Whose it is (see WorkspaceRecord.owner). */
+  owner: string;
+}
+
+/** A workspace's owner: the one recorded (made through `cs serve`), else the local user. */
+export function ownerOf(record: Pick<WorkspaceRecord, 'owner'>): string {
+  return record.owner ?? currentUser().user;
 }
 
 /** The one name rule, for sandboxes and workspaces alike; names are stored lower-case, so unique regardless of case. */
@@ -116,7 +126,7 @@ async function createFrom(model: Sandbox, name: string, options: StandaloneOptio
     file: '',
     start: options.start ?? false,
     wait: true,
-    extra: { standalone: true, ...(options.template ? { template: true } : {}), ...(options.label ? { label: options.label } : {}), ...(origin ? { origin } : {}) },
+    extra: { standalone: true, ...(options.owner ? { owner: options.owner } : {}), ...(options.template ? { template: true } : {}), ...(options.label ? { label: options.label } : {}), ...(origin ? { origin } : {}) },
     ...(options.personal ? { personal: options.personal } : {}),
     ...(options.env ? { env: options.env } : {}),
     ...(options.onPhase ? { onPhase: options.onPhase } : {}),
@@ -222,6 +232,8 @@ export async function cloneWorkspace(options: StandaloneOptions & { from: string
       };
       delete clone.template;
       delete clone.label;
+      delete clone.owner;
+      if (options.owner) clone.owner = options.owner;
       if (options.template) clone.template = true;
       if (options.label) clone.label = options.label;
       await writeRecord(dir, clone);
@@ -249,6 +261,7 @@ async function info(ref: WorkspaceRef): Promise<WorkspaceInfo | undefined> {
     template: record.template ?? false,
     ...(record.label ? { label: record.label } : {}),
     ...(record.origin ? { origin: record.origin } : {}),
+    owner: ownerOf(record),
     restorePoints: record.restorePoints?.length ?? 0,
     ...(base ? { base: base.snapshot ?? base.reference } : {}),
   };

@@ -86,6 +86,8 @@ export interface WorkspaceRecord {
   standalone?: boolean;
   /** A free-form label for people (`cs workspace label`). */
   label?: string;
+  /** Whose workspace it is for `cs serve`'s API keys; absent: the local user's. */
+  owner?: string;
   /** A template: meant to be cloned (`cs workspace create --clone-from`). */
   template?: boolean;
   origin?: WorkspaceOrigin;

@@ -1,0 +1,175 @@
+import { randomBytes } from 'node:crypto';
+import { Writable } from 'node:stream';
+import { InputError, UsageError } from '../util/errors.js';
+import type { Env } from '../util/paths.js';
+import { execInWorkspace } from '../workspace/exec.js';
+import { resolveWorkspace } from '../workspace/lifecycle.js';
+import { createStandalone, ownerOf, removeWorkspace } from '../workspace/standalone.js';
+import { displayName, readRecord, type WorkspaceRecord, type WorkspaceRef } from '../workspace/state.js';
+import type { Principal } from './keys.js';
+
+/**
+ * Running a command for an API caller: in one of the caller's workspaces,
+ * or in an ephemeral one (a fresh workspace from an image, removed after
+ * the command whatever happens: exit, timeout, error or a client that went
+ * away). The same functions `cs exec` and `cs workspace create` use.
+ */
+
+export interface RunRequest {
+  workspace?: string;
+  ephemeral?: boolean;
+  image?: string;
+  /** A shell command line (run with /bin/sh -c), or an argv. */
+  command: string | string[];
+  cwd?: string;
+  env?: Record<string, string>;
+  timeout_ms?: number;
+}
+
+export interface RunResult {
+  workspace: string;
+  ephemeral: boolean;
+  exit_code: number;
+  timed_out: boolean;
+  duration_ms: number;
+}
+
+export interface OutputSink {
+  stdout(chunk: Buffer): void;
+  stderr(chunk: Buffer): void;
+}
+
+/** A workspace the caller may use: theirs, or (for anyone else's, or none) not found, the same answer either way. */
+export async function ownedWorkspace(principal: Principal, id: string, env?: Env): Promise<{ ref: WorkspaceRef; record: WorkspaceRecord; id: string }> {
+  const notFound = new InputError(`no workspace "${id}"`, { code: 'NOT_FOUND' });
+  const ref = await resolveWorkspace(id, env).catch(() => {
+    throw notFound;
+  });
+  const record = await readRecord(ref.dir);
+  if (!record || ownerOf(record) !== principal.owner) throw notFound;
+  return { ref, record, id: displayName(ref, record.standalone) };
+}
+
+export function checkRunRequest(body: unknown): RunRequest {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new UsageError('the body must be a JSON object');
+  const b = body as Record<string, unknown>;
+  const command = b['command'];
+  if (!(typeof command === 'string' && command.trim() !== '') && !(Array.isArray(command) && command.length > 0 && command.every((c) => typeof c === 'string'))) {
+    throw new UsageError('"command" must be a non-empty string (run with /bin/sh -c) or an array of strings');
+  }
+  if (b['workspace'] !== undefined && typeof b['workspace'] !== 'string') throw new UsageError('"workspace" must be a string');
+  if (b['image'] !== undefined && typeof b['image'] !== 'string') throw new UsageError('"image" must be a string');
+  if (b['workspace'] !== undefined && (b['image'] !== undefined || b['ephemeral'] === true)) {
+    throw new UsageError('give either "workspace" or "ephemeral" with "image", not both');
+  }
+  if (b['workspace'] === undefined && !(b['ephemeral'] === true && typeof b['image'] === 'string')) {
+    throw new UsageError('say where to run: "workspace": NAME, or "ephemeral": true with "image": REF');
+  }
+  if (b['cwd'] !== undefined && typeof b['cwd'] !== 'string') throw new UsageError('"cwd" must be a string');
+  const env = b['env'];
+  if (env !== undefined && (typeof env !== 'object' || env === null || Array.isArray(env) || Object.entries(env).some(([k, v]) => !/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || typeof v !== 'string'))) {
+    throw new UsageError('"env" must be an object of NAME: "value" strings');
+  }
+  const timeout = b['timeout_ms'];
+  if (timeout !== undefined && (typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout <= 0 || timeout > 24 * 3_600_000)) {
+    throw new UsageError('"timeout_ms" must be a positive whole number of milliseconds (at most a day)');
+  }
+  return b as unknown as RunRequest;
+}
+
+/** Output kept for a JSON answer: up to `max` bytes per stream, then only counted. */
+export class Captured implements OutputSink {
+  readonly out: Buffer[] = [];
+  readonly err: Buffer[] = [];
+  outBytes = 0;
+  errBytes = 0;
+  constructor(readonly max: number) {}
+  stdout(chunk: Buffer): void {
+    if (this.outBytes < this.max) this.out.push(chunk.subarray(0, this.max - this.outBytes));
+    this.outBytes += chunk.length;
+  }
+  stderr(chunk: Buffer): void {
+    if (this.errBytes < this.max) this.err.push(chunk.subarray(0, this.max - this.errBytes));
+    this.errBytes += chunk.length;
+  }
+  result(): { stdout: string; stderr: string; stdout_truncated: boolean; stderr_truncated: boolean } {
+    return {
+      stdout: Buffer.concat(this.out).toString('utf8'),
+      stderr: Buffer.concat(this.err).toString('utf8'),
+      stdout_truncated: this.outBytes > this.max,
+      stderr_truncated: this.errBytes > this.max,
+    };
+  }
+}
+
+function sinkStream(write: (chunk: Buffer) => void): Writable {
+  return new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      write(chunk);
+      callback();
+    },
+  });
+}
+
+/** Runs one command in a workspace the caller may use (by its id, checked already). */
+export async function execIn(target: string, command: string | string[], sink: OutputSink, options: { cwd?: string; env?: Record<string, string>; timeoutMs?: number; signal?: AbortSignal; envOverride?: Env }): Promise<{ exit_code: number; timed_out: boolean }> {
+  const argv = typeof command === 'string' ? ['/bin/sh', '-c', command] : command;
+  const result = await execInWorkspace({
+    target,
+    argv,
+    ...(options.cwd ? { cwd: options.cwd } : {}),
+    env: Object.entries(options.env ?? {}).map(([k, v]) => `${k}=${v}`),
+    stdout: sinkStream((c) => sink.stdout(c)),
+    stderr: sinkStream((c) => sink.stderr(c)),
+    ...(options.timeoutMs ? { timeoutMs: options.timeoutMs } : {}),
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.envOverride ? { envOverride: options.envOverride } : {}),
+  });
+  return { exit_code: result.code, timed_out: result.timedOut };
+}
+
+/**
+ * A fresh workspace from `image`, owned by the caller, for `fn`; removed
+ * after it whatever happens (its result, an error, a timeout, a client that
+ * went away).
+ */
+export async function withEphemeral<T>(principal: Principal, image: string, fn: (name: string) => Promise<T>, options: { env?: Env; signal?: AbortSignal } = {}): Promise<T> {
+  const name = `ephemeral-${randomBytes(5).toString('hex')}`;
+  try {
+    await createStandalone({ name, image, owner: principal.owner, start: true, ...(options.env ? { env: options.env } : {}) });
+    if (options.signal?.aborted) throw new InputError('the client went away before the command started', { code: 'CANCELLED' });
+    return await fn(name);
+  } finally {
+    await removeWorkspace({ target: name, force: true, ...(options.env ? { env: options.env } : {}) }).catch(() => undefined);
+  }
+}
+
+/** Where a request runs: the caller's workspace (its id), or an ephemeral one around `fn`. */
+export async function inTarget<T>(principal: Principal, where: { workspace?: string; image?: string }, fn: (target: string, ephemeral: boolean) => Promise<T>, options: { env?: Env; signal?: AbortSignal } = {}): Promise<T> {
+  if (where.workspace !== undefined) {
+    const { id } = await ownedWorkspace(principal, where.workspace, options.env);
+    return fn(id, false);
+  }
+  if (!where.image) throw new UsageError('say where to run: a workspace, or an image for an ephemeral workspace');
+  return withEphemeral(principal, where.image, (name) => fn(name, true), options);
+}
+
+export async function runCommand(principal: Principal, request: RunRequest, sink: OutputSink, options: { signal?: AbortSignal; env?: Env; onWorkspace?: (id: string) => void } = {}): Promise<RunResult> {
+  const started = Date.now();
+  return inTarget(
+    principal,
+    { ...(request.workspace !== undefined ? { workspace: request.workspace } : {}), ...(request.image !== undefined ? { image: request.image } : {}) },
+    async (target, ephemeral) => {
+      options.onWorkspace?.(target);
+      const result = await execIn(target, request.command, sink, {
+        ...(request.cwd ? { cwd: request.cwd } : {}),
+        ...(request.env ? { env: request.env } : {}),
+        ...(request.timeout_ms ? { timeoutMs: request.timeout_ms } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+        ...(options.env ? { envOverride: options.env } : {}),
+      });
+      return { workspace: target, ephemeral, ...result, duration_ms: Date.now() - started };
+    },
+    { ...(options.env ? { env: options.env } : {}), ...(options.signal ? { signal: options.signal } : {}) },
+  );
+}
