@@ -10,6 +10,7 @@ const scenarios: Record<string, () => Promise<void>> = {
   snapshot: async () => (await import('./snapshot.js')).benchSnapshot(),
   restore: async () => (await import('./restore.js')).benchRestore(),
   reconcile: async () => (await import('./reconcile.js')).benchReconcile(),
+  api: async () => (await import('./api.js')).benchApi(),
 };
 
 const name = process.argv[2];
