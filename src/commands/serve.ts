@@ -24,17 +24,24 @@ export default class Serve extends CsCommand {
     const maxFileBytes = parseSize(flags['max-file-size']);
     if (maxFileBytes === undefined || maxFileBytes <= 0) throw new UsageError(`--max-file-size takes a size like 16Mi, not "${flags['max-file-size']}"`);
     const { serviceRoutes, resumeJobs } = await import('../service/extra.js');
-    const service = await startService({
-      listen: flags.listen,
-      allowRemote: flags['allow-remote'],
-      ...(flags['tls-cert'] && flags['tls-key'] ? { tls: { cert: flags['tls-cert'], key: flags['tls-key'] } } : {}),
-      maxFileBytes,
-      routes: await serviceRoutes(),
-      log: (line) => this.say(`${new Date().toISOString()} ${line}`),
-    });
+    // Jobs first: a second `cs serve` on this data directory stops here, before it listens.
+    const stopJobs = await resumeJobs({ log: (line: string) => this.say(`${new Date().toISOString()} ${line}`) });
+    let service: Awaited<ReturnType<typeof startService>>;
+    try {
+      service = await startService({
+        listen: flags.listen,
+        allowRemote: flags['allow-remote'],
+        ...(flags['tls-cert'] && flags['tls-key'] ? { tls: { cert: flags['tls-cert'], key: flags['tls-key'] } } : {}),
+        maxFileBytes,
+        routes: await serviceRoutes(),
+        log: (line) => this.say(`${new Date().toISOString()} ${line}`),
+      });
+    } catch (error) {
+      await stopJobs();
+      throw error;
+    }
     this.say(`cs serve: listening on ${service.url} (Ctrl-C to stop)`);
     if (this.jsonEnabled()) process.stdout.write(JSON.stringify({ url: service.url }) + '\n');
-    const stopJobs = await resumeJobs({ log: (line: string) => this.say(`${new Date().toISOString()} ${line}`) });
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);

@@ -1,7 +1,8 @@
 import type { Env } from '../util/paths.js';
 import { checkJobRequest, JOB_KINDS, listJobs, ownedJob, startRunner, submitJob } from './jobs.js';
 import { handleMcp } from './mcp.js';
-import { readJson, type Route } from './server.js';
+import { sweepEphemeral } from './run.js';
+import { HttpError, readJson, type Route } from './server.js';
 
 /**
  * The routes of `cs serve` beyond workspaces and exec: jobs and MCP, and
@@ -23,6 +24,8 @@ export async function serviceRoutes(_options: { log?: (line: string) => void } =
       path: /^\/v1\/jobs$/,
       scope: 'jobs',
       handler: async (ctx) => {
+        // A job runs a command: queueing one takes the exec scope too.
+        if (!ctx.principal.scopes.has('exec')) throw new HttpError(403, 'FORBIDDEN', 'this API key lacks the "exec" scope, which queueing a job needs');
         const request = checkJobRequest(await readJson(ctx.req, 1024 * 1024));
         const { job, created } = await submitJob(ctx.principal, request, ctx.options.env);
         ctx.res.statusCode = created ? 201 : 200;
@@ -56,6 +59,8 @@ export async function serviceRoutes(_options: { log?: (line: string) => void } =
 }
 
 export async function resumeJobs(options: { env?: Env; log?: (line: string) => void } = {}): Promise<() => Promise<void>> {
+  const swept = await sweepEphemeral(options);
+  if (swept.length > 0) options.log?.(`removed ephemeral workspaces a previous stop left: ${swept.join(', ')}`);
   const runner = await startRunner(options);
   poke = runner.poke;
   return async () => {

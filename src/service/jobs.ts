@@ -1,11 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InputError, UsageError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
-import { withLock } from '../util/lock.js';
+import { acquireLock, withLock, type Lock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
-import { serviceDir, type Principal } from './keys.js';
+import { keyActive, serviceDir, type Principal } from './keys.js';
 import { Captured, execIn, inTarget } from './run.js';
 
 /**
@@ -63,6 +63,8 @@ export interface Job {
   started_at?: string;
   ended_at?: string;
   idempotency_key?: string;
+  /** The key it was queued with: a job whose key is revoked before it runs does not run. */
+  key_id?: string;
   workspace?: string;
   steps: StepResult[];
   error?: string;
@@ -88,6 +90,16 @@ export const JOB_KINDS = {
 } as const;
 
 const jobsDir = (env?: Env): string => join(serviceDir(env), 'jobs');
+/** One small file per queued job (its run_at): the runner lists these, not every job ever run. */
+const queueDir = (env?: Env): string => join(jobsDir(env), 'queue');
+
+async function enqueue(job: Job, env?: Env): Promise<void> {
+  await writeFileAtomic(join(queueDir(env), job.id), job.run_at ?? '', { mode: 0o600 });
+}
+
+async function dequeue(id: string, env?: Env): Promise<void> {
+  await rm(join(queueDir(env), id), { force: true });
+}
 
 async function writeJob(job: Job, env?: Env): Promise<void> {
   await writeFileAtomic(join(jobsDir(env), `${job.id}.json`), JSON.stringify(job, null, 2) + '\n', { mode: 0o600 });
@@ -185,20 +197,22 @@ export function checkJobRequest(body: unknown): { kind: Job['kind']; input: JobI
   return out;
 }
 
-/** Queues a job, or returns the one its idempotency key names already (`created: false`). */
+/**
+ * Queues a job, or returns the one its idempotency key names already
+ * (`created: false`). A keyed job's id is derived from its owner and key,
+ * so even a crash between two writes cannot give one key two jobs.
+ */
 export async function submitJob(principal: Principal, request: ReturnType<typeof checkJobRequest>, env?: Env): Promise<{ job: Job; created: boolean }> {
-  await mkdir(join(jobsDir(env), 'keys'), { recursive: true, mode: 0o700 });
+  await mkdir(queueDir(env), { recursive: true, mode: 0o700 });
   return withLock(join(jobsDir(env), 'submit.lock'), { purpose: 'queueing a job' }, async () => {
-    const keyFile = request.idempotencyKey
-      ? join(jobsDir(env), 'keys', createHash('sha256').update(`${principal.owner}\n${request.idempotencyKey}`).digest('hex'))
-      : undefined;
-    if (keyFile) {
-      const existing = await readFile(keyFile, 'utf8').then((id) => readJob(id.trim(), env), () => undefined);
-      if (existing) return { job: existing, created: false };
-    }
+    const id = request.idempotencyKey
+      ? createHash('sha256').update(`${principal.owner}\n${request.idempotencyKey}`).digest('hex').slice(0, 16)
+      : randomBytes(8).toString('hex');
+    const existing = request.idempotencyKey ? await readJob(id, env) : undefined;
+    if (existing) return { job: existing, created: false };
     const steps: StepResult[] = request.kind === 'sandbox.exec' ? [{ command: request.input.command as string | string[], state: 'pending' }] : (request.input.steps ?? []).map((s) => ({ command: s.command, state: 'pending' }));
     const job: Job = {
-      id: randomBytes(8).toString('hex'),
+      id,
       owner: principal.owner,
       kind: request.kind,
       state: 'queued',
@@ -206,11 +220,11 @@ export async function submitJob(principal: Principal, request: ReturnType<typeof
       created_at: new Date().toISOString(),
       ...(request.runAt ? { run_at: request.runAt.toISOString() } : {}),
       ...(request.idempotencyKey ? { idempotency_key: request.idempotencyKey } : {}),
+      ...(principal.keyId ? { key_id: principal.keyId } : {}),
       steps,
     };
     await writeJob(job, env);
-    // The key is written after the job: a crash between leaves a job without a key, never a key without its job.
-    if (keyFile) await writeFileAtomic(keyFile, job.id, { mode: 0o600 });
+    await enqueue(job, env);
     return { job, created: true };
   });
 }
@@ -223,10 +237,12 @@ export async function ownedJob(principal: Principal, id: string, env?: Env): Pro
 
 /** Runs one job to its end, writing its file at every step. */
 async function runJob(job: Job, options: { env?: Env; maxOutputBytes: number; signal: AbortSignal }): Promise<void> {
-  const principal: Principal = { keyId: '', owner: job.owner, scopes: new Set() };
+  const principal: Principal = { keyId: job.key_id ?? '', owner: job.owner, scopes: new Set() };
   const input = job.input;
   const save = (): Promise<void> => writeJob(job, options.env);
+  let interrupted = false;
   try {
+    if (job.key_id && !(await keyActive(job.key_id, options.env))) throw new InputError('the API key that queued this job was revoked before it ran', { code: 'REVOKED' });
     await inTarget(
       principal,
       { ...(input.workspace !== undefined ? { workspace: input.workspace } : {}), ...(input.image !== undefined ? { image: input.image } : {}) },
@@ -249,6 +265,13 @@ async function runJob(job: Job, options: { env?: Env; maxOutputBytes: number; si
             ...(options.env ? { envOverride: options.env } : {}),
           });
           Object.assign(step, result, out.result(), { ended_at: new Date().toISOString(), state: result.exit_code === 0 && !result.timed_out ? 'succeeded' : 'failed' });
+          if (options.signal.aborted) {
+            // The service stopped under it: its command was killed, which says nothing about the command.
+            step.state = 'interrupted';
+            interrupted = true;
+            for (const rest of job.steps.slice(n + 1)) rest.state = 'skipped';
+            break;
+          }
           await save();
           if ((step.state as StepResult['state']) === 'failed') {
             for (const rest of job.steps.slice(n + 1)) rest.state = 'skipped';
@@ -264,7 +287,7 @@ async function runJob(job: Job, options: { env?: Env; maxOutputBytes: number; si
     job.state = 'failed';
     job.error = (error as Error).message;
   }
-  if (options.signal.aborted) {
+  if (interrupted || (options.signal.aborted && job.steps.every((s) => s.state === 'pending' || s.state === 'running' || s.state === 'skipped' || s.state === 'interrupted'))) {
     job.state = 'interrupted';
     job.error = 'cs serve stopped while this job ran; it is not run again';
     for (const s of job.steps) if (s.state === 'running' || s.state === 'pending') s.state = s.state === 'running' ? 'interrupted' : 'skipped';
@@ -274,14 +297,23 @@ async function runJob(job: Job, options: { env?: Env; maxOutputBytes: number; si
 }
 
 /**
- * The runner: marks jobs a previous service left running as interrupted,
- * then runs queued jobs whose time has come, a few at once. Returns a
- * function that stops taking new jobs and waits for the running ones.
+ * The runner: one per data directory (a lock: a second `cs serve` on the
+ * same data directory refuses to start). It marks jobs a previous service
+ * left running as interrupted, then runs queued jobs whose time has come, a
+ * few at once, one pass at a time. Returns a function that stops taking
+ * jobs, stops the running ones (recorded as interrupted) and waits for them.
  */
 export async function startRunner(options: { env?: Env; concurrency?: number; maxOutputBytes?: number; log?: (line: string) => void; pollMs?: number }): Promise<{ stop: () => Promise<void>; poke: () => void }> {
   const log = options.log ?? (() => undefined);
-  await mkdir(jobsDir(options.env), { recursive: true, mode: 0o700 });
+  await mkdir(queueDir(options.env), { recursive: true, mode: 0o700 });
+  let lock: Lock;
+  try {
+    lock = await acquireLock(join(jobsDir(options.env), 'runner.lock'), { purpose: 'running jobs for cs serve', timeoutMs: 0 });
+  } catch (error) {
+    throw new InputError(`another cs serve runs the jobs of this data directory: ${(error as Error).message}`, { code: 'LOCKED' });
+  }
   for (const job of await listJobs(options.env)) {
+    if (job.state === 'queued') await enqueue(job, options.env);
     if (job.state !== 'running') continue;
     job.state = 'interrupted';
     job.error = 'cs serve stopped while this job ran; it is not run again';
@@ -294,42 +326,79 @@ export async function startRunner(options: { env?: Env; concurrency?: number; ma
   const running = new Map<string, Promise<void>>();
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
-  const tick = async (): Promise<void> => {
-    if (stopped) return;
-    const now = Date.now();
-    const due = (await listJobs(options.env)).filter((j) => j.state === 'queued' && !running.has(j.id) && (!j.run_at || Date.parse(j.run_at) <= now));
-    for (const job of due) {
-      if (running.size >= (options.concurrency ?? 4)) break;
-      job.state = 'running';
-      job.started_at = new Date().toISOString();
-      await writeJob(job, options.env);
-      log(`job ${job.id} (${job.kind}) started`);
-      const done = runJob(job, { ...(options.env ? { env: options.env } : {}), maxOutputBytes: options.maxOutputBytes ?? 1024 * 1024, signal: controller.signal }).finally(() => {
+  let pass: Promise<void> | undefined;
+  let again = false;
+
+  const claim = async (id: string): Promise<void> => {
+    // Read again: only a job still queued is taken, and it is marked running on disk before it starts.
+    const job = await readJob(id, options.env);
+    if (!job || job.state !== 'queued') {
+      await dequeue(id, options.env);
+      return;
+    }
+    job.state = 'running';
+    job.started_at = new Date().toISOString();
+    await writeJob(job, options.env);
+    await dequeue(id, options.env);
+    log(`job ${job.id} (${job.kind}) started`);
+    const done = runJob(job, { ...(options.env ? { env: options.env } : {}), maxOutputBytes: options.maxOutputBytes ?? 1024 * 1024, signal: controller.signal })
+      .catch((error: Error) => log(`job ${job.id}: ${error.message}`))
+      .finally(() => {
         running.delete(job.id);
         log(`job ${job.id} ${job.state}`);
         poke();
       });
-      running.set(job.id, done);
+    running.set(job.id, done);
+  };
+
+  const tick = async (): Promise<void> => {
+    const now = Date.now();
+    const ids = (await readdir(queueDir(options.env)).catch(() => [] as string[])).filter((n) => /^[0-9a-f]{16}$/.test(n)).sort();
+    for (const id of ids) {
+      if (stopped || running.size >= (options.concurrency ?? 4)) break;
+      if (running.has(id)) continue;
+      const at = await readFile(join(queueDir(options.env), id), 'utf8').catch(() => undefined);
+      if (at === undefined || (at !== '' && Date.parse(at) > now)) continue;
+      await claim(id);
     }
   };
+
+  /** One pass at a time; a request during a pass makes one more pass after it. */
   const poke = (): void => {
-    clearTimeout(timer);
-    timer = setTimeout(() => void tick().catch((error: Error) => log(`jobs: ${error.message}`)).finally(() => schedule()), 0);
+    if (stopped) return;
+    if (pass) {
+      again = true;
+      return;
+    }
+    pass = tick()
+      .catch((error: Error) => log(`jobs: ${error.message}`))
+      .finally(() => {
+        pass = undefined;
+        if (again) {
+          again = false;
+          poke();
+        }
+      });
   };
   const schedule = (): void => {
     if (stopped) return;
-    clearTimeout(timer);
-    timer = setTimeout(() => void tick().catch((error: Error) => log(`jobs: ${error.message}`)).finally(() => schedule()), options.pollMs ?? 250);
+    timer = setTimeout(() => {
+      poke();
+      schedule();
+    }, options.pollMs ?? 250);
   };
+  poke();
   schedule();
   return {
     poke,
     stop: async () => {
       stopped = true;
       clearTimeout(timer);
+      await pass;
       // Running jobs are stopped and recorded as interrupted (a kill -9 leaves them `running`: the next start says so).
       controller.abort();
       await Promise.all(running.values());
+      await lock.release();
     },
   };
 }

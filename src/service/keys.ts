@@ -2,7 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { currentUser } from '../snapshot/catalogue.js';
-import { InputError, UsageError } from '../util/errors.js';
+import { CsError, InputError, UsageError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/fs.js';
 import { withLock } from '../util/lock.js';
 import { dataDir, type Env } from '../util/paths.js';
@@ -49,7 +49,8 @@ async function readKeys(env?: Env): Promise<ApiKey[]> {
     return Array.isArray(parsed.keys) ? parsed.keys : [];
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw new InputError(`${keysFile(env)} is unreadable: ${(error as Error).message}`);
+    // The service's own file: its damage is a server error, not the client's.
+    throw new CsError(`${keysFile(env)} is unreadable: ${(error as Error).message}`, { code: 'KEYS_UNREADABLE' });
   }
 }
 
@@ -102,6 +103,11 @@ export async function revokeKey(nameOrId: string, env?: Env): Promise<KeyInfo> {
     const { hash: _hash, ...info } = found;
     return { keys, result: info };
   });
+}
+
+/** Whether a key (by id) exists and is not revoked. */
+export async function keyActive(id: string, env?: Env): Promise<boolean> {
+  return (await readKeys(env)).some((k) => k.id === id && !k.revokedAt);
 }
 
 /** The principal a bearer token stands for, or undefined (unknown, malformed, revoked: the caller says 401 alike). */

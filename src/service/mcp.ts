@@ -26,7 +26,7 @@ const INPUT = {
   content: z.string().optional().describe('write_file: the text to write'),
   workspace: z.string().optional().describe('One of your workspaces (NAME or SANDBOX/WORKSPACE)'),
   image: z.string().optional().describe('With no workspace: run in a fresh workspace from this image, removed afterwards'),
-  timeout_ms: z.number().int().positive().optional().describe('exec: kill the command after this long'),
+  timeout_ms: z.number().int().positive().max(24 * 3_600_000).optional().describe('exec: kill the command after this long (at most a day)'),
 };
 
 export function mcpServer(principal: Principal, options: { env?: Env; maxFileBytes: number; maxOutputBytes: number }): McpServer {
@@ -38,25 +38,26 @@ export function mcpServer(principal: Principal, options: { env?: Env; maxFileByt
       description: 'Run a shell command, or read, write or list files, in a cs workspace (a microVM). Give `workspace` for one of yours, or `image` for a fresh one that is removed afterwards. The answer names the workspace used.',
       inputSchema: INPUT,
     },
-    async (args) => {
+    async (args, extra) => {
       const need = (scope: (typeof SCOPES)[number]): void => {
         if (!principal.scopes.has(scope)) throw new Error(`this API key lacks the "${scope}" scope`);
       };
       try {
         if (args.workspace !== undefined && args.image !== undefined) throw new Error('give either workspace or image, not both');
+        // Scopes first: nothing (an ephemeral workspace least of all) is made for a call that is refused.
+        need(args.action === 'exec' ? 'exec' : 'files');
+        if (args.image !== undefined) need('exec');
         const where = { ...(args.workspace !== undefined ? { workspace: args.workspace } : {}), ...(args.image !== undefined ? { image: args.image } : {}) };
         const result = await inTarget(
           principal,
           where,
           async (target, ephemeral) => {
             if (args.action === 'exec') {
-              need('exec');
               if (!args.command) throw new Error('exec needs a command');
               const out = new Captured(options.maxOutputBytes);
-              const run = await execIn(target, args.command, out, { ...(args.timeout_ms ? { timeoutMs: args.timeout_ms } : {}), ...(options.env ? { envOverride: options.env } : {}) });
+              const run = await execIn(target, args.command, out, { ...(args.timeout_ms ? { timeoutMs: args.timeout_ms } : {}), signal: extra.signal, ...(options.env ? { envOverride: options.env } : {}) });
               return { workspace: target, ephemeral, ...run, ...out.result() };
             }
-            need('files');
             if (!args.path) throw new Error(`${args.action} needs a path`);
             const ref = await resolveWorkspace(target, options.env);
             return withWorkspaceAgent(
@@ -73,7 +74,7 @@ export function mcpServer(principal: Principal, options: { env?: Env; maxFileByt
               options.env,
             );
           },
-          options.env ? { env: options.env } : {},
+          { ...(options.env ? { env: options.env } : {}), signal: extra.signal },
         );
         return { content: [{ type: 'text' as const, text: JSON.stringify(result) }], structuredContent: result as unknown as Record<string, unknown> };
       } catch (error) {

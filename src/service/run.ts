@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
 import { Writable } from 'node:stream';
-import { InputError, UsageError } from '../util/errors.js';
+import { CsError, InputError, UsageError } from '../util/errors.js';
 import type { Env } from '../util/paths.js';
 import { execInWorkspace } from '../workspace/exec.js';
 import { resolveWorkspace } from '../workspace/lifecycle.js';
 import { createStandalone, ownerOf, removeWorkspace } from '../workspace/standalone.js';
-import { displayName, readRecord, type WorkspaceRecord, type WorkspaceRef } from '../workspace/state.js';
+import { displayName, listWorkspaces, readRecord, type WorkspaceRecord, type WorkspaceRef } from '../workspace/state.js';
 import type { Principal } from './keys.js';
 
 /**
@@ -34,9 +34,10 @@ export interface RunResult {
   duration_ms: number;
 }
 
+/** Where output goes; a returned promise holds the command's output back until it settles. */
 export interface OutputSink {
-  stdout(chunk: Buffer): void;
-  stderr(chunk: Buffer): void;
+  stdout(chunk: Buffer): void | Promise<void> | undefined;
+  stderr(chunk: Buffer): void | Promise<void> | undefined;
 }
 
 /** A workspace the caller may use: theirs, or (for anyone else's, or none) not found, the same answer either way. */
@@ -102,11 +103,12 @@ export class Captured implements OutputSink {
   }
 }
 
-function sinkStream(write: (chunk: Buffer) => void): Writable {
+function sinkStream(write: (chunk: Buffer) => void | Promise<void> | undefined): Writable {
   return new Writable({
     write(chunk: Buffer, _encoding, callback) {
-      write(chunk);
-      callback();
+      const pending = write(chunk);
+      if (pending) pending.then(() => callback(), callback);
+      else callback();
     },
   });
 }
@@ -133,15 +135,34 @@ export async function execIn(target: string, command: string | string[], sink: O
  * after it whatever happens (its result, an error, a timeout, a client that
  * went away).
  */
-export async function withEphemeral<T>(principal: Principal, image: string, fn: (name: string) => Promise<T>, options: { env?: Env; signal?: AbortSignal } = {}): Promise<T> {
+export async function withEphemeral<T>(principal: Principal, image: string, fn: (name: string) => Promise<T>, options: { env?: Env; signal?: AbortSignal; onLeak?: (line: string) => void } = {}): Promise<T> {
   const name = `ephemeral-${randomBytes(5).toString('hex')}`;
   try {
-    await createStandalone({ name, image, owner: principal.owner, start: true, ...(options.env ? { env: options.env } : {}) });
+    // Never with the service user's personal snapshot: it holds their own files.
+    await createStandalone({ name, image, owner: principal.owner, ephemeral: true, personal: 'NONE', start: true, ...(options.env ? { env: options.env } : {}) });
     if (options.signal?.aborted) throw new InputError('the client went away before the command started', { code: 'CANCELLED' });
     return await fn(name);
   } finally {
-    await removeWorkspace({ target: name, force: true, ...(options.env ? { env: options.env } : {}) }).catch(() => undefined);
+    await removeWorkspace({ target: name, force: true, ...(options.env ? { env: options.env } : {}) }).catch((error: Error) => {
+      // Not there (its creation failed) is fine; anything else is swept when the service starts again.
+      if (!(error instanceof CsError && error.code === 'NOT_FOUND')) options.onLeak?.(`ephemeral workspace ${name} could not be removed: ${error.message}`);
+    });
   }
+}
+
+/** Ephemeral workspaces a crashed service left behind: removed when it starts again. */
+export async function sweepEphemeral(options: { env?: Env; log?: (line: string) => void } = {}): Promise<string[]> {
+  const removed: string[] = [];
+  for (const ref of await listWorkspaces(options.env)) {
+    const record = await readRecord(ref.dir);
+    if (!record?.ephemeral) continue;
+    const name = displayName(ref, record.standalone);
+    await removeWorkspace({ target: name, force: true, ...(options.env ? { env: options.env } : {}) }).then(
+      () => removed.push(name),
+      (error: Error) => options.log?.(`ephemeral workspace ${name} could not be removed: ${error.message}`),
+    );
+  }
+  return removed;
 }
 
 /** Where a request runs: the caller's workspace (its id), or an ephemeral one around `fn`. */

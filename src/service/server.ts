@@ -3,6 +3,7 @@ import { createServer as createHttp, type IncomingMessage, type Server, type Ser
 import { createServer as createHttps } from 'node:https';
 import { isIP } from 'node:net';
 import { join } from 'node:path';
+import { StringDecoder } from 'node:string_decoder';
 import busboy from 'busboy';
 import { CsError, InputError, UsageError } from '../util/errors.js';
 import { packageRoot } from '../util/package-root.js';
@@ -11,6 +12,7 @@ import { parseSize } from '../util/units.js';
 import { FileTooLargeError, listFiles, readWorkspaceFile, withWorkspaceAgent, writeWorkspaceFile } from '../workspace/files.js';
 import { createRestorePoint, deleteRestorePoint, listRestorePoints, restoreRestorePoint } from '../workspace/restore-points.js';
 import { createStandalone, labelWorkspace, listAllWorkspaces, removeWorkspace, showWorkspace } from '../workspace/standalone.js';
+import { resolveWorkspace } from '../workspace/lifecycle.js';
 import { usageReport } from '../workspace/usage.js';
 import { authenticate, type Principal, type Scope } from './keys.js';
 import { Captured, checkRunRequest, ownedWorkspace, runCommand } from './run.js';
@@ -134,7 +136,16 @@ function objectBody(body: unknown): Record<string, unknown> {
   return body as Record<string, unknown>;
 }
 
-const id = (ctx: Context): string => decodeURIComponent(ctx.params[0] ?? '');
+/** A path segment, decoded; a malformed %-escape is the client's mistake. */
+function segment(value: string | undefined): string {
+  try {
+    return decodeURIComponent(value ?? '');
+  } catch {
+    throw new UsageError(`"${value ?? ''}" is not a valid URL path segment`);
+  }
+}
+
+const id = (ctx: Context): string => segment(ctx.params[0]);
 
 /** The API's own routes. */
 function coreRoutes(): Route[] {
@@ -156,19 +167,36 @@ function coreRoutes(): Route[] {
     r('POST', '/v1/exec/stream', 'exec', async (ctx) => {
       const request = checkRunRequest(await readJson(ctx.req, 1024 * 1024));
       ctx.res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', connection: 'keep-alive' });
-      const event = (name: string, data: unknown): void => {
-        if (!ctx.res.writableEnded) ctx.res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
+      // A slow reader holds the command's output back (the agent pauses it) instead of the service buffering it.
+      const event = (name: string, data: unknown): Promise<void> | undefined => {
+        if (ctx.res.writableEnded || ctx.res.destroyed) return undefined;
+        if (ctx.res.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`)) return undefined;
+        return new Promise<void>((resolve) => {
+          ctx.res.once('drain', resolve);
+          ctx.res.once('close', resolve);
+        });
+      };
+      // Characters split between chunks are joined again before they are sent.
+      const out = new StringDecoder('utf8');
+      const err = new StringDecoder('utf8');
+      const text = (decoder: StringDecoder, name: string, chunk: Buffer): Promise<void> | undefined => {
+        const data = decoder.write(chunk);
+        return data === '' ? undefined : event(name, { data });
       };
       try {
         const result = await runCommand(
           ctx.principal,
           request,
-          { stdout: (c) => event('stdout', { data: c.toString('utf8') }), stderr: (c) => event('stderr', { data: c.toString('utf8') }) },
+          { stdout: (c) => text(out, 'stdout', c), stderr: (c) => text(err, 'stderr', c) },
           { signal: ctx.signal, ...(ctx.options.env ? { env: ctx.options.env } : {}), onWorkspace: (w) => event('workspace', { workspace: w }) },
         );
-        event('exit', result);
+        const restOut = out.end();
+        const restErr = err.end();
+        if (restOut) await event('stdout', { data: restOut });
+        if (restErr) await event('stderr', { data: restErr });
+        await event('exit', result);
       } catch (error) {
-        event('error', { code: error instanceof CsError ? error.code : 'INTERNAL', message: (error as Error).message });
+        await event('error', { code: error instanceof CsError ? error.code : 'INTERNAL', message: error instanceof CsError ? error.message : 'internal error (see the service log)' });
       }
       ctx.res.end();
       return undefined;
@@ -184,10 +212,14 @@ function coreRoutes(): Route[] {
       const size = (key: string): number | undefined => {
         const v = body[key];
         if (v === undefined) return undefined;
-        const n = parseSize(v as string | number);
+        if (typeof v !== 'string' && typeof v !== 'number') throw new UsageError(`"${key}" must be a size like 2Gi`);
+        const n = parseSize(v);
         if (n === undefined) throw new UsageError(`"${key}" must be a size like 2Gi`);
         return n;
       };
+      // Names are one namespace per service: a taken name reads the same whoever holds it.
+      const taken = await resolveWorkspace(name, ctx.options.env).then(() => true, () => false);
+      if (taken) throw new InputError(`the name "${name}" is taken; pick another`, { code: 'EXISTS' });
       const cloneFrom = str(body, 'clone_from');
       if (cloneFrom) await ownedWorkspace(ctx.principal, cloneFrom, ctx.options.env);
       const memory = size('memory');
@@ -198,6 +230,8 @@ function coreRoutes(): Route[] {
       const created = await createStandalone({
         name,
         owner: ctx.principal.owner,
+        // The service user's personal snapshot holds their own files: never in a workspace made through the API (a clone has its source's).
+        ...(cloneFrom ? {} : { personal: 'NONE' }),
         ...(image ? { image } : {}),
         ...(snapshot ? { snapshot } : {}),
         ...(cloneFrom ? { cloneFrom } : {}),
@@ -238,11 +272,11 @@ function coreRoutes(): Route[] {
     }),
     r('POST', `${W}/restore-points/([^/]+)/restore`, 'workspaces:write', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
-      return restoreRestorePoint({ target, name: decodeURIComponent(ctx.params[1] ?? ''), force: ctx.query.get('force') === 'true', ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return restoreRestorePoint({ target, name: segment(ctx.params[1]), force: ctx.query.get('force') === 'true', ...(ctx.options.env ? { env: ctx.options.env } : {}) });
     }),
     r('DELETE', `${W}/restore-points/([^/]+)`, 'workspaces:write', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
-      return deleteRestorePoint({ target, name: decodeURIComponent(ctx.params[1] ?? ''), ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return deleteRestorePoint({ target, name: segment(ctx.params[1]), ...(ctx.options.env ? { env: ctx.options.env } : {}) });
     }),
     r('GET', `${W}/fs`, 'files', async (ctx) => {
       const { ref, id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
@@ -322,17 +356,32 @@ async function readMultipart(ctx: Context): Promise<{ name: string; data: Buffer
   const files: { name: string; data: Buffer }[] = [];
   await new Promise<void>((resolve, reject) => {
     let failed: Error | undefined;
-    const parser = busboy({ headers: ctx.req.headers, limits: { fileSize: ctx.options.maxFileBytes, files: 100 } });
+    // One upload holds at most the file limit in all: the service keeps it in memory until it is written.
+    let total = 0;
+    const fail = (error: Error): void => {
+      if (failed) return;
+      failed = error;
+      ctx.req.unpipe(parser);
+      ctx.req.resume();
+      reject(error);
+    };
+    const parser = busboy({ headers: ctx.req.headers, limits: { fileSize: ctx.options.maxFileBytes, files: 20, fields: 20, parts: 40 } });
     parser.on('file', (_field, stream, info) => {
       const chunks: Buffer[] = [];
       const name = info.filename ?? '';
-      if (name === '' || name.includes('/') || name === '.' || name === '..' || name.includes('\0')) failed ??= new UsageError(`an uploaded file's name must be a plain file name, not "${name}"`);
-      stream.on('data', (c: Buffer) => chunks.push(c));
-      stream.on('limit', () => (failed ??= new FileTooLargeError(`${name} is over ${ctx.options.maxFileBytes} bytes`)));
+      if (name === '' || name.includes('/') || name === '.' || name === '..' || name.includes('\0')) fail(new UsageError(`an uploaded file's name must be a plain file name, not "${name}"`));
+      stream.on('data', (c: Buffer) => {
+        total += c.length;
+        if (total > ctx.options.maxFileBytes) fail(new FileTooLargeError(`the upload is over ${ctx.options.maxFileBytes} bytes`));
+        if (!failed) chunks.push(c);
+      });
+      stream.on('limit', () => fail(new FileTooLargeError(`${name} is over ${ctx.options.maxFileBytes} bytes`)));
       stream.on('close', () => files.push({ name, data: Buffer.concat(chunks) }));
     });
-    parser.on('error', (error: Error) => reject(new UsageError(`the upload is not valid multipart: ${error.message}`)));
-    parser.on('close', () => (failed ? reject(failed) : resolve()));
+    parser.on('filesLimit', () => fail(new UsageError('an upload holds at most 20 files')));
+    parser.on('partsLimit', () => fail(new UsageError('an upload holds at most 40 parts')));
+    parser.on('error', (error: Error) => fail(new UsageError(`the upload is not valid multipart: ${error.message}`)));
+    parser.on('close', () => (failed ? undefined : resolve()));
     ctx.req.pipe(parser);
   });
   if (files.length === 0) throw new UsageError('the upload holds no file');
@@ -351,7 +400,13 @@ export async function startService(options: ServiceOptions = {}): Promise<Runnin
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const started = Date.now();
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://localhost');
+    } catch {
+      sendJson(res, 400, { error: { code: 'BAD_REQUEST', message: 'the request target is not a valid URL path' } });
+      return;
+    }
     const controller = new AbortController();
     res.on('close', () => {
       if (!res.writableFinished) controller.abort();
@@ -380,7 +435,8 @@ export async function startService(options: ServiceOptions = {}): Promise<Runnin
       status = statusOf(error);
       if (status === 500 && !(error instanceof CsError)) log(`internal error on ${req.method} ${url.pathname}: ${(error as Error).stack ?? String(error)}`);
       const code = error instanceof CsError ? error.code : 'INTERNAL';
-      const message = error instanceof Error ? error.message : String(error);
+      // An unexpected error's text may name host paths: it goes to the log, the client gets a plain word.
+      const message = error instanceof CsError ? error.message : 'internal error (see the service log)';
       if (!res.headersSent) sendJson(res, status, { error: { code, message } });
       else res.end();
     } finally {
@@ -388,7 +444,14 @@ export async function startService(options: ServiceOptions = {}): Promise<Runnin
     }
   };
 
-  const listener = (req: IncomingMessage, res: ServerResponse): void => void handle(req, res);
+  const listener = (req: IncomingMessage, res: ServerResponse): void => {
+    handle(req, res).catch((error: Error) => {
+      // Nothing a request does may end the service.
+      log(`internal error: ${error.stack ?? error.message}`);
+      if (!res.headersSent) sendJson(res, 500, { error: { code: 'INTERNAL', message: 'internal error' } });
+      else res.destroy();
+    });
+  };
   const server = options.tls ? createHttps({ cert: await readFile(options.tls.cert), key: await readFile(options.tls.key) }, listener) : createHttp(listener);
   server.requestTimeout = 0;
   await new Promise<void>((resolve, reject) => {

@@ -68,7 +68,7 @@ export interface CreateOptions extends LifecycleOptions {
   /** Boot the workspaces (default true); false leaves them stopped until first used. */
   start?: boolean;
   /** Fields of the records that do not come from the definition (`cs workspace create`). */
-  extra?: Pick<WorkspaceRecord, 'standalone' | 'template' | 'label' | 'origin' | 'owner'>;
+  extra?: Pick<WorkspaceRecord, 'standalone' | 'template' | 'label' | 'origin' | 'owner' | 'ephemeral'>;
   /** The sandbox's name; default the definition's. */
   name?: string;
   wait?: boolean;

@@ -5,7 +5,7 @@ import type { Env } from '../util/paths.js';
 import type { AgentClient } from '../vm/agent-client.js';
 import { withCommandLease } from './busy.js';
 import { openAgent } from './control.js';
-import { GUEST_BUSYBOX, parsePasswd } from './guest-env.js';
+import { GUEST_BUSYBOX } from './guest-env.js';
 import { ensureRunning } from './lifecycle.js';
 import type { WorkspaceRef } from './state.js';
 
@@ -14,8 +14,10 @@ import type { WorkspaceRef } from './state.js';
  * owner's home: a path is taken relative to it (or absolute inside it), a
  * `..` that climbs out is refused, and the guest's own resolution of the
  * path (symbolic links followed) must land inside it too, so a link in the
- * home cannot lead a read or a write to /etc. Reads are bounded: a file
- * over the limit is refused before it is read.
+ * home cannot lead a read or a write to /etc. Reading, listing and writing
+ * run as the workspace's user, so even a link or a hard link made inside
+ * the guest after the check reaches only what that user may reach. Reads
+ * are bounded: no more than the limit (and one byte) ever leaves the guest.
  */
 
 export class FileTooLargeError extends CsError {
@@ -45,14 +47,14 @@ export function homePath(path: string): string {
 
 const ROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
 
-async function sh(client: AgentClient, script: string, args: string[], input?: Buffer): Promise<{ code: number; stdout: Buffer; stderr: string }> {
-  const result = await client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', ...args], env: ROOT_ENV, user: 'root', ...(input ? { input } : {}) });
+async function sh(client: AgentClient, script: string, args: string[], options: { input?: Buffer; user?: string } = {}): Promise<{ code: number; stdout: Buffer; stderr: string }> {
+  const result = await client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', ...args], env: ROOT_ENV, user: options.user ?? WORKSPACE_USER, ...(options.input ? { input: options.input } : {}) });
   return { code: result.code, stdout: result.stdout, stderr: result.stderr.toString('utf8').trim() };
 }
 
 /** The guest's resolution of `path` (links followed; the last part may be missing), checked to stay in the home. */
 async function resolveInHome(client: AgentClient, path: string): Promise<string> {
-  const { code, stdout } = await sh(client, `${GUEST_BUSYBOX} readlink -f -- "$1" || exit 3`, [path]);
+  const { code, stdout } = await sh(client, `${GUEST_BUSYBOX} readlink -f -- "$1" || exit 3`, [path], { user: 'root' });
   const real = stdout.toString('utf8').trim();
   if (code !== 0 || real === '') throw new InputError(`no such path: ${path}`, { code: 'NOT_FOUND' });
   if (real !== WORKSPACE_HOME && !real.startsWith(`${WORKSPACE_HOME}/`)) {
@@ -106,33 +108,32 @@ done`;
 
 export async function readWorkspaceFile(client: AgentClient, path: string, maxBytes: number): Promise<{ path: string; bytes: Buffer }> {
   const real = await resolveInHome(client, homePath(path));
-  const { code, stdout } = await sh(client, `[ -f "$1" ] || exit 3; ${GUEST_BUSYBOX} stat -c %s -- "$1"`, [real]);
+  // As the user, and never more than the limit and one byte: a file that grows meanwhile cannot flood the host.
+  const { code, stdout, stderr } = await sh(client, `[ -f "$1" ] || exit 3; ${GUEST_BUSYBOX} head -c "$2" -- "$1"`, [real, String(maxBytes + 1)]);
   if (code === 3) throw new InputError(`${path} is not a regular file`, { code: 'NOT_A_FILE' });
-  const size = Number(stdout.toString('utf8').trim());
-  if (!Number.isFinite(size)) throw new InputError(`cannot read ${path}`);
-  if (size > maxBytes) throw new FileTooLargeError(`${path} is ${size} bytes; at most ${maxBytes} are served per file`);
-  const bytes = await client.readFile(real);
-  if (bytes.length > maxBytes) throw new FileTooLargeError(`${path} grew past ${maxBytes} bytes while it was read`);
-  return { path: real, bytes };
+  if (code !== 0) throw new InputError(`cannot read ${path}: ${stderr}`);
+  if (stdout.length > maxBytes) throw new FileTooLargeError(`${path} is over ${maxBytes} bytes, the most served per file`);
+  return { path: real, bytes: stdout };
 }
 
-/** Writes a file as the owner (parents made as needed); the parent must resolve inside the home. */
+/** Writes a file as the user (parents made as needed); the parent must resolve inside the home. */
 export async function writeWorkspaceFile(client: AgentClient, path: string, data: Uint8Array, options: { mode?: number } = {}): Promise<{ path: string; bytes: number }> {
   const target = homePath(path);
   if (target === WORKSPACE_HOME) throw new InputError('give a file path inside the home, not the home itself', { code: 'BAD_PATH' });
   const parent = posix.dirname(target);
-  const ids = parsePasswd((await client.readFile('/etc/passwd')).toString('utf8')).find((e) => e.name === WORKSPACE_USER);
-  if (!ids) throw new InputError(`the workspace has no ${WORKSPACE_USER} account yet (is it still starting?)`);
-  // Folders are made by the owner, so a link on the way is followed with the owner's rights only.
-  const made = await client.run({ argv: [GUEST_BUSYBOX, 'mkdir', '-p', '--', parent], env: ROOT_ENV, user: WORKSPACE_USER });
-  if (made.code !== 0) throw new InputError(`cannot make ${parent}: ${made.stderr.toString('utf8').trim()}`);
+  const made = await sh(client, `${GUEST_BUSYBOX} mkdir -p -- "$1"`, [parent]);
+  if (made.code !== 0) throw new InputError(`cannot make ${parent}: ${made.stderr}`);
   const realParent = await resolveInHome(client, parent);
   const name = posix.basename(target);
-  const final = `${realParent}/${name}`;
-  // The file itself must not be a link (a write would follow it): one there is refused.
-  const { code } = await sh(client, `[ -L "$1" ] && exit 3; [ -d "$1" ] && exit 4; exit 0`, [final]);
+  const mode = (options.mode ?? 0o644).toString(8);
+  // Written beside, then renamed over: readers never see half a file, and a rename replaces a name, it follows no link.
+  const script = `[ -L "$1/$2" ] && exit 3
+[ -d "$1/$2" ] && exit 4
+t="$1/.cs-write-$$"
+${GUEST_BUSYBOX} cat > "$t" && ${GUEST_BUSYBOX} chmod "$3" "$t" && ${GUEST_BUSYBOX} mv -f "$t" "$1/$2" || { ${GUEST_BUSYBOX} rm -f "$t"; exit 5; }`;
+  const { code, stderr } = await sh(client, script, [realParent, name, mode], { input: Buffer.from(data) });
   if (code === 3) throw new InputError(`${path} is a symbolic link; cs does not write through links`, { code: 'BAD_PATH' });
   if (code === 4) throw new InputError(`${path} is a folder`, { code: 'BAD_PATH' });
-  await client.writeFile(final, data, { mode: options.mode ?? 0o644, uid: ids.uid, gid: ids.gid });
-  return { path: final, bytes: data.length };
+  if (code !== 0) throw new InputError(`cannot write ${path}: ${stderr}`);
+  return { path: `${realParent}/${name}`, bytes: data.length };
 }

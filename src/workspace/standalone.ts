@@ -53,6 +53,8 @@ export interface StandaloneOptions extends LifecycleOptions {
   personal?: string;
   /** Whose it is (an API key's owner, for `cs serve`); default the local user. */
   owner?: string;
+  /** Made for one command by `cs serve` (swept when the service starts). */
+  ephemeral?: boolean;
 }
 
 export interface WorkspaceInfo extends WorkspaceSummary {
@@ -126,7 +128,7 @@ async function createFrom(model: Sandbox, name: string, options: StandaloneOptio
     file: '',
     start: options.start ?? false,
     wait: true,
-    extra: { standalone: true, ...(options.owner ? { owner: options.owner } : {}), ...(options.template ? { template: true } : {}), ...(options.label ? { label: options.label } : {}), ...(origin ? { origin } : {}) },
+    extra: { standalone: true, ...(options.owner ? { owner: options.owner } : {}), ...(options.ephemeral ? { ephemeral: true } : {}), ...(options.template ? { template: true } : {}), ...(options.label ? { label: options.label } : {}), ...(origin ? { origin } : {}) },
     ...(options.personal ? { personal: options.personal } : {}),
     ...(options.env ? { env: options.env } : {}),
     ...(options.onPhase ? { onPhase: options.onPhase } : {}),

@@ -88,6 +88,8 @@ export interface WorkspaceRecord {
   label?: string;
   /** Whose workspace it is for `cs serve`'s API keys; absent: the local user's. */
   owner?: string;
+  /** Made by `cs serve` for one command: removed after it, or when the service starts again after a crash. */
+  ephemeral?: boolean;
   /** A template: meant to be cloned (`cs workspace create --clone-from`). */
   template?: boolean;
   origin?: WorkspaceOrigin;

@@ -5,6 +5,7 @@
  * MCP tool called by the official MCP client library, over HTTP and stdio.
  */
 import { readFile } from 'node:fs/promises';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
@@ -97,6 +98,18 @@ describe('cs serve', () => {
     ] as const) {
       expect((await call('bob', method, path, body)).status).toBe(404);
     }
+    // Odd requests are the client's mistake, and never take the service down.
+    expect((await call('alice', 'GET', '/v1/workspaces/%zz')).status).toBe(400);
+    const raw = await new Promise<string>((resolve) => {
+      const socket = connect(Number(new URL(url).port), '127.0.0.1', () => socket.end('GET //a:99999/x HTTP/1.1\r\nHost: x\r\n\r\n'));
+      let text = '';
+      socket.on('data', (c: Buffer) => (text += c.toString()));
+      socket.on('close', () => resolve(text));
+    });
+    expect(raw).toMatch(/^HTTP\/1\.1 400/);
+    // Queueing a job runs a command: a key with only the jobs scope cannot.
+    keys['jobsonly'] = await key('jobsonly', 'jobs', 'alice');
+    expect((await call('jobsonly', 'POST', '/v1/jobs', { kind: 'sandbox.exec', input: { workspace: 'work', command: 'id' } })).status).toBe(403);
     expect((await call('alice', 'GET', '/v1/openapi.json')).json.openapi).toBe('3.1.0');
     expect((await call(undefined, 'GET', '/v1/openapi.json')).status).toBe(200);
   });
