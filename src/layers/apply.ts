@@ -86,6 +86,11 @@ export interface ApplyOptions {
   /** Called for ownership, devices and xattrs that were not applied (unprivileged). */
   onDeferred?: (entry: DeferredMetadata) => void;
   /**
+   * Report root-owned entries too (unprivileged): a caller that recorded
+   * another owner for the path in a lower layer must learn it is root's now.
+   */
+  reportRootOwners?: boolean;
+  /**
    * Called with xattrs to set on a path (privileged); cs batches these.
    * Values are byte strings (latin1: one character per byte), since xattr
    * values such as file capabilities are binary.
@@ -494,7 +499,7 @@ function setOwner(abs: string, meta: EntryMetadata, ctx: Context): void {
 }
 
 function reportOwner(abs: string, meta: EntryMetadata, ctx: Context): void {
-  if (meta.uid !== 0 || meta.gid !== 0) ctx.options.onDeferred?.({ path: relativeOf(abs, ctx), uid: meta.uid, gid: meta.gid });
+  if (meta.uid !== 0 || meta.gid !== 0 || ctx.options.reportRootOwners) ctx.options.onDeferred?.({ path: relativeOf(abs, ctx), uid: meta.uid, gid: meta.gid });
 }
 
 function relativeOf(abs: string, ctx: Context): string {

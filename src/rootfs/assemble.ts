@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, readdirSync, createWriteStream } from 'node:fs';
-import { appendFile, chmod, lstat, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import type { DeferredMetadata } from '../layers/apply.js';
-import { packDirectory, unescapeAttrPath } from '../layers/pack.js';
+import { hostEntries, packEntries, unescapeAttrPath } from '../layers/pack.js';
 import { cleanComponents, RootResolver } from '../layers/safe-path.js';
 import { openImageContext, pullImage, userReference, type ImageContext } from '../oci/image.js';
 import type { Descriptor } from '../oci/manifest.js';
@@ -14,6 +13,7 @@ import { InputError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { run } from '../util/process.js';
 import { TreeCache } from './cache.js';
+import { buildWithOwners, escapeAttrPath, readDeferred, withOwners, type Deferred } from './owners.js';
 import { chainIds } from './chain.js';
 import { readImageLayers, unpackLayer } from './unpack.js';
 
@@ -192,6 +192,14 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
         await cacheAt(cached).cloneInto(keys[cached] as string, work);
       }
       const privileged = process.getuid?.() === 0;
+      // Paths that have a record (from cached layers too): a later layer that gives one back to root must say so.
+      const recorded = new Set<string>();
+      if (!privileged) {
+        for (const line of (await readFile(join(work, 'deferred.jsonl'), 'utf8').catch(() => '')).split('\n')) {
+          const path = /^\{"path":("(?:[^"\\]|\\.)*")/.exec(line)?.[1];
+          if (path) recorded.add(JSON.parse(path) as string);
+        }
+      }
       for (let i = cached + 1; i < units.length; i++) {
         const unit = units[i] as Unit;
         phase(`apply layer ${i + 1}/${units.length} (${unit.kind})`);
@@ -200,7 +208,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
         const under = unit.under === '' ? '' : new RootResolver(tree).resolveDir(cleanComponents(unit.under), 0o755);
         if (under === undefined) throw new InputError(`cannot create /${unit.under} in the root filesystem`);
         const root = under === '' ? tree : join(tree, under);
-        const deferred: DeferredMetadata[] = [];
+        const deferred: Deferred[] = [];
         const batch = new LayerXattrs(tree, under);
         await unpackLayer({
           store: unit.store,
@@ -208,7 +216,21 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
           diffId: unit.diffId,
           root,
           privileged,
-          onDeferred: (d) => deferred.push({ ...d, path: under ? `${under}/${d.path}` : d.path }),
+          reportRootOwners: !privileged,
+          onDeferred: (d) => {
+            const path = under ? `${under}/${d.path}` : d.path;
+            if (d.uid === 0 && d.gid === 0 && !d.device && !d.xattrs && !recorded.has(path)) return;
+            recorded.add(path);
+            // The inode it is for: a later layer that replaces the path must not inherit it (see owners.ts).
+            const ino = (() => {
+              try {
+                return lstatSync(join(tree, path)).ino;
+              } catch {
+                return undefined;
+              }
+            })();
+            deferred.push({ ...d, path, layer: i, ...(ino !== undefined ? { ino } : {}) });
+          },
           onXattrs: (path, values) => batch.set(path, values),
           onDirectoryKept: (path, values) => batch.kept(path, values),
         });
@@ -229,7 +251,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   phase(`write ${options.format}`);
   if (!shared) {
     if (outInfo) await rm(out, { recursive: true, force: true });
-    const bytes = await writeOutput(tree, out, options.format);
+    const bytes = await writeOutput(tree, out, options.format, phase);
     // A root with a personal snapshot in it is as private as the snapshot, wherever it is written.
     if (units.some((u) => u.private)) await chmod(out, options.format === 'dir' ? 0o700 : 0o600);
     return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
@@ -238,7 +260,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   const temp = `${out}.tmp-${process.pid}-${Date.now()}`;
   let bytes: number;
   try {
-    bytes = await writeOutput(tree, temp, options.format);
+    bytes = await writeOutput(tree, temp, options.format, phase);
     await rename(temp, out);
   } catch (error) {
     await rm(temp, { recursive: true, force: true });
@@ -379,28 +401,33 @@ async function clearUndeclaredXattrs(root: string, dirs: readonly { path: string
 }
 
 /** getfattr's escaping of a path: octal for bytes that are not plain printable ASCII, and for backslash. */
-function escapeAttrPath(path: string): string {
-  let out = '';
-  for (const byte of Buffer.from(path, 'utf8')) {
-    out += byte <= 0x20 || byte >= 0x7f || byte === 0x5c || byte === 0x3d ? `\\${byte.toString(8).padStart(3, '0')}` : String.fromCharCode(byte);
-  }
-  return out;
-}
 
-async function writeOutput(tree: string, out: string, format: OutputFormat): Promise<number> {
+async function writeOutput(tree: string, out: string, format: OutputFormat, onPhase: (phase: string) => void = () => undefined): Promise<number> {
+  const entryDir = dirname(tree);
+  const privileged = process.getuid?.() === 0;
   switch (format) {
     case 'dir': {
       // A real copy: the cached tree must not share inodes with a folder the user may edit.
       await mkdir(out, { recursive: true });
       await run('cp', ['-a', '--reflink=auto', '--', `${tree}/.`, out]);
+      if (!privileged) {
+        // A folder cannot hold other users' files without root: what it should hold is written beside it.
+        const deferred = await readFile(join(entryDir, 'deferred.jsonl'), 'utf8').catch(() => '');
+        if (deferred !== '') {
+          await writeFile(`${out}.owners.jsonl`, deferred);
+          onPhase(`owners, devices and xattrs that need root are listed in ${out}.owners.jsonl (every other file is root's in the image)`);
+        }
+      }
       return 0;
     }
     case 'tar': {
-      await pipeline(packDirectory(tree, { xattrs: true }), createWriteStream(out, { flags: 'wx' }));
+      const entries = hostEntries(tree, { xattrs: true });
+      const source = privileged ? entries : withOwners(entries, await readDeferred(entryDir, tree));
+      await pipeline(packEntries(source), createWriteStream(out, { flags: 'wx' }));
       return (await stat(out)).size;
     }
     case 'erofs': {
-      await run('mkfs.erofs', ['--quiet', out, tree]);
+      await buildWithOwners(tree, entryDir, ['mkfs.erofs', '--quiet', out, tree]);
       return (await stat(out)).size;
     }
     case 'ext4': {
@@ -411,7 +438,7 @@ async function writeOutput(tree: string, out: string, format: OutputFormat): Pro
       const { inodes, bytes } = measureTree(tree);
       const inodeCount = Math.ceil(inodes * 1.1) + 1024;
       const size = Math.ceil((bytes * 1.3 + inodeCount * 256 + 64 * 1024 * 1024) / (1024 * 1024));
-      await run('mke2fs', ['-q', '-t', 'ext4', '-F', '-N', String(inodeCount), '-d', tree, out, `${size}M`]);
+      await buildWithOwners(tree, entryDir, ['mke2fs', '-q', '-t', 'ext4', '-F', '-N', String(inodeCount), '-d', tree, out, `${size}M`]);
       return (await stat(out)).size;
     }
   }

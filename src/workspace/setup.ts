@@ -28,6 +28,8 @@ export const HOST_PACKAGES: readonly { pkg: string; check: string }[] = [
   { pkg: 'xz-utils', check: '/usr/bin/xz' },
   { pkg: 'git', check: '/usr/bin/git' },
   { pkg: 'attr', check: '/usr/bin/setfattr' },
+  // fakeroot: an unprivileged user's images get the owners, devices and xattrs their layers ask for (rootfs/owners.ts).
+  { pkg: 'fakeroot', check: '/usr/bin/fakeroot' },
   { pkg: 'debootstrap', check: '/usr/sbin/debootstrap' },
 ];
 
