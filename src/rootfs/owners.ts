@@ -20,9 +20,11 @@ import { run } from '../util/process.js';
  * - a tar gets them in its headers directly;
  * - a folder cannot hold them: they are written beside it.
  *
- * A record names the inode it was made for: a path a later layer replaced
- * (a new inode) does not inherit it. The cache's trees are hard-link
- * copies, so inodes survive from one chain to the next.
+ * A later layer's entry at a recorded path is recorded too (root's as
+ * well: see `reportRootOwners`), and the last layer's record wins. A record
+ * also names the inode it was made for, and one whose path now holds
+ * another inode is dropped. The cache's trees are hard-link copies, so
+ * inodes survive from one chain to the next.
  */
 
 export interface Deferred extends DeferredMetadata {
