@@ -297,8 +297,21 @@ export async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOption
     await writeRecord(ws.dir, { ...record, desired: 'running' });
     await refreshBootFiles(ws.dir, options.env);
     await startSupervisor(ws.dir, options.env);
+    // Held until the new supervisor has written its run record: until then another starter (a second
+    // `cs exec` on the stopped workspace) would read "nothing runs" and start a second supervisor,
+    // whose start removes the first one's record.
+    await supervisorStarted(ws.dir);
     return true;
   });
+}
+
+async function supervisorStarted(dir: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    const run = await readRun(dir);
+    if (run && (supervisorAlive(run) || run.exit)) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 export async function removeSandbox(options: LifecycleOptions & { name: string }): Promise<{ sandbox: string; removed: string[] }> {

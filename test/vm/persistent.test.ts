@@ -242,7 +242,13 @@ describe('persistent workspaces', () => {
     await create('busy');
     await ok('workspace', 'snapshots', 'create', 'busy', '--name', 'clean');
     const long = startCs(['exec', '--workspace', 'busy', '--', 'sh', '-c', 'echo started > /home/owner/s; sleep 8; echo done'], { env, timeoutMs: 120_000 });
-    for (let i = 0; i < 200 && !(await sh('busy', 'test -e /home/owner/s').then((r) => r.exitCode === 0)); i++) await new Promise((r) => setTimeout(r, 100));
+    let started = false;
+    for (let i = 0; i < 600 && !started; i++) {
+      started = await sh('busy', 'test -e /home/owner/s').then((r) => r.exitCode === 0);
+      if (!started) await new Promise((r) => setTimeout(r, 100));
+    }
+    // The long command must be running, or the refusals below would prove nothing.
+    expect(started, 'the long command never started').toBe(true);
     for (const force of [[], ['--force']]) {
       const refused = await cs('workspace', 'snapshots', 'restore', 'busy', 'clean', ...force);
       expect(refused.exitCode).not.toBe(0);
