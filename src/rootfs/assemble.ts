@@ -222,14 +222,15 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
             if (d.uid === 0 && d.gid === 0 && !d.device && !d.xattrs && !recorded.has(path)) return;
             recorded.add(path);
             // The inode it is for: a later layer that replaces the path must not inherit it (see owners.ts).
-            const ino = (() => {
+            // Folders are told by their type instead: a cached tree's copy (`cp -al`) links files but makes new folders.
+            const info = (() => {
               try {
-                return lstatSync(join(tree, path)).ino;
+                return lstatSync(join(tree, path));
               } catch {
                 return undefined;
               }
             })();
-            deferred.push({ ...d, path, layer: i, ...(ino !== undefined ? { ino } : {}) });
+            deferred.push({ ...d, path, layer: i, ...(info?.isDirectory() ? { dir: true } : info ? { ino: info.ino } : {}) });
           },
           onXattrs: (path, values) => batch.set(path, values),
           onDirectoryKept: (path, values) => batch.kept(path, values),
@@ -400,8 +401,7 @@ async function clearUndeclaredXattrs(root: string, dirs: readonly { path: string
   }
 }
 
-/** getfattr's escaping of a path: octal for bytes that are not plain printable ASCII, and for backslash. */
-
+/** The output in its format; an unprivileged run's records applied as it is built (see owners.ts). */
 async function writeOutput(tree: string, out: string, format: OutputFormat, onPhase: (phase: string) => void = () => undefined): Promise<number> {
   const entryDir = dirname(tree);
   const privileged = process.getuid?.() === 0;
@@ -412,9 +412,12 @@ async function writeOutput(tree: string, out: string, format: OutputFormat, onPh
       await run('cp', ['-a', '--reflink=auto', '--', `${tree}/.`, out]);
       if (!privileged) {
         // A folder cannot hold other users' files without root: what it should hold is written beside it.
-        const deferred = await readFile(join(entryDir, 'deferred.jsonl'), 'utf8').catch(() => '');
-        if (deferred !== '') {
-          await writeFile(`${out}.owners.jsonl`, deferred);
+        const deferred = await readDeferred(entryDir, tree);
+        await rm(`${out}.owners.jsonl`, { force: true });
+        if (deferred.size > 0) {
+          // One line per path, as it stands after every layer (the cache's inodes mean nothing beside a copy).
+          const lines = [...deferred.values()].map(({ ino: _ino, layer: _layer, dir: _dir, ...rest }) => JSON.stringify(rest));
+          await writeFile(`${out}.owners.jsonl`, lines.join('\n') + '\n', { mode: 0o600 });
           onPhase(`owners, devices and xattrs that need root are listed in ${out}.owners.jsonl (every other file is root's in the image)`);
         }
       }

@@ -22,9 +22,10 @@ import { run } from '../util/process.js';
  *
  * A later layer's entry at a recorded path is recorded too (root's as
  * well: see `reportRootOwners`), and the last layer's record wins. A record
- * also names the inode it was made for, and one whose path now holds
- * another inode is dropped. The cache's trees are hard-link copies, so
- * inodes survive from one chain to the next.
+ * also names the inode it was made for (a folder: that it was a folder),
+ * and one whose path now holds another is dropped. The cache's trees are
+ * hard-link copies, so files keep their inodes from one chain to the next;
+ * folders are made anew, hence matched by type.
  */
 
 export interface Deferred extends DeferredMetadata {
@@ -32,6 +33,8 @@ export interface Deferred extends DeferredMetadata {
   ino?: number;
   /** The layer (its index in the chain) that asked for it. */
   layer?: number;
+  /** Made for a folder (folders are matched by type: a cache copy gives them new inodes). */
+  dir?: boolean;
 }
 
 /** The records of a tree, last one per path winning, those for replaced inodes dropped. */
@@ -48,7 +51,7 @@ export async function readDeferred(entryDir: string, tree: string): Promise<Map<
     }
     const previous = out.get(record.path);
     // One entry's records (owner in one, xattrs in another) add up; a later layer's entry declares the path anew.
-    const same = previous && previous.ino === record.ino && previous.layer === record.layer;
+    const same = previous && previous.ino === record.ino && previous.dir === record.dir && previous.layer === record.layer;
     out.set(record.path, same ? { ...previous, ...record, ...(previous.xattrs || record.xattrs ? { xattrs: { ...previous.xattrs, ...record.xattrs } } : {}) } : record);
   }
   for (const [path, record] of out) {
@@ -59,7 +62,8 @@ export async function readDeferred(entryDir: string, tree: string): Promise<Map<
         return undefined;
       }
     })();
-    if (!now || (record.ino !== undefined && now.ino !== record.ino)) out.delete(path);
+    const stale = record.dir ? !now?.isDirectory() : record.ino !== undefined && now?.ino !== record.ino;
+    if (!now || stale) out.delete(path);
   }
   return out;
 }

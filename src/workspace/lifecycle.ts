@@ -4,7 +4,7 @@ import { readFile, readlink, realpath, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { InputError, UsageError, VmError } from '../util/errors.js';
-import { withLock } from '../util/lock.js';
+import { isAlive, withLock } from '../util/lock.js';
 import { prepareDisk } from './disk.js';
 import type { Env } from '../util/paths.js';
 import {
@@ -96,8 +96,8 @@ function supervisorEntry(): { file: string; args: string[] } {
   return { file: ts, args: ['--import', 'tsx'] };
 }
 
-/** Starts the detached supervisor of a workspace (it outlives this process). */
-export async function startSupervisor(dir: string, env?: Env): Promise<void> {
+/** Starts the detached supervisor of a workspace (it outlives this process); returns its pid. */
+export async function startSupervisor(dir: string, env?: Env): Promise<number | undefined> {
   const entry = supervisorEntry();
   // A stale run record from the previous boot must not be read as this boot's.
   await rm(join(dir, FILES.run), { force: true });
@@ -110,6 +110,7 @@ export async function startSupervisor(dir: string, env?: Env): Promise<void> {
       env: { ...process.env, ...(env ?? {}) },
     });
     child.unref();
+    return child.pid;
   } finally {
     closeSync(log);
   }
@@ -296,20 +297,21 @@ export async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOption
     record = await prepareDisk(ws.dir, record, { boot: true, ...(options.onPhase ? { warn: options.onPhase } : {}) });
     await writeRecord(ws.dir, { ...record, desired: 'running' });
     await refreshBootFiles(ws.dir, options.env);
-    await startSupervisor(ws.dir, options.env);
+    const pid = await startSupervisor(ws.dir, options.env);
     // Held until the new supervisor has written its run record: until then another starter (a second
     // `cs exec` on the stopped workspace) would read "nothing runs" and start a second supervisor,
     // whose start removes the first one's record.
-    await supervisorStarted(ws.dir);
+    await supervisorStarted(ws.dir, pid);
     return true;
   });
 }
 
-async function supervisorStarted(dir: string, timeoutMs = 30_000): Promise<void> {
+/** Until the supervisor `pid` wrote its run record, or died without one (waitUntil then says so), at most 10 s. */
+async function supervisorStarted(dir: string, pid: number | undefined, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
+  while (Date.now() < deadline && pid !== undefined && isAlive(pid)) {
     const run = await readRun(dir);
-    if (run && (supervisorAlive(run) || run.exit)) return;
+    if (run?.supervisorPid === pid) return;
     await new Promise((r) => setTimeout(r, 20));
   }
 }

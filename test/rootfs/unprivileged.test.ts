@@ -52,6 +52,7 @@ describe.runIf(isRoot)('unprivileged assembly applies owners, devices and xattrs
     }
     home = await makeHome('unpriv');
     await buildImage(home.store, 'localhost/unpriv/base:1', LAYERS);
+    await buildImage(home.store, 'localhost/unpriv/home:1', [[file('notes.txt', 'mine\n', { uid: 1000, gid: 1000 })]]);
     await mkdir(join(home.root, 'out'), { recursive: true });
     await execa('chown', ['-R', `${USER}:${USER}`, home.root]);
     await chmod(home.root, 0o755);
@@ -121,6 +122,15 @@ describe.runIf(isRoot)('unprivileged assembly applies owners, devices and xattrs
     expect(stats.get('srv/data')?.text).toMatch(/Mode:\s+04755/);
     const cap = await execa('debugfs', ['-R', 'ea_list "/bin-ping"', out]);
     expect(cap.stdout).toContain('security.capability');
+    // A home snapshot on the cached base: the base's tree is reused (a hard-link copy with new folders) and keeps its owners.
+    const withHome = join(home.root, 'out', 'home.ext4');
+    const again = await cs('rootfs', 'assemble', '--base', 'localhost/unpriv/base:1', '--home', 'localhost/unpriv/home:1', '--format', 'ext4', '-o', withHome);
+    expect(again.exitCode, again.stderr).toBe(0);
+    const owner = async (p: string) => /User:\s+(\d+)\s+Group:\s+(\d+)/.exec((await execa('debugfs', ['-R', `stat "/${p}"`, withHome])).stdout)?.slice(1).map(Number);
+    expect(await owner('srv')).toEqual([33, 33]);
+    expect(await owner('srv/data')).toEqual([33, 44]);
+    expect(await owner('home/owner/notes.txt')).toEqual([1000, 1000]);
+    expect(await owner('etc/replaced')).toEqual([0, 0]);
   }, 120_000);
 
   it('tar: headers carry them; a folder gets them in a file beside it', async () => {
