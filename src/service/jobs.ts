@@ -6,7 +6,7 @@ import { writeFileAtomic } from '../util/fs.js';
 import { acquireLock, withLock, type Lock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import { keyActive, serviceDir, type Principal } from './keys.js';
-import { Captured, execIn, inTarget } from './run.js';
+import { Captured, checkCommand, checkTimeout, checkWhere, execIn, inTarget } from './run.js';
 
 /**
  * Jobs of `cs serve`: commands queued to run now or at `run_at`, in one
@@ -125,18 +125,6 @@ export async function listJobs(env?: Env): Promise<Job[]> {
   return jobs.sort((a, b) => a.created_at.localeCompare(b.created_at));
 }
 
-function checkCommand(value: unknown, where: string): string | string[] {
-  if (typeof value === 'string' && value.trim() !== '') return value;
-  if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string')) return value as string[];
-  throw new UsageError(`${where} must be a non-empty string or an array of strings`);
-}
-
-function checkTimeout(value: unknown, where: string): number | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0 || value > 24 * 3_600_000) throw new UsageError(`${where} must be a positive whole number of milliseconds (at most a day)`);
-  return value;
-}
-
 /** A request body to a job, checked field by field. */
 export function checkJobRequest(body: unknown): { kind: Job['kind']; input: JobInput; runAt?: Date; idempotencyKey?: string } {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new UsageError('the body must be a JSON object');
@@ -145,30 +133,8 @@ export function checkJobRequest(body: unknown): { kind: Job['kind']; input: JobI
   if (kind !== 'sandbox.exec' && kind !== 'pipeline.run') throw new UsageError(`"kind" must be one of ${Object.keys(JOB_KINDS).join(', ')} (see GET /v1/jobs/kinds)`);
   const raw = b['input'];
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new UsageError('"input" must be an object');
+  const input: JobInput = checkWhere(raw as Record<string, unknown>, (field) => `input.${field}`);
   const i = raw as Record<string, unknown>;
-  const input: JobInput = {};
-  if (i['workspace'] !== undefined) {
-    if (typeof i['workspace'] !== 'string') throw new UsageError('input.workspace must be a string');
-    input.workspace = i['workspace'];
-  }
-  if (i['image'] !== undefined) {
-    if (typeof i['image'] !== 'string') throw new UsageError('input.image must be a string');
-    input.image = i['image'];
-  }
-  if (i['ephemeral'] === true) input.ephemeral = true;
-  if (input.workspace !== undefined && (input.image !== undefined || input.ephemeral)) throw new UsageError('give either input.workspace or input.ephemeral with input.image, not both');
-  if (input.workspace === undefined && !(input.ephemeral && input.image)) throw new UsageError('say where to run: input.workspace, or input.ephemeral: true with input.image');
-  if (i['cwd'] !== undefined) {
-    if (typeof i['cwd'] !== 'string') throw new UsageError('input.cwd must be a string');
-    input.cwd = i['cwd'];
-  }
-  if (i['env'] !== undefined) {
-    const env = i['env'];
-    if (typeof env !== 'object' || env === null || Array.isArray(env) || Object.entries(env).some(([k, v]) => !/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || typeof v !== 'string')) {
-      throw new UsageError('input.env must be an object of NAME: "value" strings');
-    }
-    input.env = env as Record<string, string>;
-  }
   if (kind === 'sandbox.exec') {
     input.command = checkCommand(i['command'], 'input.command');
     const t = checkTimeout(i['timeout_ms'], 'input.timeout_ms');

@@ -51,31 +51,51 @@ export async function ownedWorkspace(principal: Principal, id: string, env?: Env
   return { ref, record, id: displayName(ref, record.standalone) };
 }
 
+/** Where a request runs, and with what (`cwd`, `env`): checked alike for exec and jobs; `label` names a field in messages. */
+export function checkWhere(b: Record<string, unknown>, label: (field: string) => string): Pick<RunRequest, 'workspace' | 'ephemeral' | 'image' | 'cwd' | 'env'> {
+  const out: Pick<RunRequest, 'workspace' | 'ephemeral' | 'image' | 'cwd' | 'env'> = {};
+  for (const field of ['workspace', 'image', 'cwd'] as const) {
+    const value = b[field];
+    if (value === undefined) continue;
+    if (typeof value !== 'string') throw new UsageError(`${label(field)} must be a string`);
+    out[field] = value;
+  }
+  if (b['ephemeral'] === true) out.ephemeral = true;
+  if (out.workspace !== undefined && (out.image !== undefined || out.ephemeral)) {
+    throw new UsageError(`give either ${label('workspace')} or ${label('ephemeral')} with ${label('image')}, not both`);
+  }
+  if (out.workspace === undefined && !(out.ephemeral && out.image !== undefined)) {
+    throw new UsageError(`say where to run: ${label('workspace')}, or ${label('ephemeral')}: true with ${label('image')}`);
+  }
+  const env = b['env'];
+  if (env !== undefined) {
+    if (typeof env !== 'object' || env === null || Array.isArray(env) || Object.entries(env).some(([k, v]) => !/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || typeof v !== 'string')) {
+      throw new UsageError(`${label('env')} must be an object of NAME: "value" strings`);
+    }
+    out.env = env as Record<string, string>;
+  }
+  return out;
+}
+
+export function checkCommand(value: unknown, label: string): string | string[] {
+  if (typeof value === 'string' && value.trim() !== '') return value;
+  if (Array.isArray(value) && value.length > 0 && value.every((v) => typeof v === 'string')) return value as string[];
+  throw new UsageError(`${label} must be a non-empty string (run with /bin/sh -c) or an array of strings`);
+}
+
+export function checkTimeout(value: unknown, label: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0 || value > 24 * 3_600_000) throw new UsageError(`${label} must be a positive whole number of milliseconds (at most a day)`);
+  return value;
+}
+
 export function checkRunRequest(body: unknown): RunRequest {
   if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new UsageError('the body must be a JSON object');
   const b = body as Record<string, unknown>;
-  const command = b['command'];
-  if (!(typeof command === 'string' && command.trim() !== '') && !(Array.isArray(command) && command.length > 0 && command.every((c) => typeof c === 'string'))) {
-    throw new UsageError('"command" must be a non-empty string (run with /bin/sh -c) or an array of strings');
-  }
-  if (b['workspace'] !== undefined && typeof b['workspace'] !== 'string') throw new UsageError('"workspace" must be a string');
-  if (b['image'] !== undefined && typeof b['image'] !== 'string') throw new UsageError('"image" must be a string');
-  if (b['workspace'] !== undefined && (b['image'] !== undefined || b['ephemeral'] === true)) {
-    throw new UsageError('give either "workspace" or "ephemeral" with "image", not both');
-  }
-  if (b['workspace'] === undefined && !(b['ephemeral'] === true && typeof b['image'] === 'string')) {
-    throw new UsageError('say where to run: "workspace": NAME, or "ephemeral": true with "image": REF');
-  }
-  if (b['cwd'] !== undefined && typeof b['cwd'] !== 'string') throw new UsageError('"cwd" must be a string');
-  const env = b['env'];
-  if (env !== undefined && (typeof env !== 'object' || env === null || Array.isArray(env) || Object.entries(env).some(([k, v]) => !/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || typeof v !== 'string'))) {
-    throw new UsageError('"env" must be an object of NAME: "value" strings');
-  }
-  const timeout = b['timeout_ms'];
-  if (timeout !== undefined && (typeof timeout !== 'number' || !Number.isInteger(timeout) || timeout <= 0 || timeout > 24 * 3_600_000)) {
-    throw new UsageError('"timeout_ms" must be a positive whole number of milliseconds (at most a day)');
-  }
-  return b as unknown as RunRequest;
+  const command = checkCommand(b['command'], '"command"');
+  const where = checkWhere(b, (field) => `"${field}"`);
+  const timeout = checkTimeout(b['timeout_ms'], '"timeout_ms"');
+  return { ...where, command, ...(timeout ? { timeout_ms: timeout } : {}) };
 }
 
 /** Output kept for a JSON answer: up to `max` bytes per stream, then only counted. */

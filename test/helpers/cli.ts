@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { expect } from 'vitest';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BIN = join(ROOT, 'bin', 'run.js');
@@ -50,4 +51,20 @@ export function startCs(args: readonly string[], options: { env: Record<string, 
 export async function runCs(args: readonly string[], options: { env: Record<string, string | undefined>; input?: string; timeoutMs?: number }): Promise<Run> {
   const result = await startCs(args, options);
   return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr) };
+}
+
+/**
+ * `cs` for a test's home, whose environment is read at each call (tests set
+ * it in beforeAll): run it, run it expecting success (the output is in the
+ * failure), and run it with --json, parsed.
+ */
+export function csClient(env: () => Record<string, string>, timeoutMs = 300_000) {
+  const cs = (...args: string[]): Promise<Run> => runCs(args, { env: env(), timeoutMs });
+  const ok = async (...args: string[]): Promise<Run> => {
+    const result = await cs(...args);
+    expect(result.exitCode, `cs ${args.join(' ')}\n${result.stdout}\n${result.stderr}`).toBe(0);
+    return result;
+  };
+  const json = async <T,>(...args: string[]): Promise<T> => JSON.parse((await ok(...args, '--json')).stdout) as T;
+  return { cs, ok, json };
 }

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ensureBuilt, runCs, startCs, type Run } from '../helpers/cli.js';
+import { csClient, ensureBuilt, runCs, startCs, type Run } from '../helpers/cli.js';
 import { importTinyImage, vmHome } from '../helpers/vm.js';
 
 interface Info {
@@ -36,13 +36,7 @@ describe('persistent workspaces', () => {
   let env: Record<string, string>;
   let image: string;
   let work: string;
-  const cs = (...args: string[]): Promise<Run> => runCs(args, { env, timeoutMs: 300_000 });
-  const ok = async (...args: string[]): Promise<Run> => {
-    const result = await cs(...args);
-    expect(result.exitCode, `cs ${args.join(' ')}\n${result.stdout}\n${result.stderr}`).toBe(0);
-    return result;
-  };
-  const json = async <T,>(...args: string[]): Promise<T> => JSON.parse((await ok(...args, '--json')).stdout) as T;
+  const { cs, ok, json } = csClient(() => env);
   const sh = (name: string, command: string): Promise<Run> => cs('exec', '--workspace', name, '--', 'sh', '-c', command);
   /** A command's output (runCs strips the last newline). */
   const out = async (name: string, command: string): Promise<string> => {

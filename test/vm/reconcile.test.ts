@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { importDirectory } from '../../src/snapshot/import-dir.js';
-import { ensureBuilt, runCs, startCs, type Run } from '../helpers/cli.js';
+import { csClient, ensureBuilt, runCs, startCs, type Run } from '../helpers/cli.js';
 import { buildTinyRoot, vmHome } from '../helpers/vm.js';
 
 interface Sync {
@@ -91,13 +91,7 @@ describe('reconcile: cs apply, cs diff, cs reconcile', () => {
   let file: string;
   let v1: string;
   let v2: string;
-  const cs = (...args: string[]): Promise<Run> => runCs(args, { env, timeoutMs: 300_000 });
-  const ok = async (...args: string[]): Promise<Run> => {
-    const result = await cs(...args);
-    expect(result.exitCode, `cs ${args.join(' ')}\n${result.stdout}\n${result.stderr}`).toBe(0);
-    return result;
-  };
-  const json = async <T,>(...args: string[]): Promise<T> => JSON.parse((await ok(...args, '--json')).stdout) as T;
+  const { cs, ok, json } = csClient(() => env);
   const out = async (target: string, command: string, user = 'owner'): Promise<string> => {
     const result = await cs('exec', '-W', target, '--user', user, '--', 'sh', '-c', command);
     expect(result.exitCode, `${command}\n${result.stderr}`).toBe(0);
