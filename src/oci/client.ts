@@ -4,6 +4,8 @@ import { hostOf, isLoopbackHost, resolvesToPrivate } from './address.js';
 import { parseChallenges, type Challenge } from './challenge.js';
 import type { Credential } from './credentials.js';
 import { digestOf, parseDigest } from './digest.js';
+import { getLean } from './http-lean.js';
+import { readBody, send, type HttpResponse, type Transport } from './http.js';
 import { MAX_MANIFEST_BYTES, type Descriptor } from './manifest.js';
 import { isManifestType, MANIFEST_ACCEPT } from './media-types.js';
 
@@ -11,7 +13,7 @@ import { isManifestType, MANIFEST_ACCEPT } from './media-types.js';
  * A client for the OCI distribution API
  * (https://github.com/opencontainers/distribution-spec/blob/main/spec.md),
  * written here because no maintained TypeScript client exists. It speaks
- * HTTP with Node's fetch and owns the rules that make a client trustworthy:
+ * HTTP through ./http.ts (node:http) and owns the rules that make a client trustworthy:
  *
  * - authentication by challenge: Basic, or Bearer tokens fetched per scope,
  *   cached until they expire and refreshed on a 401;
@@ -33,6 +35,8 @@ export interface RegistryClientOptions {
   userAgent?: string;
   /** Per-request timeout for headers, in ms (default 30 s). */
   timeoutMs?: number;
+  /** How requests are sent (default: node:http, and the lean transport for long blob bodies). */
+  transport?: Transport;
 }
 
 export interface FetchedManifest {
@@ -56,10 +60,14 @@ interface RequestOptions {
   ok: readonly number[];
   /** Follow redirects (GET/HEAD of blobs and manifests). */
   follow?: boolean;
+  /** A long body, read through ./http-lean.ts (GET only). */
+  lean?: boolean;
   what: string;
 }
 
 const MAX_REDIRECTS = 5;
+/** Blob bodies at least this long are read through the lean transport. */
+const LEAN_MIN_BYTES = 1024 * 1024;
 const TOKEN_MAX_BYTES = 1024 * 1024;
 
 export class RegistryClient {
@@ -84,7 +92,7 @@ export class RegistryClient {
 
   /** `GET /v2/`: is this a registry, and may we talk to it? */
   async ping(): Promise<void> {
-    await this.request('/v2/', { scopes: [], ok: [200], what: `registry ${this.registry}` });
+    (await this.request('/v2/', { scopes: [], ok: [200], what: `registry ${this.registry}` })).discard();
   }
 
   async getManifest(repository: string, reference: string): Promise<FetchedManifest> {
@@ -96,19 +104,19 @@ export class RegistryClient {
       follow: true,
       what,
     });
-    const declared = Number(response.headers.get('content-length') ?? NaN);
+    const declared = Number(response.header('content-length') ?? NaN);
     if (declared > MAX_MANIFEST_BYTES) {
-      await response.body?.cancel();
+      response.discard();
       throw new RegistryError(`${what}: manifest is ${declared} bytes, more than the ${MAX_MANIFEST_BYTES}-byte limit`, { code: 'MANIFEST_TOO_BIG' });
     }
     const bytes = await readCapped(response, MAX_MANIFEST_BYTES, what);
-    const mediaType = manifestMediaType(response.headers.get('content-type'), bytes);
+    const mediaType = manifestMediaType(response.header('content-type'), bytes);
     const wanted = parseDigest(reference);
     const digest = digestOf(bytes, wanted?.algorithm ?? 'sha256');
     if (wanted && digest !== reference) {
       throw new RegistryError(`${what}: the registry sent bytes whose digest is ${digest}`, { code: 'DIGEST_MISMATCH' });
     }
-    const header = response.headers.get('docker-content-digest');
+    const header = response.header('docker-content-digest');
     if (!wanted && header && parseDigest(header)?.algorithm === 'sha256' && header !== digest) {
       throw new RegistryError(`${what}: Docker-Content-Digest says ${header} but the bytes hash to ${digest}`, { code: 'DIGEST_MISMATCH' });
     }
@@ -125,9 +133,10 @@ export class RegistryClient {
       follow: true,
       what: `manifest ${repository}:${reference}`,
     });
+    response.discard();
     if (response.status === 404) return undefined;
-    const digest = response.headers.get('docker-content-digest') ?? '';
-    return { digest, size: Number(response.headers.get('content-length') ?? 0), mediaType: response.headers.get('content-type') ?? '' };
+    const digest = response.header('docker-content-digest') ?? '';
+    return { digest, size: Number(response.header('content-length') ?? 0), mediaType: response.header('content-type') ?? '' };
   }
 
   async hasBlob(repository: string, digest: string): Promise<boolean> {
@@ -138,6 +147,7 @@ export class RegistryClient {
       follow: true,
       what: `blob ${digest}`,
     });
+    response.discard();
     return response.status === 200;
   }
 
@@ -150,8 +160,12 @@ export class RegistryClient {
     return Readable.from(this.blobChunks(repository, descriptor, options), { objectMode: false });
   }
 
-  /** The same bytes as blobStream, as plain chunks (no stream machinery in between). */
-  blobChunks(repository: string, descriptor: Pick<Descriptor, 'digest' | 'size'>, options: { retries?: number } = {}): AsyncGenerator<Uint8Array> {
+  /**
+   * The same bytes as blobStream, as plain chunks (no stream machinery in
+   * between). With `borrowed`, a long blob comes through the lean transport
+   * and each chunk is valid only until the next one is asked for.
+   */
+  blobChunks(repository: string, descriptor: Pick<Descriptor, 'digest' | 'size'>, options: { retries?: number; borrowed?: boolean } = {}): AsyncGenerator<Uint8Array> {
     const retries = options.retries ?? 3;
     const self = this;
     async function* chunks(): AsyncGenerator<Uint8Array> {
@@ -164,26 +178,26 @@ export class RegistryClient {
           scopes: [`repository:${repository}:pull`],
           ok: [200, 206],
           follow: true,
+          lean: options.borrowed === true && descriptor.size - offset >= LEAN_MIN_BYTES,
           what: `blob ${descriptor.digest}`,
         });
         if (offset > 0 && response.status !== 206) {
-          await response.body?.cancel();
+          response.discard();
           throw new RegistryError(`blob ${descriptor.digest}: the connection dropped and the registry cannot resume (no Range support)`, { code: 'NO_RESUME' });
         }
         // A 206 for another range than the one asked for would splice the wrong bytes in.
-        const range = response.status === 206 ? /^bytes (\d+)-/.exec(response.headers.get('content-range') ?? '') : null;
+        const range = response.status === 206 ? /^bytes (\d+)-/.exec(response.header('content-range') ?? '') : null;
         if (range && Number(range[1]) !== offset) {
-          await response.body?.cancel();
+          response.discard();
           throw new RegistryError(`blob ${descriptor.digest}: asked to resume at byte ${offset}, the registry answered from byte ${range[1]}`, { code: 'NO_RESUME' });
         }
-        const length = response.headers.get('content-length');
+        const length = response.header('content-length');
         if (length !== null && Number(length) !== descriptor.size - offset) {
-          await response.body?.cancel();
+          response.discard();
           throw new RegistryError(`blob ${descriptor.digest}: Content-Length is ${length}, expected ${descriptor.size - offset}`, { code: 'SIZE_MISMATCH' });
         }
-        if (!response.body) throw new RegistryError(`blob ${descriptor.digest}: empty response`);
         try {
-          for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
+          for await (const chunk of response.body) {
             offset += chunk.length;
             if (offset > descriptor.size) throw new RegistryError(`blob ${descriptor.digest}: registry sent more than ${descriptor.size} bytes`, { code: 'SIZE_MISMATCH' });
             yield chunk;
@@ -213,9 +227,9 @@ export class RegistryClient {
       ok: [201, 202],
       what: `mount of ${digest} from ${from}`,
     });
-    await response.body?.cancel();
+    response.discard();
     if (response.status === 201) return { mounted: true };
-    const location = response.headers.get('location');
+    const location = response.header('location');
     return { mounted: false, location: location ? await this.checkLocation(location) : undefined };
   }
 
@@ -228,8 +242,8 @@ export class RegistryClient {
       ok: [202],
       what: `upload to ${repository}`,
     });
-    await response.body?.cancel();
-    const location = response.headers.get('location');
+    response.discard();
+    const location = response.header('location');
     if (!location) throw new RegistryError(`upload to ${this.registry}/${repository}: registry gave no upload location`);
     return this.checkLocation(location);
   }
@@ -258,8 +272,8 @@ export class RegistryClient {
           ok: [202],
           what: `upload of ${descriptor.digest} (bytes ${start}-${end})`,
         });
-        await response.body?.cancel();
-        const next = response.headers.get('location');
+        response.discard();
+        const next = response.header('location');
         if (next) location = await this.checkLocation(next);
         options.onProgress?.(end + 1);
       }
@@ -270,7 +284,7 @@ export class RegistryClient {
         ok: [201],
         what: `upload of ${descriptor.digest}`,
       });
-      await done.body?.cancel();
+      done.discard();
       return;
     }
     const response = await this.request(withDigest(location, descriptor.digest), {
@@ -281,7 +295,7 @@ export class RegistryClient {
       ok: [201],
       what: `upload of ${descriptor.digest}`,
     });
-    await response.body?.cancel();
+    response.discard();
     options.onProgress?.(descriptor.size);
   }
 
@@ -294,8 +308,8 @@ export class RegistryClient {
       ok: [201],
       what: `manifest ${repository}:${reference}`,
     });
-    await response.body?.cancel();
-    return response.headers.get('docker-content-digest') ?? digestOf(bytes);
+    response.discard();
+    return response.header('docker-content-digest') ?? digestOf(bytes);
   }
 
   async listTags(repository: string): Promise<string[]> {
@@ -320,7 +334,7 @@ export class RegistryClient {
   }
 
   /** One request with authentication, redirects and error mapping. */
-  private async request(pathOrUrl: string, options: RequestOptions): Promise<Response> {
+  private async request(pathOrUrl: string, options: RequestOptions): Promise<HttpResponse> {
     const origin = new URL(this.baseUrl);
     let url = new URL(pathOrUrl, this.baseUrl);
     let retriedAuth = false;
@@ -334,43 +348,32 @@ export class RegistryClient {
         const auth = await this.authorization(options.scopes);
         if (auth) headers['Authorization'] = auth;
       }
-      let response: Response;
-      // The timeout is for the response headers: an AbortSignal.timeout
-      // passed to fetch also aborts the body, which cut every blob download
-      // longer than timeoutMs. A stalled body is ended by undici's own
-      // bodyTimeout (5 minutes without data). While an upload's body is
-      // being sent, the clock restarts with every chunk (the headers only
-      // come after the whole body).
-      const controller = new AbortController();
-      const timer = setTimeout(() => controller.abort(new DOMException('The operation timed out', 'TimeoutError')), this.options.timeoutMs ?? 30_000);
+      let response: HttpResponse;
+      // The timeout is for the response headers, restarted by every chunk of
+      // an upload's body (the headers only come after the whole body); a
+      // stalled download body is ended by the connection's idle timeout.
       try {
-        const body = options.body instanceof Readable ? (Readable.toWeb(options.body) as unknown as ReadableStream) : options.body;
-        // After toWeb, which pauses the stream: this listener does not start it flowing.
-        if (options.body instanceof Readable) options.body.on('data', () => timer.refresh());
-        response = await fetch(url, {
+        response = await this.exchange(url, {
           method: options.method ?? 'GET',
           headers,
-          redirect: 'manual',
-          signal: controller.signal,
-          ...(body === undefined ? {} : { body, duplex: 'half' }),
-        } as RequestInit);
+          body: options.body,
+          lean: options.lean === true && options.method === undefined && options.body === undefined,
+        });
       } catch (error) {
         throw wrapNetwork(error, options.what, this.registry);
-      } finally {
-        clearTimeout(timer);
       }
-      if (response.status >= 300 && response.status < 400 && response.headers.get('location') && options.follow) {
-        await response.body?.cancel();
+      if (response.status >= 300 && response.status < 400 && response.header('location') && options.follow) {
+        response.discard();
         if (++redirects > MAX_REDIRECTS) throw new RegistryError(`${options.what}: too many redirects`);
-        const next = new URL(response.headers.get('location') ?? '', url);
+        const next = new URL(response.header('location') ?? '', url);
         if (next.protocol !== 'https:' && next.protocol !== 'http:') throw new RegistryError(`${options.what}: redirect to unsupported scheme ${next.protocol}`);
         url = next; // credentials are attached above only when the host is the registry's own
         continue;
       }
       if (response.status === 401 && sameHost && !retriedAuth) {
         retriedAuth = true;
-        const challenges = parseChallenges(response.headers.get('www-authenticate'));
-        await response.body?.cancel();
+        const challenges = parseChallenges(response.header('www-authenticate'));
+        response.discard();
         const usable = challenges.find((c) => c.scheme === 'bearer') ?? challenges.find((c) => c.scheme === 'basic');
         if (usable) {
           this.challenge = usable;
@@ -388,6 +391,12 @@ export class RegistryClient {
       if (!options.ok.includes(response.status)) throw await this.httpError(response, options);
       return response;
     }
+  }
+
+  private exchange(url: URL, init: Omit<Parameters<Transport>[1], 'headersTimeoutMs'>): Promise<HttpResponse> {
+    const full = { ...init, headersTimeoutMs: this.options.timeoutMs ?? 30_000 };
+    if (this.options.transport) return this.options.transport(url, full);
+    return full.lean ? getLean(url, full) : send(url, full);
   }
 
   /** The Authorization header for these scopes, fetching a token when the registry uses Bearer. */
@@ -427,12 +436,16 @@ export class RegistryClient {
     }
     const service = challenge.params['service'];
     const allScopes = [...new Set([...scopes, ...(challenge.params['scope'] ? challenge.params['scope'].split(' ') : [])])];
-    let response: Response;
+    let response: HttpResponse;
     try {
       if (credential?.identityToken) {
         const form = new URLSearchParams({ grant_type: 'refresh_token', refresh_token: credential.identityToken, client_id: 'cs', ...(service ? { service } : {}) });
         if (allScopes.length > 0) form.set('scope', allScopes.join(' '));
-        response = await fetch(url, { method: 'POST', body: form, redirect: 'error', signal: AbortSignal.timeout(this.options.timeoutMs ?? 30_000) });
+        response = await this.exchange(url, {
+          method: 'POST',
+          headers: { 'User-Agent': this.options.userAgent ?? 'cs', 'Content-Type': 'application/x-www-form-urlencoded' },
+          body: Buffer.from(form.toString()),
+        });
       } else {
         if (service) url.searchParams.set('service', service);
         for (const scope of allScopes) url.searchParams.append('scope', scope);
@@ -441,20 +454,20 @@ export class RegistryClient {
           url.searchParams.set('account', credential.username);
           headers['Authorization'] = `Basic ${Buffer.from(`${credential.username}:${credential.password}`).toString('base64')}`;
         }
-        response = await fetch(url, { headers, redirect: 'error', signal: AbortSignal.timeout(this.options.timeoutMs ?? 30_000) });
+        response = await this.exchange(url, { method: 'GET', headers });
       }
     } catch (error) {
       throw wrapNetwork(error, `token for ${this.registry}`, url.host);
     }
     if (response.status === 401 || response.status === 403) {
-      await response.body?.cancel();
+      response.discard();
       throw new RegistryError(`authentication to ${this.registry} failed: the token service refused ${credential ? 'the stored credentials' : 'anonymous access'}`, {
         code: 'UNAUTHORIZED',
         suggestions: [`run \`cs login ${this.options.registry}\``],
       });
     }
     if (response.status !== 200) {
-      await response.body?.cancel();
+      response.discard();
       throw new RegistryError(`token service for ${this.registry} answered HTTP ${response.status}`);
     }
     let body: { token?: unknown; access_token?: unknown; expires_in?: unknown };
@@ -471,7 +484,7 @@ export class RegistryClient {
     return { token, expiresAt: Date.now() + Math.max(1, lifetime - 10) * 1000 };
   }
 
-  private async httpError(response: Response, options: RequestOptions): Promise<RegistryError> {
+  private async httpError(response: HttpResponse, options: RequestOptions): Promise<RegistryError> {
     let detail = '';
     try {
       const text = (await readCapped(response, 64 * 1024, options.what)).toString('utf8');
@@ -524,19 +537,8 @@ function manifestMediaType(contentType: string | null, bytes: Buffer): string {
 }
 
 /** Read a response body whole, failing past `max` bytes. */
-export async function readCapped(response: Response, max: number, what: string): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  let total = 0;
-  if (!response.body) return Buffer.alloc(0);
-  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-    total += chunk.length;
-    if (total > max) {
-      await response.body.cancel().catch(() => undefined);
-      throw new RegistryError(`${what}: response is larger than ${max} bytes`, { code: 'TOO_BIG' });
-    }
-    chunks.push(Buffer.from(chunk));
-  }
-  return Buffer.concat(chunks);
+export function readCapped(response: HttpResponse, max: number, what: string): Promise<Buffer> {
+  return readBody(response, max, () => new RegistryError(`${what}: response is larger than ${max} bytes`, { code: 'TOO_BIG' }));
 }
 
 function wrapNetwork(error: unknown, what: string, registry: string): RegistryError {
@@ -548,7 +550,7 @@ function wrapNetwork(error: unknown, what: string, registry: string): RegistryEr
     name === 'TimeoutError' ? 'timed out'
       : code === 'ECONNREFUSED' ? 'connection refused'
         : code === 'ENOTFOUND' || code === 'EAI_AGAIN' ? 'host not found'
-          : code === 'ECONNRESET' || code === 'UND_ERR_SOCKET' ? 'connection reset'
+          : code === 'ECONNRESET' || code === 'EPIPE' ? 'connection reset'
             : cause?.message ?? (error as Error).message ?? 'network error';
   return new RegistryError(`${what}: cannot reach ${registry}: ${why}`, { code: 'NETWORK', cause: error });
 }

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, createReadStream, fsync, openSync, write } from 'node:fs';
+import { closeSync, createReadStream, fdatasync, fsync, openSync, write } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -341,6 +341,10 @@ export class ContentStore {
   }
 }
 
+function tooMany(expected: Pick<Descriptor, 'digest' | 'size'>): RegistryError {
+  return new RegistryError(`blob ${expected.digest}: received more than the expected ${expected.size} bytes`, { code: 'SIZE_MISMATCH' });
+}
+
 function verify(expected: Pick<Descriptor, 'digest' | 'size'>, bytes: number, digest: string): void {
   if (bytes !== expected.size) {
     throw new RegistryError(`blob ${expected.digest}: received ${bytes} bytes, expected ${expected.size}`, { code: 'SIZE_MISMATCH' });
@@ -353,8 +357,8 @@ function verify(expected: Pick<Descriptor, 'digest' | 'size'>, bytes: number, di
 /**
  * Stream `source` into a new file `temp`, counting and hashing as it goes,
  * and flush it to disk. A plain loop, not a pipeline of streams: chunks are
- * gathered into writes of WRITE_BATCH bytes (network chunks are tens of KiB)
- * and written at their offsets by the thread pool, a few in flight at once,
+ * copied into reused buffers of WRITE_BATCH bytes (network chunks are tens
+ * of KiB) written at their offsets by the thread pool, a few in flight at once,
  * so copying into the page cache overlaps the download. With `expected`, a
  * source that sends more than its size fails as soon as it does. The caller
  * removes `temp` on failure.
@@ -370,18 +374,37 @@ async function spool(
   const pending = new Set<Promise<void>>();
   let writeError: unknown;
   let bytes = 0;
-  let batch: Uint8Array[] = [];
+  let batch: Buffer | undefined;
   let batchBytes = 0;
   let written = 0;
+  let unflushed = 0;
+  let flushing: Promise<void> | undefined;
   const flush = async (): Promise<void> => {
-    if (batchBytes === 0) return;
-    const data = batch.length === 1 ? (batch[0] as Uint8Array) : Buffer.concat(batch, batchBytes);
+    if (!batch || batchBytes === 0) return;
+    const buffer = batch;
+    const data = buffer.subarray(0, batchBytes);
     const position = written;
     written += batchBytes;
-    batch = [];
+    batch = undefined;
     batchBytes = 0;
     const done: Promise<void> = writeAt(fd, data, position).then(
-      () => void pending.delete(done),
+      () => {
+        pending.delete(done);
+        if (spareBatches.length < MAX_PENDING_WRITES * 2) spareBatches.push(buffer);
+        unflushed += data.length;
+        if (unflushed >= EARLY_FLUSH_BYTES && !flushing) {
+          // Start writing to disk what has arrived so far, while the rest downloads, so that
+          // the final fsync does not have the whole blob to write at once. Not awaited here.
+          unflushed = 0;
+          flushing = fdatasyncFd(fd).then(
+            () => void (flushing = undefined),
+            (error: unknown) => {
+              writeError ??= error;
+              flushing = undefined;
+            },
+          );
+        }
+      },
       (error: unknown) => {
         writeError ??= error;
         pending.delete(done);
@@ -395,21 +418,27 @@ async function spool(
     for await (const chunk of source) {
       bytes += chunk.length;
       const { expected } = options;
-      if (expected && bytes > expected.size) {
-        throw new RegistryError(`blob ${expected.digest}: received more than the expected ${expected.size} bytes`, { code: 'SIZE_MISMATCH' });
-      }
+      if (expected && bytes > expected.size) throw tooMany(expected);
       hash.update(chunk);
-      batch.push(chunk);
-      batchBytes += chunk.length;
-      if (batchBytes >= WRITE_BATCH) await flush();
+      // Copied at once: a source's chunks may be borrowed (valid only until the next is asked for).
+      for (let at = 0; at < chunk.length; ) {
+        batch ??= spareBatches.pop() ?? Buffer.allocUnsafeSlow(WRITE_BATCH);
+        const room = Math.min(WRITE_BATCH - batchBytes, chunk.length - at);
+        batch.set(chunk.subarray(at, at + room), batchBytes);
+        batchBytes += room;
+        at += room;
+        if (batchBytes === WRITE_BATCH) await flush();
+      }
       options.onProgress?.(bytes);
     }
     await flush();
     await Promise.all(pending);
+    await flushing;
     if (writeError) throw writeError;
     await fsyncFd(fd);
   } finally {
     await Promise.allSettled(pending);
+    await flushing;
     closeSync(fd);
   }
   return { bytes, digest: `${algorithm}:${hash.digest('hex')}` };
@@ -417,18 +446,26 @@ async function spool(
 
 /** Writes of one blob in flight at once (each holds its chunk until written). */
 const MAX_PENDING_WRITES = 8;
+/** Written bytes after which a blob's file is flushed in the background (see spool). */
+const EARLY_FLUSH_BYTES = 16 * 1024 * 1024;
 /** Bytes gathered into one write. */
 const WRITE_BATCH = 1024 * 1024;
+/** Write buffers kept for the next blob: fresh memory is slow to first touch (see ./http-lean.ts). */
+const spareBatches: Buffer[] = [];
 
-/** Write all of `chunk` at `position` (the thread pool does the copy). */
-async function writeAt(fd: number, chunk: Uint8Array, position: number): Promise<void> {
+/** Write all of `data` at `position` (the thread pool does the copy into the page cache). */
+async function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
   let offset = 0;
-  while (offset < chunk.length) {
+  while (offset < data.length) {
     const written = await new Promise<number>((resolve, reject) =>
-      write(fd, chunk, offset, chunk.length - offset, position + offset, (error, n) => (error ? reject(error) : resolve(n))),
+      write(fd, data, offset, data.length - offset, position + offset, (error, n) => (error ? reject(error) : resolve(n))),
     );
     offset += written;
   }
+}
+
+function fdatasyncFd(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fdatasync(fd, (error) => (error ? reject(error) : resolve())));
 }
 
 function fsyncFd(fd: number): Promise<void> {

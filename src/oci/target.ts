@@ -15,7 +15,11 @@ import type { ContentStore } from './store.js';
 export interface BlobSource {
   /** The blob's bytes from `start` to `end` inclusive (default: all). */
   open(start?: number, end?: number): Readable;
-  /** All the blob's bytes as plain chunks, where that is cheaper than a stream. */
+  /**
+   * All the blob's bytes as plain chunks, where that is cheaper than a
+   * stream. The chunks are borrowed: each is valid only until the next one
+   * is asked for (the store copies what it keeps).
+   */
   chunks?(): AsyncIterable<Uint8Array>;
 }
 
@@ -115,7 +119,7 @@ export class RepositoryTarget implements ReadableTarget, WritableTarget {
         if (start !== 0) throw new Error('ranged reads of remote blobs are not supported');
         return this.client.blobStream(this.repository, descriptor);
       },
-      chunks: () => this.client.blobChunks(this.repository, descriptor),
+      chunks: () => this.client.blobChunks(this.repository, descriptor, { borrowed: true }),
     };
   }
 

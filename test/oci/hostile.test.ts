@@ -9,7 +9,7 @@
  *
  * Rules that only apply to registries off loopback (private token realms,
  * scheme downgrades) cannot be exercised end to end here; they are tested
- * against the client with fetch stubbed, so no request leaves the process.
+ * against the client with its transport stubbed, so no request leaves the process.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
@@ -18,12 +18,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { RegistryClient } from '../../src/oci/client.js';
+import type { HttpResponse, Transport } from '../../src/oci/http.js';
 import { saveCredential } from '../../src/oci/credentials.js';
 import { pullImage } from '../../src/oci/image.js';
 import { RegistryError } from '../../src/util/errors.js';
 import {
+  makeImage,
   manifestJson,
   OCI_MANIFEST,
   rawResponse,
@@ -40,6 +42,8 @@ let env: Record<string, string | undefined>;
 let server: HostileRegistry;
 let ref: string;
 const extraServers: HostileRegistry[] = [];
+/** The test image's layer size; the hostile pulls run once per transport (see the describe.each below). */
+let layerSize = 64 * 1024;
 
 beforeEach(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'cs-hostile-'));
@@ -53,7 +57,7 @@ beforeEach(async () => {
     XDG_CONFIG_HOME: join(tmp, 'xdg'),
     XDG_RUNTIME_DIR: '',
   };
-  server = await startHostileRegistry();
+  server = await startHostileRegistry({ image: makeImage(layerSize) });
   ref = `${server.host}/evil/img:v1`;
 });
 
@@ -117,7 +121,20 @@ function onLayer(respond: (res: ServerResponse, range: string | undefined) => vo
   };
 }
 
-describe('pull from a hostile registry', () => {
+// A layer of 64 KiB comes through node:http; one of 3 MiB through the lean
+// transport (client.ts sends blob bodies of 1 MiB or more there), whose
+// HTTP framing is cs's own: every hostile case runs against both.
+describe.each([
+  ['node:http', 64 * 1024],
+  ['the lean transport', 3 * 1024 * 1024],
+])('pull from a hostile registry, through %s', (_transport, size) => {
+  beforeAll(() => {
+    layerSize = size;
+  });
+  afterAll(() => {
+    layerSize = 64 * 1024;
+  });
+
   it('refuses a layer whose bytes do not match its digest', async () => {
     const evil = randomBytes(server.image.layer.bytes.length);
     onLayer((res) => {
@@ -145,6 +162,43 @@ describe('pull from a hostile registry', () => {
       res.end(extra);
     });
     await expectRefused(/registry sent more than \d+ bytes/, { bad: [Buffer.concat([server.image.layer.bytes, extra])] });
+  });
+
+  /** A chunked encoding of `bytes`, cut into pieces of odd sizes, one with a chunk extension. */
+  function chunked(bytes: Buffer): Buffer {
+    const parts: Buffer[] = [];
+    const sizes = [1, 1000, 77_777];
+    for (let at = 0, i = 0; at < bytes.length; i++) {
+      const piece = bytes.subarray(at, at + (sizes[i % sizes.length] as number));
+      at += piece.length;
+      parts.push(Buffer.from(`${piece.length.toString(16)}${i === 1 ? ';name=value' : ''}\r\n`, 'latin1'), piece, Buffer.from('\r\n'));
+    }
+    parts.push(Buffer.from('0\r\n\r\n'));
+    return Buffer.concat(parts);
+  }
+
+  it('pulls a layer sent chunked in pieces of odd sizes, after an interim 103 response', async () => {
+    const layer = server.image.layer.bytes;
+    onLayer((res) => {
+      const head = 'HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n';
+      res.socket?.end(Buffer.concat([Buffer.from(head, 'latin1'), chunked(layer)]));
+    });
+    const result = await pullImage({ reference: ref, env });
+    expect(result.digest).toBe(server.image.manifest.digest);
+    expect((await storeState()).blobs).toContain(server.image.layer.digest.slice('sha256:'.length));
+  });
+
+  it.each([
+    ['a status line that is not HTTP', () => Buffer.from('HTTP/9 200 OK\r\nContent-Length: 5\r\n\r\nhello', 'latin1')],
+    ['a response head of 100 KiB', () => Buffer.from(`HTTP/1.1 200 OK\r\nX-Pad: ${'a'.repeat(100 * 1024)}\r\nContent-Length: 5\r\n\r\nhello`, 'latin1')],
+    ['a chunk size that is not hexadecimal', () => Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n', 'latin1')],
+    ['two different Content-Lengths', () => Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!', 'latin1')],
+    ['a chunk longer than its size says', () => Buffer.from('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhello\r\n0\r\n\r\n', 'latin1')],
+  ])('refuses a layer response with %s', async (_name, bytes) => {
+    onLayer((res) => void res.socket?.end(bytes()));
+    const error = await expectRefused(/blob sha256:[0-9a-f]{64}: /);
+    // Framing errors are network errors, retried; a retry that cannot resume (the same bytes again) is refused as such.
+    expect(error.code).toMatch(/^(NETWORK|SIZE_MISMATCH|NO_RESUME)$/);
   });
 
   it.each([['with'], ['without']])('refuses a manifest over 4 MiB (%s Content-Length)', async (mode) => {
@@ -351,12 +405,13 @@ describe('pull from a hostile registry', () => {
     const layer = server.image.layer;
     server.handler = async (_req, res, route) => {
       if (route.kind !== 'blob' || route.digest !== layer.digest) return false;
-      await serveSlowly(res, layer.bytes, { chunk: 8 * 1024, pauseMs: 60 });
+      await serveSlowly(res, layer.bytes, { chunk: Math.max(8 * 1024, layer.bytes.length / 8), pauseMs: 60 });
       return true;
     };
     const client = new RegistryClient({ registry: server.host, timeoutMs: 250 });
     const chunks: Buffer[] = [];
-    for await (const chunk of client.blobStream('evil/img', { digest: layer.digest, size: layer.bytes.length })) chunks.push(chunk as Buffer);
+    // Borrowed chunks (valid until the next is asked for) are copied.
+    for await (const chunk of client.blobChunks('evil/img', { digest: layer.digest, size: layer.bytes.length }, { borrowed: true })) chunks.push(Buffer.from(chunk));
     expect(Buffer.concat(chunks).equals(layer.bytes)).toBe(true);
     expect(server.requests.filter((r) => r.headers.range !== undefined)).toEqual([]);
   });
@@ -418,29 +473,42 @@ describe('pull from a hostile registry', () => {
   });
 });
 
-describe('client rules for a registry off loopback (fetch stubbed: no request leaves the process)', () => {
+describe('client rules for a registry off loopback (transport stubbed: no request leaves the process)', () => {
+  // The hosts here (a public registry, token services on public and private
+  // addresses) cannot be reached from a test machine, and must not be: the
+  // client gets a transport that records every request and answers it.
   interface Call {
     url: string;
     headers: Record<string, string>;
   }
   let calls: Call[];
+  let transport: Transport;
 
-  /** Stub fetch with `answer`; every call is recorded. */
-  function stubFetch(answer: (url: URL, headers: Record<string, string>) => Response): void {
+  /** A canned answer to one request. */
+  function reply(status: number, headers: Record<string, string> = {}, body: Buffer = Buffer.alloc(0)): HttpResponse {
+    const lower = new Map(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+    return {
+      status,
+      header: (name) => lower.get(name.toLowerCase()) ?? null,
+      body: (async function* () {
+        if (body.length > 0) yield body;
+      })(),
+      discard: () => undefined,
+    };
+  }
+  const json = (value: unknown): HttpResponse => reply(200, { 'Content-Type': 'application/json' }, Buffer.from(JSON.stringify(value)));
+
+  /** Answer every request with `answer`; every call is recorded. */
+  function stubTransport(answer: (url: URL, headers: Record<string, string>) => HttpResponse): void {
     calls = [];
-    vi.stubGlobal('fetch', async (input: URL | string, init: RequestInit = {}) => {
-      const url = new URL(String(input));
-      const headers = Object.fromEntries(new Headers(init.headers).entries());
+    transport = async (url, init) => {
+      const headers = Object.fromEntries(Object.entries(init.headers).map(([k, v]) => [k.toLowerCase(), v]));
       calls.push({ url: url.toString(), headers });
       return answer(url, headers);
-    });
+    };
   }
 
-  afterEach(() => {
-    vi.unstubAllGlobals();
-  });
-
-  const unauthorised = (challenge: string) => new Response('{}', { status: 401, headers: { 'WWW-Authenticate': challenge } });
+  const unauthorised = (challenge: string) => reply(401, { 'WWW-Authenticate': challenge }, Buffer.from('{}'));
 
   it.each([
     ['link-local', 'http://169.254.169.254/latest/api/token'],
@@ -450,11 +518,11 @@ describe('client rules for a registry off loopback (fetch stubbed: no request le
     ['IPv6 unique local', 'https://[fd00::1]/token'],
     ['IPv4-mapped IPv6 (normalised by URL to ::ffff:a9fe:a9fe)', 'https://[::ffff:169.254.169.254]/token'],
   ])('refuses a token realm on a %s address from a public registry', async (_name, realm) => {
-    stubFetch((url) => {
+    stubTransport((url) => {
       if (url.hostname === 'registry.example.com') return unauthorised(`Bearer realm="${realm}",service="registry"`);
-      return Response.json({ token: 'stolen' });
+      return json({ token: 'stolen' });
     });
-    const client = new RegistryClient({ registry: 'registry.example.com', credentials: async () => ({ username: 'u', password: 'secret' }) });
+    const client = new RegistryClient({ registry: 'registry.example.com', credentials: async () => ({ username: 'u', password: 'secret' }), transport });
     const error = await client.ping().then(() => undefined, (e: unknown) => e);
     expect(error).toBeInstanceOf(RegistryError);
     expect((error as RegistryError).code).toBe('UNSAFE_REALM');
@@ -463,13 +531,13 @@ describe('client rules for a registry off loopback (fetch stubbed: no request le
   });
 
   it('uses a token realm on a public address', async () => {
-    stubFetch((url, headers) => {
+    stubTransport((url, headers) => {
       if (url.hostname === 'registry.example.com') {
-        return headers['authorization'] === 'Bearer good' ? Response.json({}) : unauthorised('Bearer realm="https://203.0.113.7/token",service="registry"');
+        return headers['authorization'] === 'Bearer good' ? json({}) : unauthorised('Bearer realm="https://203.0.113.7/token",service="registry"');
       }
-      return Response.json({ token: 'good' });
+      return json({ token: 'good' });
     });
-    const client = new RegistryClient({ registry: 'registry.example.com' });
+    const client = new RegistryClient({ registry: 'registry.example.com', transport });
     await client.ping();
     expect(calls.map((c) => new URL(c.url).host)).toEqual(['registry.example.com', '203.0.113.7', 'registry.example.com']);
   });
@@ -480,12 +548,12 @@ describe('client rules for a registry off loopback (fetch stubbed: no request le
   it('does not send credentials along a redirect that downgrades https to http on the same host', async () => {
     const bytes = Buffer.from('layer bytes');
     const digest = sha256(bytes);
-    stubFetch((url, headers) => {
-      if (url.protocol === 'http:') return new Response(bytes, { status: 200, headers: { 'Content-Length': String(bytes.length) } });
+    stubTransport((url, headers) => {
+      if (url.protocol === 'http:') return reply(200, { 'Content-Length': String(bytes.length) }, bytes);
       if (!headers['authorization']) return unauthorised('Basic realm="r"');
-      return new Response(null, { status: 307, headers: { Location: `http://registry.example.com/plain/${digest}` } });
+      return reply(307, { Location: `http://registry.example.com/plain/${digest}` });
     });
-    const client = new RegistryClient({ registry: 'registry.example.com', credentials: async () => ({ username: 'u', password: 'secret' }) });
+    const client = new RegistryClient({ registry: 'registry.example.com', credentials: async () => ({ username: 'u', password: 'secret' }), transport });
     const chunks: Buffer[] = [];
     for await (const chunk of client.blobStream('a/b', { digest, size: bytes.length })) chunks.push(Buffer.from(chunk as Uint8Array));
     expect(Buffer.concat(chunks).equals(bytes)).toBe(true);
@@ -496,8 +564,8 @@ describe('client rules for a registry off loopback (fetch stubbed: no request le
   });
 
   it('refuses an upload location on a private address from a public registry', async () => {
-    stubFetch(() => new Response(null, { status: 202, headers: { Location: 'http://169.254.169.254/upload/1' } }));
-    const client = new RegistryClient({ registry: 'registry.example.com' });
+    stubTransport(() => reply(202, { Location: 'http://169.254.169.254/upload/1' }));
+    const client = new RegistryClient({ registry: 'registry.example.com', transport });
     await expect(client.startUpload('a/b')).rejects.toMatchObject({ code: 'UNSAFE_LOCATION', exitCode: 4 });
   });
 });
