@@ -7,12 +7,12 @@ import { cacheDir, cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, ti
  * `npm run bench -- pull`: a real multi-layer image (four gzip layers made
  * by umoci from this machine's own files: docs, locales, Python, binaries)
  * is pushed to a local docker-registry with skopeo; then, cold, cs pulls it
- * into an empty store and skopeo copies it into an empty OCI layout, three
- * times each, alternating. A second cs pull must transfer no blob bytes.
+ * into an empty store and skopeo copies it into an empty OCI layout, five
+ * times each, alternating, each after a `sync`. A second cs pull must transfer no blob bytes.
  */
 
 const SOURCES = ['/usr/share/doc', '/usr/share/locale', '/usr/lib/python3.11', '/usr/bin'];
-const RUNS = 3;
+const RUNS = 5;
 
 async function buildImage(): Promise<string> {
   const layout = join(cacheDir, 'pull-image');
@@ -56,8 +56,11 @@ export async function benchPull(): Promise<void> {
       const home = await tempDir('cs-bench-home-');
       const out = await tempDir('cs-bench-skopeo-');
       try {
+        // Each cold run starts with no dirty pages from the one before (both tools fsync what they store).
+        await sh('sync', []);
         const cs = await timed(() => sh('node', [join(root, 'bin/run.js'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false }));
         csTimes.push(cs.ms);
+        await sh('sync', []);
         const sk = await timed(() => sh('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reference}`, `oci:${join(out, 'layout')}:v1`]));
         skopeoTimes.push(sk.ms);
         const warm = await timed(() => sh('node', [join(root, 'bin/run.js'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false }));

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
-import { execute } from '@oclif/core';
+// The bundled command line (see scripts/bundle.mjs).
+import { execute } from '../dist/bundle/run.js';
 
 await execute({ dir: import.meta.url });

@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { packageRoot } from '../util/package-root.js';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { closest } from './suggest.js';
 import type { DefinitionKind } from './source.js';
@@ -18,8 +20,8 @@ const SCHEMA_FILES: Record<DefinitionKind, string> = {
 
 /** Where the JSON Schema files live: `schemas/` at the package root. */
 export function schemaPath(kind: DefinitionKind): string {
-  // Both src/definition (under tsx) and dist/definition sit two levels below the root.
-  return new URL(`../../schemas/${SCHEMA_FILES[kind]}`, import.meta.url).pathname;
+  // From the package root: this code also runs from the one-file bundle dist/cs.mjs.
+  return join(packageRoot(), 'schemas', SCHEMA_FILES[kind]);
 }
 
 export function loadSchema(kind: DefinitionKind): Record<string, unknown> {

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
 import { readFile, readlink, realpath, rename, rm } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { packageRoot } from '../util/package-root.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
 import { isAlive, withLock } from '../util/lock.js';
 import { prepareDisk } from './disk.js';
@@ -88,12 +88,15 @@ async function refreshBootFiles(dir: string, env?: Env): Promise<void> {
   }
 }
 
-/** Where the supervisor's entry point is: next to this file, built or run through tsx. */
+/**
+ * Where the supervisor's entry point is: built under dist/, or run through
+ * tsx from src/ (found from the package root: this code also runs from the
+ * one-file bundle dist/cs.mjs).
+ */
 function supervisorEntry(): { file: string; args: string[] } {
-  const js = fileURLToPath(new URL('./supervisor-main.js', import.meta.url));
+  const js = join(packageRoot(), 'dist', 'workspace', 'supervisor-main.js');
   if (existsSync(js)) return { file: js, args: [] };
-  const ts = fileURLToPath(new URL('./supervisor-main.ts', import.meta.url));
-  return { file: ts, args: ['--import', 'tsx'] };
+  return { file: join(packageRoot(), 'src', 'workspace', 'supervisor-main.ts'), args: ['--import', 'tsx'] };
 }
 
 /** Starts the detached supervisor of a workspace (it outlives this process); returns its pid. */
