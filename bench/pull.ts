@@ -8,7 +8,8 @@ import { cacheDir, cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, ti
  * by umoci from this machine's own files: docs, locales, Python, binaries)
  * is pushed to a local docker-registry with skopeo; then, cold, cs pulls it
  * into an empty store and skopeo copies it into an empty OCI layout, five
- * times each, alternating, each after a `sync`. A second cs pull must transfer no blob bytes.
+ * times each after an uncounted warm-up round, taking turns going first,
+ * each after a `sync`. A second cs pull must transfer no blob bytes.
  */
 
 const SOURCES = ['/usr/share/doc', '/usr/share/locale', '/usr/lib/python3.11', '/usr/bin'];
@@ -52,22 +53,45 @@ export async function benchPull(): Promise<void> {
     const skopeoTimes: number[] = [];
     const warmTimes: number[] = [];
     let warmBytes = -1;
-    for (let run = 0; run < RUNS; run++) {
+    const pullCs = (home: string) => sh('node', [join(root, 'bin/run.js'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false });
+    const copySkopeo = (out: string) => sh('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reference}`, `oci:${join(out, 'layout')}:v1`]);
+    // Round 0 is a warm-up, not counted: the registry's first reads of its blobs
+    // and the first start of each program would otherwise land on whichever runs first.
+    for (let run = 0; run <= RUNS; run++) {
       const home = await tempDir('cs-bench-home-');
       const out = await tempDir('cs-bench-skopeo-');
       try {
-        // Each cold run starts with no dirty pages from the one before (both tools fsync what they store).
-        await sh('sync', []);
-        const cs = await timed(() => sh('node', [join(root, 'bin/run.js'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false }));
-        csTimes.push(cs.ms);
-        await sh('sync', []);
-        const sk = await timed(() => sh('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reference}`, `oci:${join(out, 'layout')}:v1`]));
-        skopeoTimes.push(sk.ms);
-        const warm = await timed(() => sh('node', [join(root, 'bin/run.js'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false }));
-        warmTimes.push(warm.ms);
+        // Each cold run starts with no dirty pages from the one before (both tools fsync what
+        // they store), and the two tools take turns going first.
+        const timeCs = async () => {
+          await sh('sync', []);
+          return timed(() => pullCs(home));
+        };
+        const timeSkopeo = async () => {
+          await sh('sync', []);
+          return timed(() => copySkopeo(out));
+        };
+        let cs: Awaited<ReturnType<typeof timeCs>>;
+        let sk: Awaited<ReturnType<typeof timeSkopeo>>;
+        if (run % 2 === 0) {
+          cs = await timeCs();
+          sk = await timeSkopeo();
+        } else {
+          sk = await timeSkopeo();
+          cs = await timeCs();
+        }
+        const warm = await timed(() => pullCs(home));
         const result = JSON.parse(warm.value) as { bytesCopied: number; blobsCopied: number };
+        const line = `cs cold ${cs.ms.toFixed(0)} ms, skopeo cold ${sk.ms.toFixed(0)} ms, cs warm ${warm.ms.toFixed(0)} ms (${result.blobsCopied} blobs, ${result.bytesCopied} bytes)`;
+        if (run === 0) {
+          process.stderr.write(`warm-up: ${line}\n`);
+          continue;
+        }
+        csTimes.push(cs.ms);
+        skopeoTimes.push(sk.ms);
+        warmTimes.push(warm.ms);
         warmBytes = Math.max(warmBytes, result.bytesCopied);
-        process.stderr.write(`run ${run + 1}: cs cold ${cs.ms.toFixed(0)} ms, skopeo cold ${sk.ms.toFixed(0)} ms, cs warm ${warm.ms.toFixed(0)} ms (${result.blobsCopied} blobs, ${result.bytesCopied} bytes)\n`);
+        process.stderr.write(`run ${run}: ${line}\n`);
       } finally {
         await removeAll(home, out);
       }
