@@ -82,6 +82,8 @@ interface Slab {
 }
 
 const spareSlabs: Buffer[] = [];
+/** The read buffer of connections that are done: whatever lands there is never looked at. */
+const DEAD_END = Buffer.allocUnsafeSlow(MIN_READ);
 
 function newSlab(): Slab {
   return { bytes: spareSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES), used: 0, out: 0, retired: false };
@@ -109,6 +111,7 @@ class Exchange {
   private chunkLeft = 0;
   private chunkState: 'size' | 'data' | 'data-end' | 'trailers' = 'size';
   private line = '';
+  private trailerBytes = 0;
   // the body queue: chunks and the slab each was cut from
   private readonly queue: { chunk: Buffer; slab: Slab | undefined }[] = [];
   private feeding: Slab | undefined;
@@ -132,6 +135,10 @@ class Exchange {
   }
 
   nextBuffer(): Buffer {
+    // Node asks for the next read's buffer after every read, even one after which the exchange
+    // ended and its socket was destroyed: that one gets no slab (it would never go back, and the
+    // current one may already be lent to another exchange), only memory nobody reads.
+    if (this.ended || this.failure) return DEAD_END;
     if (this.slab.retired || SLAB_BYTES - this.slab.used < MIN_READ) {
       this.retire();
       this.slab = newSlab();
@@ -255,6 +262,10 @@ class Exchange {
         this.chunkState = this.chunkLeft === 0 ? 'trailers' : 'data';
       } else if (line === '') {
         this.finish(); // the empty line after the trailers
+      } else {
+        // Trailers are read and dropped, but not without end.
+        this.trailerBytes += line.length;
+        if (this.trailerBytes > MAX_HEAD) throw new ProtocolError(`chunked body: trailers are larger than ${MAX_HEAD} bytes`);
       }
     }
     return Buffer.alloc(0);
@@ -294,8 +305,15 @@ class Exchange {
     clearTimeout(this.headTimer);
     this.socket?.destroy();
     this.retire();
+    this.dropQueue();
     if (!this.response) this.reject(error);
     this.wakeReader();
+  }
+
+  /** Chunks nobody will read: their slabs go back to the pool. */
+  private dropQueue(): void {
+    for (const entry of this.queue.splice(0)) if (entry.slab) release(entry.slab);
+    this.queued = 0;
   }
 
   private wakeReader(): void {
@@ -330,6 +348,7 @@ class Exchange {
       if (lent) release(lent);
       // The reader stopped early (or the body ended): nothing more is wanted from this connection.
       if (!this.ended) this.fail(closedEarly('body abandoned'));
+      this.dropQueue();
     }
   }
 
@@ -341,6 +360,7 @@ class Exchange {
       body: this.chunks(),
       discard: () => {
         if (!this.ended) this.fail(closedEarly('body discarded'));
+        this.dropQueue();
       },
     };
   }

@@ -46,17 +46,30 @@ const IDLE_TIMEOUT_MS = 5 * 60 * 1000;
 /** Bodies at most this long are read to the end by discard(), keeping the connection. */
 const DRAIN_LIMIT = 64 * 1024;
 
-// One pool of kept-alive connections per process; idle sockets do not hold the process open.
+// One pool of kept-alive connections per process; idle sockets do not hold the process open,
+// and are closed after IDLE_POOLED_MS (as fetch did), before a server or proxy drops them under us.
+const IDLE_POOLED_MS = 4_000;
 const agents = {
-  http: new HttpAgent({ keepAlive: true, maxSockets: 16 }),
-  https: new HttpsAgent({ keepAlive: true, maxSockets: 16 }),
+  http: new HttpAgent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS }),
+  https: new HttpsAgent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS }),
 };
 
 export class HttpTimeoutError extends Error {
   override readonly name = 'TimeoutError';
 }
 
-export function send(url: URL, init: HttpRequest): Promise<HttpResponse> {
+export async function send(url: URL, init: HttpRequest): Promise<HttpResponse> {
+  try {
+    return await sendOnce(url, init);
+  } catch (error) {
+    // A kept-alive connection the server closed just as the request went out: the request never
+    // reached it, so it is sent once more on a new connection (unless its body was a stream).
+    if (!(error as { reusedSocket?: boolean }).reusedSocket || init.body instanceof Readable) throw error;
+    return sendOnce(url, init);
+  }
+}
+
+function sendOnce(url: URL, init: HttpRequest): Promise<HttpResponse> {
   const secure = url.protocol === 'https:';
   const make = secure ? httpsRequest : httpRequest;
   return new Promise<HttpResponse>((resolve, reject) => {
@@ -70,7 +83,11 @@ export function send(url: URL, init: HttpRequest): Promise<HttpResponse> {
     const request = make(url, { method: init.method, headers: init.headers, agent: secure ? agents.https : agents.http });
     const timer = setTimeout(() => request.destroy(new HttpTimeoutError('The operation timed out')), init.headersTimeoutMs);
     request.setTimeout(IDLE_TIMEOUT_MS, () => request.destroy(new HttpTimeoutError('no data for 5 minutes')));
-    request.on('error', fail);
+    request.on('error', (error: Error & { code?: string }) => {
+      // Only a reset before any response on a reused connection is worth a second try.
+      if (request.reusedSocket && (error.code === 'ECONNRESET' || error.code === 'EPIPE')) Object.assign(error, { reusedSocket: true });
+      fail(error);
+    });
     request.on('response', (message: IncomingMessage) => {
       if (settled) {
         message.destroy();
@@ -121,7 +138,8 @@ export async function readBody(response: HttpResponse, max: number, tooBig: () =
       response.discard();
       throw tooBig();
     }
-    chunks.push(chunk);
+    // A copy: the body may be the lean reader's, whose chunks are borrowed.
+    chunks.push(Buffer.from(chunk));
   }
   return Buffer.concat(chunks, total);
 }

@@ -95,7 +95,7 @@ export function decideHostRequest(args: readonly string[], target: string): Host
 
 function cliEntry(): string[] {
   const root = packageRoot();
-  const built = join(root, 'dist', 'index.js');
+  const built = join(root, 'dist', 'bundle', 'run.js'); // what bin/run.js starts from
   return existsSync(built) ? [join(root, 'bin', 'run.js')] : ['--import', 'tsx', join(root, 'bin', 'dev.js')];
 }
 

@@ -201,6 +201,26 @@ describe.each([
     expect(error.code).toMatch(/^(NETWORK|SIZE_MISMATCH|NO_RESUME)$/);
   });
 
+  it('refuses a chunked layer whose trailers never end', async () => {
+    let most = 0;
+    onLayer(async (res) => {
+      const socket = res.socket;
+      if (!socket) return;
+      socket.write('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n');
+      // Trailer lines, as long as anyone reads them (at most 50 MB, so a broken client cannot hang the test).
+      const line = Buffer.from(`X-Trailer: ${'t'.repeat(1000)}\r\n`);
+      for (let sent = 0; sent < 50_000_000 && !socket.destroyed; sent += line.length) {
+        if (!socket.write(line)) await new Promise((resolve) => setTimeout(resolve, 5));
+        most = Math.max(most, sent);
+      }
+      socket.destroy();
+    });
+    const error = await expectRefused(/blob sha256:[0-9a-f]{64}: /);
+    expect(error.code).toMatch(/^(NETWORK|SIZE_MISMATCH|NO_RESUME)$/);
+    // Refused long before the 50 MB: the client hung up after a few KiB of trailers (socket buffers aside).
+    expect(most).toBeLessThan(8_000_000);
+  });
+
   it.each([['with'], ['without']])('refuses a manifest over 4 MiB (%s Content-Length)', async (mode) => {
     const big = Buffer.alloc(4 * 1024 * 1024 + 10, 0x20);
     big.write('{"schemaVersion":2,"layers":[],"x":"');
