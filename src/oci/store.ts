@@ -390,15 +390,21 @@ async function spool(
     const done: Promise<void> = writeAt(fd, data, position).then(
       () => {
         pending.delete(done);
-        if (spareBatches.length < MAX_PENDING_WRITES * 2) spareBatches.push(buffer);
+        if (spareBatches.length < SPARE_BATCHES) spareBatches.push(buffer);
         unflushed += data.length;
-        if (unflushed >= EARLY_FLUSH_BYTES && !flushing) {
+        if (unflushed >= EARLY_FLUSH_BYTES && !flushing && earlyFlushes === 0) {
           // Start writing to disk what has arrived so far, while the rest downloads, so that
-          // the final fsync does not have the whole blob to write at once. Not awaited here.
+          // the final fsync does not have the whole blob to write at once. Not awaited here,
+          // and one at a time in the process: a flush holds a thread of the pool the writes need.
           unflushed = 0;
+          earlyFlushes++;
           flushing = fdatasyncFd(fd).then(
-            () => void (flushing = undefined),
+            () => {
+              earlyFlushes--;
+              flushing = undefined;
+            },
             (error: unknown) => {
+              earlyFlushes--;
               writeError ??= error;
               flushing = undefined;
             },
@@ -448,10 +454,14 @@ async function spool(
 const MAX_PENDING_WRITES = 8;
 /** Written bytes after which a blob's file is flushed in the background (see spool). */
 const EARLY_FLUSH_BYTES = 16 * 1024 * 1024;
+/** Background flushes in progress, of all blobs. */
+let earlyFlushes = 0;
 /** Bytes gathered into one write. */
 const WRITE_BATCH = 1024 * 1024;
 /** Write buffers kept for the next blob: fresh memory is slow to first touch (see ./http-lean.ts). */
 const spareBatches: Buffer[] = [];
+/** Enough for a few blobs at once, each with its writes in flight (40 MiB at most). */
+const SPARE_BATCHES = 40;
 
 /** Write all of `data` at `position` (the thread pool does the copy into the page cache). */
 async function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
