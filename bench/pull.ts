@@ -7,13 +7,13 @@ import { cacheDir, cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, ti
  * `npm run bench -- pull`: a real multi-layer image (four gzip layers made
  * by umoci from this machine's own files: docs, locales, Python, binaries)
  * is pushed to a local docker-registry with skopeo; then, cold, cs pulls it
- * into an empty store and skopeo copies it into an empty OCI layout, five
+ * into an empty store and skopeo copies it into an empty OCI layout, seven
  * times each after an uncounted warm-up round, taking turns going first,
  * each after a `sync`. A second cs pull must transfer no blob bytes.
  */
 
 const SOURCES = ['/usr/share/doc', '/usr/share/locale', '/usr/lib/python3.11', '/usr/bin'];
-const RUNS = 5;
+const RUNS = 7;
 
 async function buildImage(): Promise<string> {
   const layout = join(cacheDir, 'pull-image');
