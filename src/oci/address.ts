@@ -1,4 +1,3 @@
-import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 
 /**
@@ -84,6 +83,7 @@ export async function resolvesToPrivate(hostname: string): Promise<boolean> {
   if (isIP(host)) return isPrivateAddress(host);
   if (host.toLowerCase() === 'localhost') return true;
   try {
+    const { lookup } = await import('node:dns/promises'); // loaded only for registries off loopback
     const addresses = await lookup(host, { all: true });
     return addresses.some((a) => isPrivateAddress(a.address));
   } catch {

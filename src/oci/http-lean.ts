@@ -1,5 +1,5 @@
 import { isIP, connect as connectTcp, type Socket } from 'node:net';
-import { connect as connectTls, type ConnectionOptions } from 'node:tls';
+import type { ConnectionOptions } from 'node:tls';
 import { HttpTimeoutError, type HttpResponse } from './http.js';
 
 /**
@@ -51,20 +51,21 @@ function closedEarly(message: string): Error {
   return Object.assign(new Error(message), { code: 'ECONNRESET' });
 }
 
-export function getLean(url: URL, init: LeanRequest): Promise<HttpResponse> {
+export async function getLean(url: URL, init: LeanRequest): Promise<HttpResponse> {
+  // TLS is loaded on the first https download (a local registry never needs it).
+  const connectTls = url.protocol === 'https:' ? (await import('node:tls')).connect : undefined;
   const lines = [`GET ${url.pathname}${url.search} HTTP/1.1`, `Host: ${url.host}`];
   for (const [name, value] of Object.entries(init.headers)) {
-    if (/[\r\n]/.test(name) || /[\r\n]/.test(value)) return Promise.reject(new ProtocolError(`header ${JSON.stringify(name)} contains a line break`));
+    if (/[\r\n]/.test(name) || /[\r\n]/.test(value)) throw new ProtocolError(`header ${JSON.stringify(name)} contains a line break`);
     lines.push(`${name}: ${value}`);
   }
   lines.push('Connection: close', '', '');
   return new Promise<HttpResponse>((resolve, reject) => {
     const exchange = new Exchange(resolve, reject);
     const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
-    const secure = url.protocol === 'https:';
-    const port = Number(url.port || (secure ? 443 : 80));
+    const port = Number(url.port || (connectTls ? 443 : 80));
     const onread = { buffer: () => exchange.nextBuffer(), callback: (n: number, buffer: Uint8Array) => exchange.received(n, buffer) };
-    const socket = secure
+    const socket = connectTls
       ? // `onread` works for TLS sockets too (node 15+), though @types/node only declares it for net.
         connectTls({ host, port, ...(isIP(host) ? {} : { servername: host }), ALPNProtocols: ['http/1.1'], onread } as ConnectionOptions)
       : connectTcp({ host, port, onread });

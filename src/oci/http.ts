@@ -1,5 +1,4 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { Readable } from 'node:stream';
 
 /**
@@ -49,29 +48,35 @@ const DRAIN_LIMIT = 64 * 1024;
 // One pool of kept-alive connections per process; idle sockets do not hold the process open,
 // and are closed after IDLE_POOLED_MS (as fetch did), before a server or proxy drops them under us.
 const IDLE_POOLED_MS = 4_000;
-const agents = {
-  http: new HttpAgent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS }),
-  https: new HttpsAgent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS }),
-};
+const httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS });
+/** node:https (and TLS under it) is loaded on the first https request: a pull from a local registry never needs it. */
+let https: { agent: import('node:https').Agent; request: typeof import('node:https').request } | undefined;
+
+async function loadHttps(): Promise<NonNullable<typeof https>> {
+  if (!https) {
+    const mod = await import('node:https');
+    https ??= { agent: new mod.Agent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS }), request: mod.request };
+  }
+  return https;
+}
 
 export class HttpTimeoutError extends Error {
   override readonly name = 'TimeoutError';
 }
 
 export async function send(url: URL, init: HttpRequest): Promise<HttpResponse> {
+  const via = url.protocol === 'https:' ? await loadHttps() : { agent: httpAgent, request: httpRequest };
   try {
-    return await sendOnce(url, init);
+    return await sendOnce(url, init, via);
   } catch (error) {
     // A kept-alive connection the server closed just as the request went out: the request never
     // reached it, so it is sent once more on a new connection (unless its body was a stream).
     if (!(error as { reusedSocket?: boolean }).reusedSocket || init.body instanceof Readable) throw error;
-    return sendOnce(url, init);
+    return sendOnce(url, init, via);
   }
 }
 
-function sendOnce(url: URL, init: HttpRequest): Promise<HttpResponse> {
-  const secure = url.protocol === 'https:';
-  const make = secure ? httpsRequest : httpRequest;
+function sendOnce(url: URL, init: HttpRequest, via: { agent: HttpAgent; request: typeof httpRequest }): Promise<HttpResponse> {
   return new Promise<HttpResponse>((resolve, reject) => {
     let settled = false;
     const fail = (error: Error): void => {
@@ -80,7 +85,7 @@ function sendOnce(url: URL, init: HttpRequest): Promise<HttpResponse> {
       clearTimeout(timer);
       reject(error);
     };
-    const request = make(url, { method: init.method, headers: init.headers, agent: secure ? agents.https : agents.http });
+    const request = via.request(url, { method: init.method, headers: init.headers, agent: via.agent });
     const timer = setTimeout(() => request.destroy(new HttpTimeoutError('The operation timed out')), init.headersTimeoutMs);
     request.setTimeout(IDLE_TIMEOUT_MS, () => request.destroy(new HttpTimeoutError('no data for 5 minutes')));
     request.on('error', (error: Error & { code?: string }) => {
