@@ -21,7 +21,8 @@ export interface Run {
 
 /** Build dist/ unless `command` (e.g. 'image/pull') is there: `npm test` builds it first. */
 export async function ensureBuilt(command: string): Promise<void> {
-  if (!existsSync(join(ROOT, 'dist', 'commands', `${command}.js`)) || !existsSync(join(ROOT, 'oclif.manifest.json'))) {
+  const needed = [join(ROOT, 'dist', 'commands', `${command}.js`), join(ROOT, 'dist', 'bundle', 'run.js'), join(ROOT, 'oclif.manifest.json')];
+  if (!needed.every((path) => existsSync(path))) {
     await execa('npm', ['run', 'build'], { cwd: ROOT, stdio: 'inherit' });
   }
 }
