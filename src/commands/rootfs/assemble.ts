@@ -7,7 +7,7 @@ import { CsCommand } from '../_base.js';
 
 export default class RootfsAssemble extends CsCommand {
   static override summary = 'Assemble a root filesystem from a workspace\'s snapshots or from images.';
-  static override description = `Applies the layers of the base snapshot, then the home and personal snapshots (under the owner's home), in order, and writes the result as a folder, a tar, an erofs image or an ext4 image. Finished trees are cached by chain id, so when only the top snapshot changes only its layers are applied again. A base snapshot's runtime folders (${['/proc', '/sys', '/dev', '/run', '/tmp'].join(', ')}) are emptied.`;
+  static override description = `Applies the layers of the base snapshot, then the home and personal snapshots (under the owner's home), in order, and writes the result as a folder, a tar, an erofs image or an ext4 image. Finished trees are cached by chain id, so when only the top snapshot changes only its layers are applied again. A base snapshot's runtime folders (${['/proc', '/sys', '/dev', '/run', '/tmp'].join(', ')}) are emptied. A folder output is a full copy of the cached tree (its files are never shared with the cache, so editing it changes nothing else): on file systems without reflinks (ext4) every file is created again, so a folder costs a good part of what extracting did even when the tree is cached; images (tar, erofs, ext4) are read from the cache.`;
   static override examples = [
     '<%= config.bin %> <%= command.id %> -f examples/minimal.yaml -W minimal/dev --format erofs --out /tmp/dev.erofs',
     '<%= config.bin %> <%= command.id %> --base localhost:5000/debian:bookworm --home localhost:5000/team-home:v1 --format dir --out /tmp/root',
