@@ -51,7 +51,7 @@ export async function serviceRoutes(_options: { log?: (line: string) => void } =
       scope: 'exec',
       handler: async (ctx) => {
         const body = await readJson(ctx.req, 1024 * 1024);
-        await handleMcp(ctx.req, ctx.res, body, ctx.principal, { ...(ctx.options.env ? { env: ctx.options.env } : {}), maxFileBytes: ctx.options.maxFileBytes, maxOutputBytes: ctx.options.maxOutputBytes });
+        await handleMcp(ctx.req, ctx.res, body, ctx.principal, { ...ctx.envOpt, maxFileBytes: ctx.options.maxFileBytes, maxOutputBytes: ctx.options.maxOutputBytes });
         return undefined;
       },
     },

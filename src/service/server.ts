@@ -57,6 +57,8 @@ export interface Context {
   params: string[];
   query: URLSearchParams;
   options: Required<Pick<ServiceOptions, 'maxFileBytes' | 'maxOutputBytes'>> & ServiceOptions;
+  /** `{ env }` when the service runs with one, to spread into library calls. */
+  envOpt: { env?: Env };
   /** Aborted when the client goes away before the answer is complete. */
   signal: AbortSignal;
 }
@@ -161,7 +163,7 @@ function coreRoutes(): Route[] {
     r('POST', '/v1/exec', 'exec', async (ctx) => {
       const request = checkRunRequest(await readJson(ctx.req, 1024 * 1024));
       const captured = new Captured(ctx.options.maxOutputBytes);
-      const result = await runCommand(ctx.principal, request, captured, { signal: ctx.signal, ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      const result = await runCommand(ctx.principal, request, captured, { signal: ctx.signal, ...ctx.envOpt });
       return { ...result, ...captured.result() };
     }),
     r('POST', '/v1/exec/stream', 'exec', async (ctx) => {
@@ -188,7 +190,7 @@ function coreRoutes(): Route[] {
           ctx.principal,
           request,
           { stdout: (c) => text(out, 'stdout', c), stderr: (c) => text(err, 'stderr', c) },
-          { signal: ctx.signal, ...(ctx.options.env ? { env: ctx.options.env } : {}), onWorkspace: (w) => event('workspace', { workspace: w }) },
+          { signal: ctx.signal, ...ctx.envOpt, onWorkspace: (w) => event('workspace', { workspace: w }) },
         );
         const restOut = out.end();
         const restErr = err.end();
@@ -202,7 +204,7 @@ function coreRoutes(): Route[] {
       return undefined;
     }),
     r('GET', '/v1/workspaces', 'workspaces:read', async (ctx) => {
-      const all = await listAllWorkspaces(ctx.options.env ? { env: ctx.options.env } : {});
+      const all = await listAllWorkspaces(ctx.envOpt);
       return { workspaces: all.filter((w) => w.owner === ctx.principal.owner) };
     }),
     r('POST', '/v1/workspaces', 'workspaces:write', async (ctx) => {
@@ -241,42 +243,42 @@ function coreRoutes(): Route[] {
         ...(typeof body['cpus'] === 'number' ? { cpus: body['cpus'] } : {}),
         ...(memory !== undefined ? { memoryMiB: Math.round(memory / 1024 / 1024) } : {}),
         ...(disk !== undefined ? { diskBytes: disk } : {}),
-        ...(ctx.options.env ? { env: ctx.options.env } : {}),
+        ...ctx.envOpt,
       });
       ctx.res.statusCode = 201;
       return created;
     }),
     r('GET', W, 'workspaces:read', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
-      return showWorkspace({ target, ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return showWorkspace({ target, ...ctx.envOpt });
     }),
     r('POST', `${W}/label`, 'workspaces:write', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
       const label = str(objectBody(await readJson(ctx.req, 16 * 1024)), 'label');
-      return labelWorkspace({ target, ...(label ? { label } : {}), ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return labelWorkspace({ target, ...(label ? { label } : {}), ...ctx.envOpt });
     }),
     r('DELETE', W, 'workspaces:write', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
-      return removeWorkspace({ target, force: ctx.query.get('force') === 'true', ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return removeWorkspace({ target, force: ctx.query.get('force') === 'true', ...ctx.envOpt });
     }),
     r('GET', `${W}/restore-points`, 'workspaces:read', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
-      return listRestorePoints({ target, ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return listRestorePoints({ target, ...ctx.envOpt });
     }),
     r('POST', `${W}/restore-points`, 'workspaces:write', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
       const name = str(objectBody(await readJson(ctx.req, 16 * 1024)), 'name');
       if (!name) throw new UsageError('"name" is required');
       ctx.res.statusCode = 201;
-      return createRestorePoint({ target, name, ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return createRestorePoint({ target, name, ...ctx.envOpt });
     }),
     r('POST', `${W}/restore-points/([^/]+)/restore`, 'workspaces:write', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
-      return restoreRestorePoint({ target, name: segment(ctx.params[1]), force: ctx.query.get('force') === 'true', ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return restoreRestorePoint({ target, name: segment(ctx.params[1]), force: ctx.query.get('force') === 'true', ...ctx.envOpt });
     }),
     r('DELETE', `${W}/restore-points/([^/]+)`, 'workspaces:write', async (ctx) => {
       const { id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
-      return deleteRestorePoint({ target, name: segment(ctx.params[1]), ...(ctx.options.env ? { env: ctx.options.env } : {}) });
+      return deleteRestorePoint({ target, name: segment(ctx.params[1]), ...ctx.envOpt });
     }),
     r('GET', `${W}/fs`, 'files', async (ctx) => {
       const { ref, id: target } = await ownedWorkspace(ctx.principal, id(ctx), ctx.options.env);
@@ -336,7 +338,7 @@ function coreRoutes(): Route[] {
     }),
     r('GET', '/v1/usage', 'workspaces:read', async (ctx) => {
       const report = await usageReport(ctx.options.env);
-      const mine = new Set((await listAllWorkspaces(ctx.options.env ? { env: ctx.options.env } : {})).filter((w) => w.owner === ctx.principal.owner).map((w) => w.id));
+      const mine = new Set((await listAllWorkspaces(ctx.envOpt)).filter((w) => w.owner === ctx.principal.owner).map((w) => w.id));
       const workspaces = report.workspaces.filter((w) => mine.has(w.workspace));
       return { workspaces, ownerBytes: workspaces.reduce((sum, w) => sum + w.bytes, 0), quotaBytes: report.quotaBytes };
     }),
@@ -395,6 +397,7 @@ export async function startService(options: ServiceOptions = {}): Promise<Runnin
     if (!options.tls) throw new UsageError('listening beyond loopback needs TLS: give --tls-cert and --tls-key');
   }
   const settings = { maxFileBytes: 16 * 1024 * 1024, maxOutputBytes: 1024 * 1024, ...options };
+  const envOpt = options.env ? { env: options.env } : {};
   const routes = [...coreRoutes(), ...(options.routes ?? [])];
   const log = options.log ?? (() => undefined);
 
@@ -428,7 +431,7 @@ export async function startService(options: ServiceOptions = {}): Promise<Runnin
         principal = found;
       }
       const params = (route.path.exec(url.pathname) ?? []).slice(1);
-      const body = await route.handler({ req, res, principal, params, query: url.searchParams, options: settings, signal: controller.signal });
+      const body = await route.handler({ req, res, principal, params, query: url.searchParams, options: settings, envOpt, signal: controller.signal });
       status = res.statusCode;
       if (!res.headersSent) sendJson(res, res.statusCode || 200, body);
     } catch (error) {

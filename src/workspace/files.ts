@@ -45,10 +45,11 @@ export function homePath(path: string): string {
   return clean;
 }
 
-const ROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+/** The environment of file operations (run as the owner, not root: see steps.ts ROOT_ENV for root's). */
+const FILE_OPS_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
 
 async function sh(client: AgentClient, script: string, args: string[], options: { input?: Buffer; user?: string } = {}): Promise<{ code: number; stdout: Buffer; stderr: string }> {
-  const result = await client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', ...args], env: ROOT_ENV, user: options.user ?? WORKSPACE_USER, ...(options.input ? { input: options.input } : {}) });
+  const result = await client.run({ argv: [GUEST_BUSYBOX, 'sh', '-c', script, 'sh', ...args], env: FILE_OPS_ENV, user: options.user ?? WORKSPACE_USER, ...(options.input ? { input: options.input } : {}) });
   return { code: result.code, stdout: result.stdout, stderr: result.stderr.toString('utf8').trim() };
 }
 
