@@ -1,6 +1,6 @@
 import { isIP, connect as connectTcp, type Socket } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
-import { HttpTimeoutError, type HttpResponse } from './http.js';
+import { HttpTimeoutError, IDLE_TIMEOUT_MS, stalled, type HttpResponse } from './http.js';
 
 /**
  * A GET whose body the kernel copies straight into memory that is used
@@ -35,7 +35,6 @@ const MAX_CHUNK_LINE = 4 * 1024;
 const HIGH_WATER = 8 * 1024 * 1024;
 /** Slabs kept for the next reads once their chunks are consumed. */
 const SPARE_SLABS = 24;
-const IDLE_TIMEOUT_MS = 5 * 60 * 1000;
 
 export interface LeanRequest {
   headers: Record<string, string>;
@@ -90,9 +89,14 @@ function newSlab(): Slab {
   return { bytes: spareSlabs.pop() ?? Buffer.allocUnsafeSlow(SLAB_BYTES), used: 0, out: 0, retired: false };
 }
 
+/** A retired slab none of whose chunks is out any more goes back to the pool. */
+function giveBackIfFree(slab: Slab): void {
+  if (slab.retired && slab.out === 0 && spareSlabs.length < SPARE_SLABS) spareSlabs.push(slab.bytes);
+}
+
 function release(slab: Slab): void {
   slab.out--;
-  if (slab.retired && slab.out === 0 && spareSlabs.length < SPARE_SLABS) spareSlabs.push(slab.bytes);
+  giveBackIfFree(slab);
 }
 
 type BodyMode = { kind: 'length'; left: number } | { kind: 'chunked' } | { kind: 'close' } | { kind: 'none' };
@@ -115,7 +119,6 @@ class Exchange {
   private trailerBytes = 0;
   // the body queue: chunks and the slab each was cut from
   private readonly queue: { chunk: Buffer; slab: Slab | undefined }[] = [];
-  private feeding: Slab | undefined;
   private queued = 0;
   private ended = false;
   private failure: Error | undefined;
@@ -130,7 +133,7 @@ class Exchange {
   attach(socket: Socket, headersTimeoutMs: number): void {
     this.socket = socket;
     this.headTimer = setTimeout(() => this.fail(new HttpTimeoutError('The operation timed out')), headersTimeoutMs);
-    socket.setTimeout(IDLE_TIMEOUT_MS, () => this.fail(new HttpTimeoutError('no data for 5 minutes')));
+    socket.setTimeout(IDLE_TIMEOUT_MS, () => this.fail(stalled()));
     socket.on('error', (error) => this.fail(error));
     socket.on('close', () => this.closed());
   }
@@ -153,7 +156,7 @@ class Exchange {
   private retire(): void {
     if (this.slab.retired) return;
     this.slab.retired = true;
-    if (this.slab.out === 0 && spareSlabs.length < SPARE_SLABS) spareSlabs.push(this.slab.bytes);
+    giveBackIfFree(this.slab);
   }
 
   received(n: number, buffer: Uint8Array): boolean {
@@ -161,7 +164,6 @@ class Exchange {
     const data = Buffer.from(buffer.buffer, buffer.byteOffset, n);
     const slab = this.reading;
     if (buffer.buffer === slab.bytes.buffer) slab.used = Math.max(slab.used, buffer.byteOffset - slab.bytes.byteOffset + n);
-    this.feeding = buffer.buffer === slab.bytes.buffer ? slab : undefined;
     try {
       this.feed(data);
     } catch (error) {
@@ -208,7 +210,7 @@ class Exchange {
     const headers = new Map<string, string>();
     for (const field of fields) {
       const colon = field.indexOf(':');
-      if (colon <= 0 || /[\s]/.test(field.slice(0, colon))) throw new ProtocolError(`malformed header line ${JSON.stringify(field.slice(0, 80))}`);
+      if (colon <= 0 || /\s/.test(field.slice(0, colon))) throw new ProtocolError(`malformed header line ${JSON.stringify(field.slice(0, 80))}`);
       const name = field.slice(0, colon).toLowerCase();
       const value = field.slice(colon + 1).trim();
       const earlier = headers.get(name);
@@ -274,8 +276,9 @@ class Exchange {
 
   private push(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    // Head bytes were gathered by copying: such a chunk belongs to no slab.
-    const slab = this.feeding !== undefined && chunk.buffer === this.feeding.bytes.buffer ? this.feeding : undefined;
+    // A chunk is cut from the slab of the read that brought it, unless it was gathered by copying
+    // (the end of a response head split across reads), or came in after the end (DEAD_END).
+    const slab = chunk.buffer === this.reading.bytes.buffer ? this.reading : undefined;
     if (slab) slab.out++;
     this.queue.push({ chunk, slab });
     this.queued += chunk.length;

@@ -40,8 +40,8 @@ export interface HttpRequest {
  */
 export type Transport = (url: URL, init: HttpRequest & { lean?: boolean }) => Promise<HttpResponse>;
 
-/** A connection with no bytes either way for this long is given up (a stalled body). */
-const IDLE_TIMEOUT_MS = 5 * 60 * 1000;
+/** A connection with no bytes either way for this long is given up (a stalled body); ./http-lean.ts too. */
+export const IDLE_TIMEOUT_MS = 5 * 60 * 1000;
 /** Bodies at most this long are read to the end by discard(), keeping the connection. */
 const DRAIN_LIMIT = 64 * 1024;
 
@@ -62,6 +62,11 @@ async function loadHttps(): Promise<NonNullable<typeof https>> {
 
 export class HttpTimeoutError extends Error {
   override readonly name = 'TimeoutError';
+}
+
+/** The error of a connection that went IDLE_TIMEOUT_MS without a byte. */
+export function stalled(): HttpTimeoutError {
+  return new HttpTimeoutError('no data for 5 minutes');
 }
 
 export async function send(url: URL, init: HttpRequest): Promise<HttpResponse> {
@@ -87,7 +92,7 @@ function sendOnce(url: URL, init: HttpRequest, via: { agent: HttpAgent; request:
     };
     const request = via.request(url, { method: init.method, headers: init.headers, agent: via.agent });
     const timer = setTimeout(() => request.destroy(new HttpTimeoutError('The operation timed out')), init.headersTimeoutMs);
-    request.setTimeout(IDLE_TIMEOUT_MS, () => request.destroy(new HttpTimeoutError('no data for 5 minutes')));
+    request.setTimeout(IDLE_TIMEOUT_MS, () => request.destroy(stalled()));
     request.on('error', (error: Error & { code?: string }) => {
       // Only a reset before any response on a reused connection is worth a second try.
       if (request.reusedSocket && (error.code === 'ECONNRESET' || error.code === 'EPIPE')) Object.assign(error, { reusedSocket: true });
