@@ -3,6 +3,7 @@ import { closeSync, createReadStream, fdatasync, fsync, openSync, write } from '
 import { mkdir, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
+import { promisify } from 'node:util';
 import { InputError, RegistryError } from '../util/errors.js';
 import { syncDir, writeFileAtomic } from '../util/fs.js';
 import { isAlive, withLock } from '../util/lock.js';
@@ -392,23 +393,18 @@ async function spool(
         pending.delete(done);
         if (spareBatches.length < SPARE_BATCHES) spareBatches.push(buffer);
         unflushed += data.length;
-        if (unflushed >= EARLY_FLUSH_BYTES && !flushing && earlyFlushes === 0) {
+        if (unflushed >= EARLY_FLUSH_BYTES && !earlyFlushing) {
           // Start writing to disk what has arrived so far, while the rest downloads, so that
           // the final fsync does not have the whole blob to write at once. Not awaited here,
           // and one at a time in the process: a flush holds a thread of the pool the writes need.
           unflushed = 0;
-          earlyFlushes++;
-          flushing = fdatasyncFd(fd).then(
-            () => {
-              earlyFlushes--;
+          earlyFlushing = true;
+          flushing = fdatasyncFd(fd)
+            .catch((error: unknown) => void (writeError ??= error))
+            .finally(() => {
+              earlyFlushing = false;
               flushing = undefined;
-            },
-            (error: unknown) => {
-              earlyFlushes--;
-              writeError ??= error;
-              flushing = undefined;
-            },
-          );
+            });
         }
       },
       (error: unknown) => {
@@ -450,12 +446,12 @@ async function spool(
   return { bytes, digest: `${algorithm}:${hash.digest('hex')}` };
 }
 
-/** Writes of one blob in flight at once (each holds its chunk until written). */
+/** Writes of one blob in flight at once (each holds its write buffer until written). */
 const MAX_PENDING_WRITES = 8;
 /** Written bytes after which a blob's file is flushed in the background (see spool). */
 const EARLY_FLUSH_BYTES = 16 * 1024 * 1024;
-/** Background flushes in progress, of all blobs. */
-let earlyFlushes = 0;
+/** Whether a background flush (of any blob) is in progress. */
+let earlyFlushing = false;
 /** Bytes gathered into one write. */
 const WRITE_BATCH = 1024 * 1024;
 /** Write buffers kept for the next blob: fresh memory is slow to first touch (see ./http-lean.ts). */
@@ -463,23 +459,14 @@ const spareBatches: Buffer[] = [];
 /** Enough for a few blobs at once, each with its writes in flight (40 MiB at most). */
 const SPARE_BATCHES = 40;
 
+const writeFd = promisify(write);
+const fdatasyncFd = promisify(fdatasync);
+const fsyncFd = promisify(fsync);
+
 /** Write all of `data` at `position` (the thread pool does the copy into the page cache). */
 async function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
   let offset = 0;
-  while (offset < data.length) {
-    const written = await new Promise<number>((resolve, reject) =>
-      write(fd, data, offset, data.length - offset, position + offset, (error, n) => (error ? reject(error) : resolve(n))),
-    );
-    offset += written;
-  }
-}
-
-function fdatasyncFd(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fdatasync(fd, (error) => (error ? reject(error) : resolve())));
-}
-
-function fsyncFd(fd: number): Promise<void> {
-  return new Promise((resolve, reject) => fsync(fd, (error) => (error ? reject(error) : resolve())));
+  while (offset < data.length) offset += (await writeFd(fd, data, offset, data.length - offset, position + offset)).bytesWritten;
 }
 
 
