@@ -4,7 +4,6 @@ import { InputError } from '../util/errors.js';
 import { configFile, type Env } from '../util/paths.js';
 import { hostOf, isLoopbackHost } from './address.js';
 import { isOciReference, parseReference, type Reference } from './reference.js';
-import { loadYaml } from '../util/yaml.js';
 
 /**
  * Registry settings in cs's config file ($CS_CONFIG, default
@@ -68,7 +67,7 @@ export async function loadConfig(options: { env?: Env; file?: string } = {}): Pr
     throw new InputError(`${file}: cannot read the config file: ${(error as Error).message}`);
   }
   // yaml is loaded only when there is a config file to read (start-up time).
-  const { parseDocument } = await loadYaml();
+  const { parseDocument } = await import('yaml');
   const doc = parseDocument(text, { prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) throw new InputError(`${file}: invalid YAML: ${doc.errors[0]?.message.split('\n')[0] ?? ''}`);
   let raw: unknown;

@@ -26,7 +26,6 @@ import {
 import { allocatePorts } from './ports.js';
 import { displayName, FILES, listWorkspaces, readRecord, readRun, sandboxesDir, supervisorAlive, writeRecord, type WorkspaceRecord, type WorkspaceRef } from './state.js';
 import { checkQuota, OVERLAY_BYTES, usageReport } from './usage.js';
-import { loadYaml } from '../util/yaml.js';
 
 /**
  * Workspaces without a definition (`cs workspace …`), in the spirit of
@@ -103,7 +102,7 @@ async function standaloneModel(options: StandaloneOptions, extra: Record<string,
   const resources: Record<string, unknown> = { disk: `${options.diskBytes ?? config.workspaces.diskBytes}B` };
   if (options.cpus !== undefined) resources['cpus'] = options.cpus;
   if (options.memoryMiB !== undefined) resources['memory'] = `${options.memoryMiB}Mi`;
-  const { stringify } = await loadYaml();
+  const { stringify } = await import('yaml');
   const text = stringify({ name: options.name, workspaces: [{ name: options.name, base_snapshot: base, resources, ...extra }] });
   const parsed = parseDefinition({ file: `cs workspace create ${options.name}`, text, kind: 'sandbox' });
   if (!parsed.ok) throw new DefinitionError(parsed.issues);
