@@ -1,7 +1,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ContentStore } from '../src/oci/store.js';
-import { cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, timed } from './common.js';
+import { cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, timedAfterSync } from './common.js';
 import { debianMinbase } from './debian.js';
 
 /**
@@ -61,25 +61,17 @@ export async function benchAssemble(): Promise<void> {
       const umociOut = join(work, `umoci-${i}`);
       const tarOut = join(work, `tar-${i}`);
       const copyOut = join(work, `copy-${i}`);
-      // Every step starts after a sync (and a pause): on a file system mounted with `discard`, the
+      // Every step starts after a sync and a pause: on a file system mounted with `discard`, the
       // removals of the round before are still being worked off, and would land on the cold run.
-      const settle = async () => {
-        await sh('sync', []);
-        await new Promise((resolve) => setTimeout(resolve, 1000));
-      };
-      await settle();
-      const cold = await timed(() => run(['rootfs', 'assemble', '--base', 'localhost/bench/debian:bookworm', '--home', 'localhost/bench/home:v1', '--out', out1, '--json'], home));
-      await settle();
-      const warm = await timed(() => run(['rootfs', 'assemble', '--base', 'localhost/bench/debian:bookworm', '--home', 'localhost/bench/home:v2', '--out', out2, '--json'], home));
+      const settled = <T>(fn: () => Promise<T>) => timedAfterSync(fn, 1000);
+      const cold = await settled(() => run(['rootfs', 'assemble', '--base', 'localhost/bench/debian:bookworm', '--home', 'localhost/bench/home:v1', '--out', out1, '--json'], home));
+      const warm = await settled(() => run(['rootfs', 'assemble', '--base', 'localhost/bench/debian:bookworm', '--home', 'localhost/bench/home:v2', '--out', out2, '--json'], home));
       const warmResult = JSON.parse(warm.value) as { layersApplied: number; cachedLayers: number };
-      await settle();
-      const umoci = await timed(() => sh('umoci', ['unpack', '--image', `${umociLayout}:v1`, umociOut]));
+      const umoci = await settled(() => sh('umoci', ['unpack', '--image', `${umociLayout}:v1`, umociOut]));
       await mkdir(tarOut);
-      await settle();
-      const tar = await timed(() => sh('tar', ['-xzf', layerPath, '-C', tarOut]));
+      const tar = await settled(() => sh('tar', ['-xzf', layerPath, '-C', tarOut]));
       // The floor of any independent folder output: copying the finished tree once.
-      await settle();
-      const copy = await timed(() => sh('cp', ['-a', '--', tarOut, copyOut]));
+      const copy = await settled(() => sh('cp', ['-a', '--', tarOut, copyOut]));
       results.csCold.push(cold.ms);
       results.csWarm.push(warm.ms);
       results.umoci.push(umoci.ms);

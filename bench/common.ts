@@ -19,6 +19,17 @@ export async function timed<T>(fn: () => Promise<T>): Promise<{ ms: number; valu
   return { ms: Number(process.hrtime.bigint() - start) / 1e6, value };
 }
 
+/**
+ * timed(fn) after a `sync` and an optional pause, so a step does not pay for
+ * the dirty pages (or, on a file system mounted with `discard`, the removals)
+ * of the step before.
+ */
+export async function timedAfterSync<T>(fn: () => Promise<T>, pauseMs = 0): Promise<{ ms: number; value: T }> {
+  await sh('sync', []);
+  if (pauseMs > 0) await new Promise((resolve) => setTimeout(resolve, pauseMs));
+  return timed(fn);
+}
+
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = Math.floor(sorted.length / 2);

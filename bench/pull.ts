@@ -1,7 +1,7 @@
 import { cp, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startRegistry } from '../test/helpers/registry.js';
-import { cacheDir, cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, timed } from './common.js';
+import { cacheDir, cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, timed, timedAfterSync } from './common.js';
 
 /**
  * `npm run bench -- pull`: a real multi-layer image (four gzip layers made
@@ -63,23 +63,10 @@ export async function benchPull(): Promise<void> {
       try {
         // Each cold run starts with no dirty pages from the one before (both tools fsync what
         // they store), and the two tools take turns going first.
-        const timeCs = async () => {
-          await sh('sync', []);
-          return timed(() => pullCs(home));
-        };
-        const timeSkopeo = async () => {
-          await sh('sync', []);
-          return timed(() => copySkopeo(out));
-        };
-        let cs: Awaited<ReturnType<typeof timeCs>>;
-        let sk: Awaited<ReturnType<typeof timeSkopeo>>;
-        if (run % 2 === 0) {
-          cs = await timeCs();
-          sk = await timeSkopeo();
-        } else {
-          sk = await timeSkopeo();
-          cs = await timeCs();
-        }
+        const csFirst = run % 2 === 0;
+        const first = await timedAfterSync(csFirst ? () => pullCs(home) : () => copySkopeo(out));
+        const second = await timedAfterSync(csFirst ? () => copySkopeo(out) : () => pullCs(home));
+        const [cs, sk] = csFirst ? [first, second] : [second, first];
         const warm = await timed(() => pullCs(home));
         const result = JSON.parse(warm.value) as { bytesCopied: number; blobsCopied: number };
         const line = `cs cold ${cs.ms.toFixed(0)} ms, skopeo cold ${sk.ms.toFixed(0)} ms, cs warm ${warm.ms.toFixed(0)} ms (${result.blobsCopied} blobs, ${result.bytesCopied} bytes)`;
