@@ -110,11 +110,10 @@ export interface ApplyResult {
   whiteouts: number;
 }
 
-const WHITEOUT = '.wh.';
-const OPAQUE = '.wh..wh..opq';
+export const WHITEOUT = '.wh.';
+export const OPAQUE = '.wh..wh..opq';
 
 export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
-  const limits = { ...DEFAULT_LIMITS, ...options.limits };
   const privileged = options.privileged ?? process.getuid?.() === 0;
   const resolver = new RootResolver(options.root);
   /** Paths (relative) this layer created: whiteouts and opaque markers leave them alone. */
@@ -123,11 +122,65 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
   const dirTimes: { path: string; mtime: Date | number }[] = [];
   const lowerDirTimes = new Map<string, { atime: Date; mtime: Date }>();
   const result: ApplyResult = { entries: 0, bytes: 0, whiteouts: 0 };
+  await forEachLayerEntry(options.tar, options.limits, result, (header, body, sparse) =>
+    applyEntry(header, body, { resolver, created, opaqueDirs, dirTimes, lowerDirTimes, result, privileged, options }, sparse),
+  );
+
+  // Opaque directories hide what lower layers had, wherever the marker sat in the tar.
+  for (const dir of opaqueDirs) {
+    // Fix: `dir` was resolved when the marker was read; a later entry of the
+    // layer may have replaced it (or a parent) with a symlink, e.g.
+    // `d/.wh..wh..opq` then `d -> ../victim`. Listing and removing through
+    // that path then deleted files outside the root. Only act on a path that
+    // is still a real directory with no symlink on the way.
+    if (!resolver.isRealDir(dir)) continue;
+    noteLowerDir(resolver, created, lowerDirTimes, dir);
+    hideLower(resolver, dir, created);
+  }
+  // Lower directories whose contents changed keep their own times (as umoci and
+  // Docker do), so the result does not depend on when it was unpacked.
+  for (const [path, times] of lowerDirTimes) {
+    if (!resolver.isRealDir(path)) continue;
+    try {
+      utimesSync(resolver.abs(path), times.atime, times.mtime);
+    } catch {
+      // removed later in the layer
+    }
+  }
+  // Directory times last, deepest first, since writing children changed them.
+  dirTimes.sort((a, b) => b.path.split('/').length - a.path.split('/').length);
+  for (const { path, mtime } of dirTimes) {
+    // Fix: utimes follows symlinks. A directory entry replaced later in the
+    // layer by a symlink (`d/` then `d -> ../victim`) had the times of the
+    // symlink's target outside the root set. Skip what is no longer a real
+    // directory (the directory was replaced or removed, its times are moot).
+    if (!resolver.isRealDir(path)) continue;
+    try {
+      utimesSync(resolver.abs(path), mtime, mtime);
+    } catch {
+      // removed later in the layer
+    }
+  }
+  return result;
+}
+
+/**
+ * Read a layer's tar stream entry by entry, enforcing the limits, and hand
+ * each entry to `handle` (with a sparse file's real name and map). Shared by
+ * the folder applier here and the in-memory one (memtree.ts), so both refuse
+ * the same layers the same way.
+ */
+export async function forEachLayerEntry(
+  tar: Readable | AsyncIterable<Uint8Array>,
+  partialLimits: Partial<LayerLimits> | undefined,
+  result: ApplyResult,
+  handle: (header: Header, body: AsyncIterable<Buffer>, sparse: Sparse | undefined) => Promise<void>,
+): Promise<void> {
+  const limits = { ...DEFAULT_LIMITS, ...partialLimits };
   /** Bytes of entry bodies read so far, written or not (result.bytes counts what was written). */
   let bodyBytes = 0;
-
   const ex = extract();
-  const source = options.tar as Readable;
+  const source = tar as Readable;
   const feeding = (async () => {
     try {
       for await (const chunk of source) {
@@ -172,7 +225,7 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
         }
         bodyBytes += size;
       }
-      await applyEntry(sparse ? { ...header, name: sparse.name } : header, entry as unknown as AsyncIterable<Buffer>, { resolver, created, opaqueDirs, dirTimes, lowerDirTimes, result, privileged, options }, sparse);
+      await handle(sparse ? { ...header, name: sparse.name } : header, entry as unknown as AsyncIterable<Buffer>, sparse);
       entry.resume();
     }
   } catch (error) {
@@ -184,43 +237,6 @@ export async function applyLayer(options: ApplyOptions): Promise<ApplyResult> {
     throw new LayerError(`cannot apply layer: ${(error as Error).message}`, { code: code ? `LAYER_${code}` : 'LAYER_INVALID', cause: error });
   }
   await feeding;
-
-  // Opaque directories hide what lower layers had, wherever the marker sat in the tar.
-  for (const dir of opaqueDirs) {
-    // Fix: `dir` was resolved when the marker was read; a later entry of the
-    // layer may have replaced it (or a parent) with a symlink, e.g.
-    // `d/.wh..wh..opq` then `d -> ../victim`. Listing and removing through
-    // that path then deleted files outside the root. Only act on a path that
-    // is still a real directory with no symlink on the way.
-    if (!resolver.isRealDir(dir)) continue;
-    noteLowerDir(resolver, created, lowerDirTimes, dir);
-    hideLower(resolver, dir, created);
-  }
-  // Lower directories whose contents changed keep their own times (as umoci and
-  // Docker do), so the result does not depend on when it was unpacked.
-  for (const [path, times] of lowerDirTimes) {
-    if (!resolver.isRealDir(path)) continue;
-    try {
-      utimesSync(resolver.abs(path), times.atime, times.mtime);
-    } catch {
-      // removed later in the layer
-    }
-  }
-  // Directory times last, deepest first, since writing children changed them.
-  dirTimes.sort((a, b) => b.path.split('/').length - a.path.split('/').length);
-  for (const { path, mtime } of dirTimes) {
-    // Fix: utimes follows symlinks. A directory entry replaced later in the
-    // layer by a symlink (`d/` then `d -> ../victim`) had the times of the
-    // symlink's target outside the root set. Skip what is no longer a real
-    // directory (the directory was replaced or removed, its times are moot).
-    if (!resolver.isRealDir(path)) continue;
-    try {
-      utimesSync(resolver.abs(path), mtime, mtime);
-    } catch {
-      // removed later in the layer
-    }
-  }
-  return result;
 }
 
 /**
@@ -460,14 +476,14 @@ async function applyEntry(header: Header, body: AsyncIterable<Buffer>, ctx: Cont
 }
 
 /** Owner and time of an entry: PAX records (any size, sub-second times) win over the ustar fields. */
-interface EntryMetadata {
+export interface EntryMetadata {
   uid: number;
   gid: number;
   /** Seconds since the epoch, with fractions. */
   mtime: number;
 }
 
-function entryMetadata(header: Header): EntryMetadata {
+export function entryMetadata(header: Header): EntryMetadata {
   const pax = (header.pax ?? {}) as Record<string, string>;
   const id = (value: string | undefined, fallback: number) => {
     if (value === undefined || !/^[0-9]{1,10}$/.test(value)) return fallback;
@@ -508,7 +524,7 @@ function relativeOf(abs: string, ctx: Context): string {
 
 const XATTR_PREFIX = XATTR_PAX_PREFIX;
 
-function xattrsOf(header: Header): Record<string, string> {
+export function xattrsOf(header: Header): Record<string, string> {
   const pax = header.pax as Record<string, string> | null | undefined;
   const xattrs: Record<string, string> = {};
   for (const [key, value] of Object.entries(pax ?? {})) if (key.startsWith(XATTR_PREFIX)) xattrs[key.slice(XATTR_PREFIX.length)] = value;

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { LayerError } from '../util/errors.js';
@@ -34,12 +35,12 @@ parentPort.on('message', (m) => {
   else if (m === 'stop') { source.destroy(); gunzip.destroy(); parentPort.close(); }
 });
 gunzip.on('data', (chunk) => {
-  hash.update(chunk);
+  if (workerData.hash) hash.update(chunk);
   const owned = chunk.byteOffset === 0 && chunk.byteLength === chunk.buffer.byteLength ? chunk : Buffer.from(chunk);
   parentPort.postMessage({ type: 'data', chunk: owned }, [owned.buffer]);
   if (--credit <= 0) gunzip.pause();
 });
-gunzip.on('end', () => parentPort.postMessage({ type: 'end', digest: 'sha256:' + hash.digest('hex') }));
+gunzip.on('end', () => parentPort.postMessage({ type: 'end', digest: workerData.hash ? 'sha256:' + hash.digest('hex') : undefined }));
 source.pipe(gunzip);
 `;
 
@@ -50,9 +51,20 @@ export interface InflatedLayer {
   diffId(): string | undefined;
 }
 
-export function inflateFile(path: string, options: { gzip: boolean }): InflatedLayer {
+export interface InflateOptions {
+  gzip: boolean;
+  /**
+   * Hash on the calling thread instead of the worker: for a caller that
+   * mostly waits for data (the image builder), so inflating, which bounds
+   * the whole build, is all the worker does.
+   */
+  hashHere?: boolean;
+}
+
+export function inflateFile(path: string, options: InflateOptions): InflatedLayer {
   let worker: Worker | undefined;
   let digest: string | undefined;
+  const hash = options.hashHere ? createHash('sha256') : undefined;
   const output = new Readable({
     highWaterMark: 4 * CHUNK,
     read() {
@@ -64,13 +76,15 @@ export function inflateFile(path: string, options: { gzip: boolean }): InflatedL
       callback(error);
     },
   });
-  worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { path, window: WINDOW, chunk: CHUNK, gzip: options.gzip } });
+  worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { path, window: WINDOW, chunk: CHUNK, gzip: options.gzip, hash: !hash } });
   worker.on('message', (message: { type: string; chunk?: Uint8Array; message?: string; code?: string; digest?: string }) => {
     if (message.type === 'data' && message.chunk) {
-      output.push(Buffer.from(message.chunk.buffer, message.chunk.byteOffset, message.chunk.byteLength));
+      const chunk = Buffer.from(message.chunk.buffer, message.chunk.byteOffset, message.chunk.byteLength);
+      hash?.update(chunk);
+      output.push(chunk);
       worker?.postMessage('ack');
     } else if (message.type === 'end') {
-      digest = message.digest;
+      digest = hash ? `sha256:${hash.digest('hex')}` : message.digest;
       output.push(null);
       void worker?.terminate();
     } else if (message.type === 'error') {

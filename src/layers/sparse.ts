@@ -103,8 +103,12 @@ class BodyReader {
   }
 }
 
-/** Write a sparse entry's pieces into `fd` at their offsets; returns the data bytes written. */
-export async function writeSparse(fd: number, body: AsyncIterable<Buffer>, sparse: Sparse, dataSize: number, entry: string): Promise<number> {
+/**
+ * Write a sparse entry's pieces into `fd` at their offsets (plus `base`, where
+ * the file starts in `fd`), leaving holes between them; returns the data
+ * bytes written.
+ */
+export async function writeSparse(fd: number, body: AsyncIterable<Buffer>, sparse: Sparse, dataSize: number, entry: string, base = 0): Promise<number> {
   const reader = new BodyReader(body[Symbol.asyncIterator]());
   let map = sparse.map;
   if (!map) {
@@ -124,9 +128,9 @@ export async function writeSparse(fd: number, body: AsyncIterable<Buffer>, spars
     total += size;
   }
   if (reader.consumed + total !== dataSize) throw new LayerError(`sparse entry ${entry}: its map describes ${total} bytes of data, the entry carries ${dataSize - reader.consumed}`, { code: 'LAYER_BAD_SPARSE' });
-  ftruncateSync(fd, sparse.realSize);
+  ftruncateSync(fd, base + sparse.realSize);
   for (const [offset, size] of map) {
-    let position = offset;
+    let position = base + offset;
     await reader.take(size, (piece) => {
       let done = 0;
       while (done < piece.length) done += writeSync(fd, piece, done, piece.length - done, position + done);

@@ -15,6 +15,7 @@ import { run } from '../util/process.js';
 import { TreeCache } from './cache.js';
 import { buildWithOwners, escapeAttrPath, readDeferred, withOwners, type Deferred } from './owners.js';
 import { chainIds } from './chain.js';
+import { buildErofsImage } from './erofs-build.js';
 import { readImageLayers, unpackLayer } from './unpack.js';
 
 /**
@@ -163,6 +164,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   if (shared && existsSync(out)) {
     return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
   }
+  if (options.format === 'erofs') return assembleImage(options, units, keys, out, outInfo !== undefined, phase);
   const sharedCache = new TreeCache(join(dataDir(options.env), 'rootfs'));
   const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, 'rootfs')) : sharedCache;
   await sharedCache.prune();
@@ -268,6 +270,39 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
     throw error;
   }
   return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied, cachedLayers: cached + 1, bytes };
+}
+
+/**
+ * An EROFS image, built straight from the layers (erofs-build.ts), with its
+ * own cache of trees beside the folder cache. A shared output (named by
+ * chain id) is written under a temporary name and renamed into place.
+ */
+async function assembleImage(options: AssembleOptions, units: readonly Unit[], keys: readonly string[], out: string, replace: boolean, phase: (phase: string) => void): Promise<AssembleResult> {
+  const shared = typeof options.out === 'function';
+  const sharedCache = new TreeCache(join(dataDir(options.env), 'rootfs-images'));
+  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, 'rootfs-images')) : sharedCache;
+  await sharedCache.prune();
+  if (privateCache !== sharedCache) await privateCache.prune();
+  const target = shared ? `${out}.tmp-${process.pid}-${Date.now()}` : out;
+  if (replace) await rm(out, { recursive: true, force: true });
+  else if (shared) await mkdir(dirname(out), { recursive: true });
+  try {
+    const built = await buildErofsImage({
+      units,
+      keys,
+      cacheAt: (i) => (units[i]?.private ? privateCache : sharedCache),
+      emptiesAfter: (i) => (emptiesRuntime(units, i) ? RUNTIME_DIRS : []),
+      out: target,
+      share: shared,
+      phase,
+    });
+    if (shared) await rename(target, out);
+    else if (units.some((u) => u.private)) await chmod(out, 0o600);
+    return { out, format: 'erofs', chainId: keys[keys.length - 1] as string, layers: units.length, layersApplied: built.layersApplied, cachedLayers: built.cachedLayers, bytes: built.bytes };
+  } catch (error) {
+    await rm(target, { force: true });
+    throw error;
+  }
 }
 
 /**

@@ -1,4 +1,4 @@
-import { loadSandbox, type SnapshotRef } from '../definition/index.js';
+import type { SnapshotRef } from '../definition/index.js';
 import { formatReference } from '../oci/reference.js';
 import { InputError, UsageError } from '../util/errors.js';
 import { assemble, type AssembleResult, type AssembleSnapshot, type OutputFormat, type SnapshotKind } from './assemble.js';
@@ -42,6 +42,8 @@ export async function assembleFromFlags(flags: AssembleFlags): Promise<AssembleR
   if (flags.file || flags.workspace) {
     if (!flags.file || !flags.workspace) throw new UsageError('-f FILE and -W SANDBOX/WORKSPACE go together');
     if (flags.base || flags.home) throw new UsageError('give either -f/-W or --base/--home, not both');
+    // Loaded only here: the definition's parser and schema (yaml, ajv) are a good part of the start-up of a command that names images.
+    const { loadSandbox } = await import('../definition/index.js');
     const sandbox = await loadSandbox({ file: flags.file });
     const parts = flags.workspace.split('/');
     if (parts.length > 2 || parts.some((p) => p === '')) throw new UsageError(`-W takes SANDBOX/WORKSPACE or WORKSPACE, not "${flags.workspace}"`);

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { Transform } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import { applyLayer, type ApplyOptions, type ApplyResult } from '../layers/apply.js';
 import { decompressZstd } from '../layers/decompress.js';
 import { inflateFile } from '../layers/inflate-thread.js';
@@ -46,14 +46,30 @@ export interface UnpackLayerOptions extends Omit<ApplyOptions, 'tar' | 'root'> {
 
 /** Apply one stored layer onto `root`, verifying its diff_id. */
 export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyResult> {
-  const compression = layerCompression(options.layer.mediaType);
-  if (!compression) throw new LayerError(`layer ${options.layer.digest} has media type ${options.layer.mediaType}, which cs cannot apply`, { code: 'LAYER_MEDIA_TYPE' });
+  const { store, layer, diffId, ...applyOptions } = options;
+  return readLayer({ store, layer, diffId }, (tar) => applyLayer({ ...applyOptions, tar }));
+}
+
+export interface StoredLayer {
+  store: ContentStore;
+  layer: Descriptor;
+  diffId: string;
+}
+
+/**
+ * Decompress a stored layer as it streams into `use`, then check its diff_id:
+ * the one way cs reads a layer, whatever it applies it to. An error from
+ * inside the layer names the layer.
+ */
+export async function readLayer<T>(source: StoredLayer, use: (tar: Readable) => Promise<T>, options: { hashHere?: boolean } = {}): Promise<T> {
+  const compression = layerCompression(source.layer.mediaType);
+  if (!compression) throw new LayerError(`layer ${source.layer.digest} has media type ${source.layer.mediaType}, which cs cannot apply`, { code: 'LAYER_MEDIA_TYPE' });
   // gzip and plain tars are read, inflated and hashed on a worker thread (see
   // inflate-thread.ts); zstd goes through the zstd program and is hashed here.
-  let tar: import('node:stream').Readable;
+  let tar: Readable;
   let diffIdOf: () => string | undefined;
   if (compression === 'gzip' || compression === 'none') {
-    const inflated = inflateFile(options.store.blobPath(options.layer.digest), { gzip: compression === 'gzip' });
+    const inflated = inflateFile(source.store.blobPath(source.layer.digest), { gzip: compression === 'gzip', hashHere: options.hashHere ?? false });
     tar = inflated.stream;
     diffIdOf = inflated.diffId;
   } else {
@@ -64,7 +80,7 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyRes
         callback(null, chunk);
       },
     });
-    const plain = await decompressZstd(options.store.openBlob(options.layer.digest));
+    const plain = await decompressZstd(source.store.openBlob(source.layer.digest));
     plain.on('error', (error) => hasher.destroy(error));
     // Fix: when applying stops early (a bad entry), applyLayer destroys only
     // `hasher`; `plain` was left paused mid-stream, so a `zstd -dc` child stayed
@@ -78,21 +94,20 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyRes
     });
     diffIdOf = () => digest;
   }
-  const { store: _store, layer: _layer, diffId: _diffId, ...applyOptions } = options;
-  let result: ApplyResult;
+  let result: T;
   try {
-    result = await applyLayer({ ...applyOptions, tar });
+    result = await use(tar);
   } catch (error) {
     // Fix: errors from inside the layer (corrupt gzip/zstd, bad entries) did
     // not say which layer of the image was at fault; name it, keep the code.
-    if (error instanceof LayerError && !error.message.includes(options.layer.digest)) {
-      throw new LayerError(`layer ${options.layer.digest}: ${error.message}`, { code: error.code, suggestions: error.suggestions, cause: error });
+    if (error instanceof LayerError && !error.message.includes(source.layer.digest)) {
+      throw new LayerError(`layer ${source.layer.digest}: ${error.message}`, { code: error.code, suggestions: error.suggestions, cause: error });
     }
     throw error;
   }
   const actual = diffIdOf() ?? 'nothing (the stream did not end)';
-  if (actual !== options.diffId) {
-    throw new LayerError(`layer ${options.layer.digest}: its uncompressed content hashes to ${actual}, but the image config says ${options.diffId}`, { code: 'LAYER_DIFFID_MISMATCH' });
+  if (actual !== source.diffId) {
+    throw new LayerError(`layer ${source.layer.digest}: its uncompressed content hashes to ${actual}, but the image config says ${source.diffId}`, { code: 'LAYER_DIFFID_MISMATCH' });
   }
   return result;
 }

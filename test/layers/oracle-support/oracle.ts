@@ -50,7 +50,7 @@ export interface OracleContext {
   startNs: bigint;
 }
 
-function normalise(tree: Tree, startNs: bigint): Tree {
+export function normalise(tree: Tree, startNs: bigint): Tree {
   for (const node of tree.values()) if (BigInt(node.mtime) >= startNs) node.mtime = 'unpack-time';
   return tree;
 }
@@ -65,10 +65,14 @@ export async function runOracle(ctx: OracleContext, stack: Stack): Promise<Oracl
   const [umoci, cs] = await Promise.all([snapshot(umociRoot), snapshot(csRoot)]);
   normalise(umoci, ctx.startNs);
   normalise(cs, ctx.startNs);
-  const diffs = diffTrees(umoci, cs, {
+  return { diffs: oracleDiff(umoci, cs), umoci, cs };
+}
+
+/** The differences between umoci's tree and cs's (both normalised), with the rules above. */
+export function oracleDiff(umoci: Tree, cs: Tree): string[] {
+  return diffTrees(umoci, cs, {
     ignore: (path, field) =>
       field === 'mtime' &&
       (path === '.' || (umoci.get(path)?.mtime === 'unpack-time' && cs.get(path)?.type === 'dir' && cs.get(path)?.mtime !== 'unpack-time')),
   });
-  return { diffs, umoci, cs };
 }
