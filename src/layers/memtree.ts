@@ -220,9 +220,9 @@ export class MemTree {
       }
       case 'symlink': {
         const target = header.linkname ?? '';
-        if (target === '' || Buffer.byteLength(target) >= 4096 || target.includes('\0')) {
-          throw new LayerError(`symlink ${header.name} has an invalid target`, { code: 'LAYER_BAD_HEADER' });
-        }
+        // The codes are the folder build's, whose file system refuses the same.
+        if (Buffer.byteLength(target) >= 4096) throw new LayerError(`symlink ${header.name}: its target is longer than 4095 bytes`, { code: 'LAYER_ENAMETOOLONG' });
+        if (target === '' || target.includes('\0')) throw new LayerError(`symlink ${header.name} has an invalid target`, { code: 'LAYER_BAD_HEADER' });
         children.set(base, { kind: 'symlink', ...stamp, target });
         return undefined;
       }
@@ -278,7 +278,7 @@ function hideLower(dir: TreeNode, marks: LayerMarks): void {
 
 /** A name the tree can hold: what a folder on disk would refuse is refused here too. */
 function checkName(part: string, entry: string): void {
-  if (Buffer.byteLength(part) > 255) throw new LayerError(`entry ${entry.slice(0, 80)}…: a name is longer than 255 bytes`, { code: 'LAYER_NAME_TOO_LONG' });
+  if (Buffer.byteLength(part) > 255) throw new LayerError(`entry ${entry.slice(0, 80)}…: a name is longer than 255 bytes`, { code: 'LAYER_ENAMETOOLONG' });
   if (part.includes('\0')) throw new LayerError(`entry ${JSON.stringify(entry.slice(0, 80))} has a NUL byte in its name`, { code: 'LAYER_BAD_HEADER' });
 }
 

@@ -15,12 +15,18 @@
  * dest is the chrooted reading of the layer (`link -> /etc` then
  * `link/passwd` writes dest/etc/passwd).
  */
-import { linkSync, lstatSync, lutimesSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { closeSync, linkSync, lstatSync, lutimesSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { LayerLimits } from '../../src/layers/apply.js';
 import { LayerError } from '../../src/util/errors.js';
-import { apply, kindOf, modeOf, tree, what, type Layer } from './support/inspect.js';
+import { MemTree } from '../../src/layers/memtree.js';
+import { BlockFile, finishErofs } from '../../src/rootfs/erofs-build.js';
+import { ErofsImage } from '../helpers/erofs-read.js';
+import { normalise } from './oracle-support/oracle.js';
+import { diffTrees, snapshot } from './oracle-support/tree.js';
+import { apply, kindOf, modeOf, toTar, tree, what, type Layer } from './support/inspect.js';
 import { blockDevice, charDevice, dir, fifo, file, hardlink, layerTar, rawRecord, rawTar, symlink, viaGenerator, whiteout } from './support/tar.js';
 import { createWorld, destroyWorld, outsideChanges, type World } from './support/world.js';
 
@@ -895,6 +901,57 @@ describe('hostile layers stay inside the root', () => {
     c.check?.(w);
     // The outside is still untouched after looking at the result.
     expect(outsideChanges(w)).toEqual([]);
+  });
+});
+
+/**
+ * The in-memory applier behind EROFS images (memtree.ts) must read every
+ * hostile layer as the folder applier does: the same tree inside the root
+ * (read back from the built image), or a refusal. There is no host path it
+ * could reach, so what is checked is the meaning, not the outside.
+ */
+describe('the same layers built as an EROFS image give the same tree', () => {
+  it.each(RUNNABLE)('%s', async (_name, c) => {
+    const w = createWorld();
+    world = w;
+    const startNs = BigInt(Date.now() - 1000) * 1_000_000n;
+    const layers = c.layers(w);
+    for (const lower of layers.slice(0, -1)) await apply(w.dest, lower);
+    const folder = await apply(w.dest, layers[layers.length - 1] as Layer, c.limits ? { limits: c.limits } : {}).then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+
+    const again = c.layers(w);
+    const imagePath = join(mkdtempSync(join(tmpdir(), 'cs-breakout-erofs-')), 'image');
+    try {
+      writeFileSync(imagePath, Buffer.alloc(4096));
+      const fd = openSync(imagePath, 'r+');
+      const mem = new MemTree();
+      const blocks = new BlockFile(fd);
+      const image = await (async () => {
+        for (const lower of again.slice(0, -1)) await mem.applyLayer({ tar: toTar(lower), blocks });
+        await mem.applyLayer({ tar: toTar(again[again.length - 1] as Layer), blocks, ...(c.limits ? { limits: c.limits } : {}) });
+        finishErofs(fd, mem.root, blocks);
+      })().then(
+        () => undefined,
+        (error: unknown) => error,
+      );
+      closeSync(fd);
+      if (folder !== undefined) {
+        expect(image, `the folder build refused: ${String(folder)}`).toBeInstanceOf(LayerError);
+        if (c.rejects?.code && (folder as LayerError).code === c.rejects.code) expect((image as LayerError).code).toBe(c.rejects.code);
+        return;
+      }
+      if (image !== undefined) throw image;
+      const expected = normalise(await snapshot(w.dest), startNs);
+      const actual = normalise(new ErofsImage(imagePath).tree(), startNs);
+      // Folders made as implicit parents have the time they were made on disk, and 0 in the image.
+      const diffs = diffTrees(expected, actual, { ignore: (path, field, node) => field === 'mtime' && (path === '.' || (node.type === 'dir' && node.mtime === 'unpack-time')) });
+      expect(diffs).toEqual([]);
+    } finally {
+      rmSync(dirname(imagePath), { recursive: true, force: true });
+    }
   });
 });
 

@@ -9,7 +9,7 @@ import { layerTar, type EntrySpec } from './tar.js';
 
 export type Layer = readonly EntrySpec[] | AsyncIterable<Uint8Array>;
 
-function toTar(layer: Layer): AsyncIterable<Uint8Array> {
+export function toTar(layer: Layer): AsyncIterable<Uint8Array> {
   return Array.isArray(layer) ? layerTar(layer as readonly EntrySpec[]) : (layer as AsyncIterable<Uint8Array>);
 }
 
