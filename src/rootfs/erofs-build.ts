@@ -1,6 +1,7 @@
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, createReadStream, createWriteStream, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { copyFile, link, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { BLOCK_SIZE, buildErofs, type ErofsKind } from '../layers/erofs.js';
 import { MemTree, type BlockStore, type TreeNode } from '../layers/memtree.js';
 import { cleanComponents } from '../layers/safe-path.js';
@@ -55,73 +56,160 @@ export interface BuildErofsResult {
 
 const TREE_FORMAT = 1;
 
-export async function buildErofsImage(options: BuildErofsOptions): Promise<BuildErofsResult> {
-  const { units, keys, cacheAt, phase } = options;
-  const last = units.length - 1;
-  let cached = -1;
-  for (let i = last; i >= 0; i--) {
-    if (units[i]?.boundary && (await cacheAt(i).has(keys[i] as string))) {
-      cached = i;
-      break;
-    }
-  }
-  const finalKey = keys[last] as string;
-  const finalCache = cacheAt(last);
-  if (cached === last) {
-    await finalCache.touch(finalKey);
-    const bytes = await place(join(finalCache.entryPath(finalKey), 'image'), options.out, options.share);
-    return { layersApplied: 0, cachedLayers: units.length, bytes };
-  }
+/**
+ * A cache entry's image is "full" (its `image` file holds the image from
+ * block 0) or a delta over a full entry: `image` then holds only the blocks
+ * from `from` on, the `parent` file names the full entry and `from`, and
+ * `head` holds block 0 (the superblock) of a finished image.
+ * The blocks a layer sequence gets are a function of the sequence alone, so
+ * a parent rebuilt after eviction fits its deltas still.
+ */
+interface EntryImage {
+  dir: string;
+  parent?: { dir: string; from: number };
+}
 
-  const work = await finalCache.workDir();
-  const image = join(work, 'image');
+function writeAt(path: string, bytes: Buffer, position: number): void {
+  const fd = openSync(path, 'r+');
   try {
-    let tree: MemTree;
-    let dataBlocks: number;
-    if (cached >= 0) {
-      phase('reuse cached layers');
-      const entry = cacheAt(cached).entryPath(keys[cached] as string);
-      const saved = loadTree(await readFile(join(entry, 'tree.json'), 'utf8'));
-      tree = new MemTree(saved.root);
-      dataBlocks = saved.dataBlocks;
-      await copyFile(join(entry, 'image'), image);
-      await truncate(image, dataBlocks * BLOCK_SIZE);
-      await cacheAt(cached).touch(keys[cached] as string);
+    writeAll(fd, bytes, position);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+async function linkOrCopy(from: string, to: string): Promise<void> {
+  try {
+    await link(from, to);
+  } catch (error) {
+    if ((error as { code?: string }).code !== 'EXDEV') throw error;
+    await copyFile(from, to);
+  }
+}
+
+async function readEntry(cache: TreeCache, key: string): Promise<EntryImage | undefined> {
+  if (!(await cache.has(key))) return undefined;
+  const dir = cache.entryPath(key);
+  const parentText = await readFile(join(dir, 'parent'), 'utf8').catch(() => undefined);
+  if (parentText === undefined) return { dir };
+  const [parentDir, fromText] = parentText.split('\n');
+  const from = Number(fromText);
+  // A delta whose full entry was evicted is no use.
+  const parentSize = await stat(join(parentDir ?? '', 'image')).then((s) => s.size, () => -1);
+  const complete = await stat(join(parentDir ?? '', 'complete')).then(() => true, () => false);
+  if (!parentDir || !Number.isInteger(from) || !complete || parentSize < from * BLOCK_SIZE) return undefined;
+  return { dir, parent: { dir: parentDir, from } };
+}
+
+/** Write an entry's image into `target` (replacing it); `blocks` cuts it to that many. */
+async function materialize(entry: EntryImage, target: string, blocks?: number): Promise<void> {
+  if (!entry.parent) {
+    await copyFile(join(entry.dir, 'image'), target);
+  } else {
+    await copyFile(join(entry.parent.dir, 'image'), target);
+    await truncate(target, entry.parent.from * BLOCK_SIZE);
+    await pipeline(createReadStream(join(entry.dir, 'image')), createWriteStream(target, { flags: 'r+', start: entry.parent.from * BLOCK_SIZE }));
+    // Block 0 (the superblock) of a finished image is the delta's own.
+    const head = await readFile(join(entry.dir, 'head')).catch(() => undefined);
+    if (head) writeAt(target, head, 0);
+  }
+  if (blocks !== undefined) await truncate(target, blocks * BLOCK_SIZE);
+}
+
+/**
+ * Make `target` an entry of `cache` for `key`: a delta over `parent` when
+ * there is one (only the blocks `target` has past it are copied), else a
+ * full entry (a hardlink when `target` may share its inode, else a copy).
+ */
+async function saveEntry(options: { cache: TreeCache; key: string; target: string; tree: MemTree; dataBlocks: number; parent?: { dir: string; from: number } | undefined; link: boolean; blocks?: number }): Promise<void> {
+  const { cache, key, target } = options;
+  if (await cache.has(key)) return;
+  const work = await cache.workDir();
+  try {
+    const image = join(work, 'image');
+    if (options.parent) {
+      const end = options.blocks === undefined ? undefined : options.blocks * BLOCK_SIZE - 1;
+      await pipeline(createReadStream(target, { start: options.parent.from * BLOCK_SIZE, ...(end === undefined ? {} : { end }) }), createWriteStream(image, { flags: 'wx' }));
+      if (end === undefined) await pipeline(createReadStream(target, { start: 0, end: BLOCK_SIZE - 1 }), createWriteStream(join(work, 'head'), { flags: 'wx' }));
+      await writeFile(join(work, 'parent'), `${options.parent.dir}\n${options.parent.from}`);
+    } else if (options.link) {
+      await linkOrCopy(target, image);
     } else {
-      tree = new MemTree();
-      // Block 0 holds the superblock; contents start at block 1.
-      await writeFile(image, Buffer.alloc(BLOCK_SIZE));
-      dataBlocks = 1;
+      await copyFile(target, image);
+      if (options.blocks !== undefined) await truncate(image, options.blocks * BLOCK_SIZE);
     }
-    const fd = openSync(image, 'r+');
-    let bytes: number;
-    try {
-      const blocks = new BlockFile(fd, dataBlocks * BLOCK_SIZE);
-      for (let i = cached + 1; i <= last; i++) {
-        const unit = units[i] as ImageUnit;
-        phase(`apply layer ${i + 1}/${units.length} (${unit.kind})`);
-        // The main thread mostly waits for inflated data here: it hashes, the worker only inflates.
-        await readLayer(unit, (tar) => tree.applyLayer({ tar, under: cleanComponents(unit.under), blocks }), { hashHere: true });
-        tree.emptyDirs(options.emptiesAfter(i));
-        if (unit.boundary && i < last) {
-          blocks.flush();
-          await saveEntry(cacheAt(i), keys[i] as string, image, tree, blocks.blocks);
-        }
-      }
-      phase('write erofs');
-      dataBlocks = blocks.blocks;
-      bytes = finishErofs(fd, tree.root, blocks);
-    } finally {
-      closeSync(fd);
-    }
-    await writeFile(join(work, 'tree.json'), saveTree(tree.root, dataBlocks));
-    await place(image, options.out, options.share);
-    await finalCache.commit(finalKey, work);
-    return { layersApplied: last - cached, cachedLayers: cached + 1, bytes };
+    await writeFile(join(work, 'tree.json'), saveTree(options.tree.root, options.dataBlocks));
+    await cache.commit(key, work);
   } catch (error) {
     await rm(work, { recursive: true, force: true });
     throw error;
   }
+}
+
+export async function buildErofsImage(options: BuildErofsOptions): Promise<BuildErofsResult> {
+  const { units, keys, cacheAt, phase, out } = options;
+  const last = units.length - 1;
+  let cached = -1;
+  let entry: EntryImage | undefined;
+  for (let i = last; i >= 0 && !entry; i--) {
+    if (!units[i]?.boundary) continue;
+    entry = await readEntry(cacheAt(i), keys[i] as string);
+    if (entry) cached = i;
+  }
+  const finalKey = keys[last] as string;
+  if (entry && cached === last) {
+    await cacheAt(last).touch(finalKey);
+    if (options.share && !entry.parent) await linkOrCopy(join(entry.dir, 'image'), out);
+    else await materialize(entry, out);
+    return { layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
+  }
+
+  // The image is built in place at `out`; the cache keeps a full copy of the
+  // first snapshot boundary, and deltas over it after.
+  let tree: MemTree;
+  let dataBlocks: number;
+  let full: { dir: string; from: number } | undefined;
+  if (entry) {
+    phase('reuse cached layers');
+    const saved = loadTree(await readFile(join(entry.dir, 'tree.json'), 'utf8'));
+    tree = new MemTree(saved.root);
+    dataBlocks = saved.dataBlocks;
+    await materialize(entry, out, dataBlocks);
+    await cacheAt(cached).touch(keys[cached] as string);
+    full = entry.parent ?? { dir: entry.dir, from: dataBlocks };
+  } else {
+    tree = new MemTree();
+    // Block 0 holds the superblock; contents start at block 1.
+    await writeFile(out, Buffer.alloc(BLOCK_SIZE), { flag: 'wx' });
+    dataBlocks = 1;
+  }
+  const fd = openSync(out, 'r+');
+  let bytes: number;
+  try {
+    const blocks = new BlockFile(fd, dataBlocks * BLOCK_SIZE);
+    for (let i = cached + 1; i <= last; i++) {
+      const unit = units[i] as ImageUnit;
+      phase(`apply layer ${i + 1}/${units.length} (${unit.kind})`);
+      // The main thread mostly waits for inflated data here: it hashes, the worker only inflates.
+      await readLayer(unit, (tar) => tree.applyLayer({ tar, under: cleanComponents(unit.under), blocks }), { hashHere: true });
+      tree.emptyDirs(options.emptiesAfter(i));
+      if (unit.boundary && i < last) {
+        blocks.flush();
+        const key = keys[i] as string;
+        await saveEntry({ cache: cacheAt(i), key, target: out, tree, dataBlocks: blocks.blocks, parent: full, link: false, blocks: blocks.blocks });
+        full ??= { dir: cacheAt(i).entryPath(key), from: blocks.blocks };
+      }
+    }
+    phase('write erofs');
+    dataBlocks = blocks.blocks;
+    bytes = finishErofs(fd, tree.root, blocks);
+  } finally {
+    closeSync(fd);
+  }
+  // A full entry made by someone else at the same time may have a different
+  // inode but the same blocks: the delta still fits.
+  await saveEntry({ cache: cacheAt(last), key: finalKey, target: out, tree, dataBlocks, parent: full, link: options.share });
+  return { layersApplied: last - cached, cachedLayers: cached + 1, bytes };
 }
 
 /**
@@ -139,35 +227,6 @@ export async function erofsFromLayers(layers: readonly StoredLayer[], out: strin
     return finishErofs(fd, tree.root, blocks);
   } finally {
     closeSync(fd);
-  }
-}
-
-/** Put a finished image at `out`: a hardlink when it may share the inode, else a copy. */
-async function place(image: string, out: string, share: boolean): Promise<number> {
-  if (share) {
-    try {
-      await link(image, out);
-      return (await stat(out)).size;
-    } catch (error) {
-      if ((error as { code?: string }).code !== 'EXDEV') throw error;
-    }
-  }
-  await copyFile(image, out);
-  return (await stat(out)).size;
-}
-
-/** Cache the tree at a snapshot boundary mid-build: a copy of the content blocks so far, and the tree. */
-async function saveEntry(cache: TreeCache, key: string, image: string, tree: MemTree, dataBlocks: number): Promise<void> {
-  if (await cache.has(key)) return;
-  const work = await cache.workDir();
-  try {
-    await copyFile(image, join(work, 'image'));
-    await truncate(join(work, 'image'), dataBlocks * BLOCK_SIZE);
-    await writeFile(join(work, 'tree.json'), saveTree(tree.root, dataBlocks));
-    await cache.commit(key, work);
-  } catch (error) {
-    await rm(work, { recursive: true, force: true });
-    throw error;
   }
 }
 

@@ -11,7 +11,8 @@
  * tests inside a scenario that build on each other are sequential.
  */
 import { existsSync, lstatSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync } from 'node:fs';
-import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
@@ -19,6 +20,7 @@ import { afterAll, beforeAll, describe, it } from 'vitest';
 import { assemble, type AssembleOptions, type AssembleResult, type OutputFormat } from '../../src/rootfs/assemble.js';
 import { importDirectory } from '../../src/snapshot/import-dir.js';
 import { InputError, LayerError } from '../../src/util/errors.js';
+import { ErofsImage } from '../helpers/erofs-read.js';
 import { cs, ensureBuilt, startCs } from './support/cli.js';
 import { makeHome, type TestHome } from './support/home.js';
 import {
@@ -392,6 +394,72 @@ describe.concurrent('a warm cache', () => {
     expect(treeLines(readTree(h.out('warm')))).toEqual(treeLines(readTree(h.out('cold'))));
     expect(text(h.out('warm/usr/bin/tool'))).toBe('a build tool\n');
     expect(readdirSync(h.out('warm/tmp'))).toEqual([]);
+  });
+});
+
+describe.concurrent('the EROFS image cache', () => {
+  const entries = (h: TestHome): string[] => {
+    const dir = join(h.csHome, 'rootfs-images', 'trees');
+    return existsSync(dir) ? readdirSync(dir).sort() : [];
+  };
+  const entryOf = (h: TestHome, chainId: string): string => join(h.csHome, 'rootfs-images', 'trees', chainId.replace('sha256:', ''));
+  const layers = {
+    base: [
+      [file('etc/os-release', 'base\n'), dir('home/owner'), file('home/owner/keep', 'kept\n'), file('usr/big', 'x'.repeat(300_000))],
+      [file('etc/motd', 'motd\n'), file('tmp/scratch', 'emptied\n')],
+    ] as Entry[][],
+    home: (n: number): Entry[][] => [[file('home.txt', `home ${n}\n`), file(`only-${n}`, `${n}\n`), whiteout('keep')]],
+  };
+  const images = async (h: TestHome): Promise<{ base: BuiltImage; home: (n: number) => Promise<BuiltImage> }> => ({
+    base: await buildImage(h.store, 'localhost/img/base:v1', layers.base),
+    home: (n) => buildImage(h.store, `localhost/img/home:v${n}`, layers.home(n)),
+  });
+
+  it('rebuilds only the home, keeps a full entry for the base and a small delta for the rest, and gives the same bytes as a cold build', async ({ expect }) => {
+    const h = await newHome('erofs-cache');
+    const { base, home } = await images(h);
+    const [home1, home2] = [await home(1), await home(2)];
+    const first = await run(h, [[base, 'base'], [home1, 'home']], h.out('one.erofs'), 'erofs');
+    expect(first).toMatchObject({ layers: 3, layersApplied: 3, cachedLayers: 0 });
+    expect(entries(h)).toHaveLength(2);
+    // The final entry is a delta over the base's full entry: its image holds the home's blocks and the metadata only.
+    const delta = entryOf(h, first.chainId);
+    const [parentDir] = (await readFile(join(delta, 'parent'), 'utf8')).split('\n');
+    expect(existsSync(join(parentDir as string, 'complete'))).toBe(true);
+    expect(statSync(join(delta, 'image')).size).toBeLessThan(statSync(join(parentDir as string, 'image')).size);
+
+    const warm = await run(h, [[base, 'base'], [home2, 'home']], h.out('two.erofs'), 'erofs');
+    expect(warm).toMatchObject({ layers: 3, layersApplied: 1, cachedLayers: 2 });
+    const tree = new ErofsImage(h.out('two.erofs')).tree();
+    expect(tree.get('home/owner/home.txt')?.sha256).toBe(createHash('sha256').update('home 2\n').digest('hex'));
+    expect(tree.has('home/owner/only-1')).toBe(false);
+    expect(tree.has('home/owner/keep')).toBe(false);
+    expect(tree.get('usr/big')?.sha256).toBe(createHash('sha256').update('x'.repeat(300_000)).digest('hex'));
+    expect([...tree.keys()].filter((p) => p.startsWith('tmp/'))).toEqual([]);
+
+    // The same chain built cold elsewhere is byte for byte the same image.
+    const cold = await newHome('erofs-cold');
+    const coldImages = await images(cold);
+    await run(cold, [[coldImages.base, 'base'], [await coldImages.home(2), 'home']], cold.out('two.erofs'), 'erofs');
+    expect((await readFile(h.out('two.erofs'))).equals(await readFile(cold.out('two.erofs')))).toBe(true);
+
+    // A chain wholly cached is written from its delta, the same bytes again.
+    const again = await run(h, [[base, 'base'], [home1, 'home']], h.out('one-again.erofs'), 'erofs');
+    expect(again).toMatchObject({ layersApplied: 0, cachedLayers: 3 });
+    expect((await readFile(h.out('one-again.erofs'))).equals(await readFile(h.out('one.erofs')))).toBe(true);
+
+    // A delta whose full entry is gone is not used: the chain is built again, the same.
+    await rm(parentDir as string, { recursive: true, force: true });
+    const rebuilt = await run(h, [[base, 'base'], [home1, 'home']], h.out('one-rebuilt.erofs'), 'erofs');
+    expect(rebuilt).toMatchObject({ layersApplied: 3, cachedLayers: 0 });
+    expect((await readFile(h.out('one-rebuilt.erofs'))).equals(await readFile(h.out('one.erofs')))).toBe(true);
+    const check = await execa('fsck.erofs', [h.out('one-rebuilt.erofs')], { reject: false });
+    expect(check.exitCode, check.stderr).toBe(0);
+    // Editing an output changes nothing cached.
+    await writeFile(h.out('two.erofs'), 'scribbled over');
+    const third = await run(h, [[base, 'base'], [home2, 'home']], h.out('two-again.erofs'), 'erofs');
+    expect(third.layersApplied).toBe(0);
+    expect((await readFile(h.out('two-again.erofs'))).equals(await readFile(cold.out('two.erofs')))).toBe(true);
   });
 });
 
