@@ -60,12 +60,17 @@ const TREE_FORMAT = 1;
  * A cache entry's image is "full" (its `image` file holds the image from
  * block 0) or a delta over a full entry: `image` then holds only the blocks
  * from `from` on, the `parent` file names the full entry and `from`, and
- * `head` holds block 0 (the superblock) of a finished image.
+ * `head` holds block 0 (the superblock) of a finished image. An entry
+ * saved at a boundary on the way holds contents only (up to its
+ * `dataBlocks`); one saved at the end of a build is a finished image, marked
+ * by a `finished` file.
  * The blocks a layer sequence gets are a function of the sequence alone, so
  * a parent rebuilt after eviction fits its deltas still.
  */
 interface EntryImage {
   dir: string;
+  /** The image is a finished one (metadata and superblock), not only the contents up to a boundary. */
+  finished: boolean;
   parent?: { dir: string; from: number };
 }
 
@@ -90,15 +95,16 @@ async function linkOrCopy(from: string, to: string): Promise<void> {
 async function readEntry(cache: TreeCache, key: string): Promise<EntryImage | undefined> {
   if (!(await cache.has(key))) return undefined;
   const dir = cache.entryPath(key);
+  const finished = await stat(join(dir, 'finished')).then(() => true, () => false);
   const parentText = await readFile(join(dir, 'parent'), 'utf8').catch(() => undefined);
-  if (parentText === undefined) return { dir };
+  if (parentText === undefined) return { dir, finished };
   const [parentDir, fromText] = parentText.split('\n');
   const from = Number(fromText);
   // A delta whose full entry was evicted is no use.
   const parentSize = await stat(join(parentDir ?? '', 'image')).then((s) => s.size, () => -1);
   const complete = await stat(join(parentDir ?? '', 'complete')).then(() => true, () => false);
   if (!parentDir || !Number.isInteger(from) || !complete || parentSize < from * BLOCK_SIZE) return undefined;
-  return { dir, parent: { dir: parentDir, from } };
+  return { dir, finished, parent: { dir: parentDir, from } };
 }
 
 /** Write an entry's image into `target` (replacing it); `blocks` cuts it to that many. */
@@ -139,6 +145,7 @@ async function saveEntry(options: { cache: TreeCache; key: string; target: strin
       if (options.blocks !== undefined) await truncate(image, options.blocks * BLOCK_SIZE);
     }
     await writeFile(join(work, 'tree.json'), saveTree(options.tree.root, options.dataBlocks));
+    if (options.blocks === undefined) await writeFile(join(work, 'finished'), '');
     await cache.commit(key, work);
   } catch (error) {
     await rm(work, { recursive: true, force: true });
@@ -159,9 +166,22 @@ export async function buildErofsImage(options: BuildErofsOptions): Promise<Build
   const finalKey = keys[last] as string;
   if (entry && cached === last) {
     await cacheAt(last).touch(finalKey);
-    if (options.share && !entry.parent) await linkOrCopy(join(entry.dir, 'image'), out);
-    else await materialize(entry, out);
-    return { layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
+    if (entry.finished) {
+      if (options.share && !entry.parent) await linkOrCopy(join(entry.dir, 'image'), out);
+      else await materialize(entry, out);
+      return { layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
+    }
+    // Cached as a boundary on the way to a longer chain: contents only, the metadata is written now.
+    phase('reuse cached layers');
+    const saved = loadTree(await readFile(join(entry.dir, 'tree.json'), 'utf8'));
+    await materialize(entry, out, saved.dataBlocks);
+    const fd = openSync(out, 'r+');
+    try {
+      phase('write erofs');
+      return { layersApplied: 0, cachedLayers: units.length, bytes: finishErofs(fd, saved.root, new BlockFile(fd, saved.dataBlocks * BLOCK_SIZE)) };
+    } finally {
+      closeSync(fd);
+    }
   }
 
   // The image is built in place at `out`; the cache keeps a full copy of the

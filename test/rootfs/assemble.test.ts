@@ -443,6 +443,17 @@ describe.concurrent('the EROFS image cache', () => {
     await run(cold, [[coldImages.base, 'base'], [await coldImages.home(2), 'home']], cold.out('two.erofs'), 'erofs');
     expect((await readFile(h.out('two.erofs'))).equals(await readFile(cold.out('two.erofs')))).toBe(true);
 
+    // The base alone was cached on the way (contents only): its metadata is written now.
+    const baseOnly = await run(h, [[base, 'base']], h.out('base.erofs'), 'erofs');
+    expect(baseOnly).toMatchObject({ layersApplied: 0, cachedLayers: 2 });
+    const baseCheck = await execa('fsck.erofs', [h.out('base.erofs')], { reject: false });
+    expect(baseCheck.exitCode, baseCheck.stderr).toBe(0);
+    const baseTree = new ErofsImage(h.out('base.erofs')).tree();
+    expect(baseTree.get('home/owner/keep')?.sha256).toBe(createHash('sha256').update('kept\n').digest('hex'));
+    expect(baseTree.has('tmp')).toBe(true);
+    expect(baseTree.has('tmp/scratch')).toBe(false);
+    expect(baseTree.has('home/owner/home.txt')).toBe(false);
+
     // A chain wholly cached is written from its delta, the same bytes again.
     const again = await run(h, [[base, 'base'], [home1, 'home']], h.out('one-again.erofs'), 'erofs');
     expect(again).toMatchObject({ layersApplied: 0, cachedLayers: 3 });
