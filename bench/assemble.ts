@@ -1,5 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { execa } from 'execa';
 import { ContentStore } from '../src/oci/store.js';
 import { cliEnv, ensureBuilt, median, removeAll, root, sh, tempDir, timedAfterSync } from './common.js';
 import { debianMinbase } from './debian.js';
@@ -22,6 +23,35 @@ const RUNS = 5;
 
 async function run(args: string[], home: string): Promise<string> {
   return sh('node', [join(root, 'bin/run.js'), ...args], { env: cliEnv({ CS_HOME: home }), extendEnv: false });
+}
+
+const BIG_LAYER = 1024 ** 3;
+
+/**
+ * Memory: a layer holding one 1 GiB file, assembled as an erofs image and as
+ * a folder; the peak RSS of each `cs rootfs assemble` (GNU time's %M) must
+ * stay flat (target: under 200 MB), whatever the layer's size.
+ */
+async function memory(work: string): Promise<void> {
+  const big = join(work, 'big');
+  await mkdir(big);
+  // Written out, not sparse: the layer must carry the whole gibibyte.
+  await sh('sh', ['-c', `head -c ${BIG_LAYER} /dev/zero > "$1"`, 'sh', join(big, 'big.img')]);
+  const home = join(work, 'big-home');
+  await run(['image', 'import', big, 'localhost/bench/big:v1'], home);
+  const peaks: Record<string, number> = {};
+  for (const format of ['erofs', 'dir']) {
+    const out = join(work, `big-out.${format}`);
+    const result = await execa('/usr/bin/time', ['-f', '%M', 'node', join(root, 'bin/run.js'), 'rootfs', 'assemble', '--base', 'localhost/bench/big:v1', '--format', format, '--out', out], {
+      env: cliEnv({ CS_HOME: home }),
+      extendEnv: false,
+    });
+    peaks[format] = Math.round(Number(result.stderr.trim().split('\n').pop()) / 1024);
+    await removeAll(out);
+  }
+  process.stdout.write(`${JSON.stringify({ scenario: 'assemble-memory', layerUncompressedBytes: BIG_LAYER, peakRssMiB: peaks }, null, 2)}\n`);
+  process.stdout.write(`peak RSS for a 1 GiB layer: erofs ${peaks['erofs']} MiB, folder ${peaks['dir']} MiB (target < 200)\n`);
+  await removeAll(big, home);
 }
 
 export async function benchAssemble(): Promise<void> {
@@ -115,6 +145,7 @@ export async function benchAssemble(): Promise<void> {
       `erofs: cs cold / tar -xzf: ${summary.ratioColdToTar} (target <= 1.1); cs warm / cold: ${summary.ratioWarmToCold} (target < 0.15); cs warm / tar -xzf: ${summary.ratioWarmToTar}\n` +
         `folder: cold / tar -xzf: ${summary.ratioDirColdToTar}; warm / cold: ${summary.ratioDirWarmToDirCold}; cp -a of the tree / tar -xzf: ${summary.ratioCopyToTar} (the least a folder output costs on top of a cached tree)\n`,
     );
+    await memory(work);
   } finally {
     await removeAll(work);
   }

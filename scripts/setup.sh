@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # docker-registry: a real OCI registry for tests; skopeo, umoci: peer tools for
 # interop tests and benchmarks; apache2-utils: htpasswd; openssl: test certificates;
-# zstd, attr (setfattr), erofs-utils, e2fsprogs: layers and images; python3: xattr checks in tests;
+# zstd, attr (setfattr), e2fsprogs: layers and images; erofs-utils: fsck.erofs checks cs's images in tests; python3: xattr checks in tests;
 # qemu-system-x86, qemu-utils (qemu-img for workspace disk overlays), busybox-static, kmod, gcc, libc6-dev: microVM workspaces (QEMU, the guest's
 # init, module indexing, the guest agent); lz4, xz-utils: unpacking the kernel for a PVH boot;
 # debootstrap: a Debian base image built locally; fakeroot: images built by an unprivileged user get their layers' owners, devices and xattrs.

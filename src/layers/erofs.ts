@@ -94,6 +94,8 @@ interface Placed {
 interface DirEntry {
   name: string;
   bytes: number;
+  /** The name is printable ASCII: plain string order is bytewise order. */
+  ascii: boolean;
   node: ErofsNode;
 }
 
@@ -174,12 +176,12 @@ export function buildErofs(root: ErofsNode, dataBlocks: number): ErofsImage {
     meta.writeUInt16LE(1 | (p.layout << 1), at);
     meta.writeUInt16LE(p.xattrs.length === 0 ? 0 : 1 + (p.xattrs.length - XATTR_HEADER) / 4, at + 2);
     meta.writeUInt16LE(TYPE_BITS[p.node.kind] | (p.node.mode & 0o7777), at + 4);
-    meta.writeBigUInt64LE(BigInt(p.size), at + 8);
+    writeU64(meta, p.size, at + 8);
     meta.writeUInt32LE(iU(p.node, blocksAt), at + 16);
     meta.writeUInt32LE(p.nid >>> 0, at + 20);
     meta.writeUInt32LE(p.node.uid >>> 0, at + 24);
     meta.writeUInt32LE(p.node.gid >>> 0, at + 28);
-    meta.writeBigUInt64LE(BigInt(Math.max(0, Math.floor(p.node.mtime))), at + 32);
+    writeU64(meta, Math.max(0, Math.floor(p.node.mtime)), at + 32);
     meta.writeUInt32LE(Math.min(999_999_999, Math.max(0, Math.floor(p.node.mtimeNs))), at + 40);
     meta.writeUInt32LE(p.nlink, at + 44);
     p.xattrs.copy(meta, at + INODE_SIZE);
@@ -207,6 +209,12 @@ export function buildErofs(root: ErofsNode, dataBlocks: number): ErofsImage {
   return { meta, metaOffset: start * BLOCK_SIZE, head, bytes: nextBlock * BLOCK_SIZE, inodes: placed.length };
 }
 
+/** A 64-bit little-endian field from a safe integer, without a BigInt per write (there are tens of thousands). */
+function writeU64(buffer: Buffer, value: number, at: number): void {
+  buffer.writeUInt32LE(value % 0x1_0000_0000, at);
+  buffer.writeUInt32LE(Math.floor(value / 0x1_0000_0000), at + 4);
+}
+
 function alignUp(n: number, to: number): number {
   return Math.ceil(n / to) * to;
 }
@@ -227,7 +235,7 @@ const ASCII = /^[\x20-\x7e]*$/;
 
 /** Bytewise order of UTF-8 names; plain comparison gives the same for ASCII and is much cheaper. */
 function compareEntries(a: DirEntry, b: DirEntry): number {
-  if (ASCII.test(a.name) && ASCII.test(b.name)) return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
+  if (a.ascii && b.ascii) return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
   return Buffer.compare(Buffer.from(a.name, 'utf8'), Buffer.from(b.name, 'utf8'));
 }
 
@@ -247,14 +255,14 @@ function prepare(node: ErofsNode, references: number, parentNode: ErofsNode | un
     } else p.blockCount = 1;
   } else if (node.kind === 'dir') {
     const entries: DirEntry[] = [
-      { name: '.', bytes: 1, node },
-      { name: '..', bytes: 2, node: parentNode ?? node },
+      { name: '.', bytes: 1, ascii: true, node },
+      { name: '..', bytes: 2, ascii: true, node: parentNode ?? node },
     ];
     let subdirs = 0;
     for (const [name, child] of node.children ?? []) {
       const bytes = Buffer.byteLength(name, 'utf8');
       if (bytes === 0 || bytes > 255) throw new LayerError(`a file name of ${bytes} bytes cannot be stored`, { code: 'LAYER_NAME_TOO_LONG' });
-      entries.push({ name, bytes, node: child });
+      entries.push({ name, bytes, ascii: bytes === name.length && ASCII.test(name), node: child });
       if (child.kind === 'dir') subdirs++;
     }
     entries.sort(compareEntries);
@@ -300,7 +308,7 @@ function writeDirChunk(meta: Buffer, at: number, entries: readonly DirEntry[], c
   for (let k = chunk.start; k < chunk.end; k++) {
     const entry = entries[k] as DirEntry;
     const d = at + (k - chunk.start) * DIRENT_SIZE;
-    meta.writeBigUInt64LE(BigInt(nidOf.get(entry.node) ?? 0), d);
+    writeU64(meta, nidOf.get(entry.node) ?? 0, d);
     meta.writeUInt16LE(nameAt, d + 8);
     meta.writeUInt8(DIRENT_TYPE[entry.node.kind], d + 10);
     meta.write(entry.name, at + nameAt, 'utf8');

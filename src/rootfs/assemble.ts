@@ -437,7 +437,7 @@ async function clearUndeclaredXattrs(root: string, dirs: readonly { path: string
 }
 
 /** The output in its format; an unprivileged run's records applied as it is built (see owners.ts). */
-async function writeOutput(tree: string, out: string, format: OutputFormat, onPhase: (phase: string) => void = () => undefined): Promise<number> {
+async function writeOutput(tree: string, out: string, format: Exclude<OutputFormat, 'erofs'>, onPhase: (phase: string) => void = () => undefined): Promise<number> {
   const entryDir = dirname(tree);
   const privileged = process.getuid?.() === 0;
   switch (format) {
@@ -462,10 +462,6 @@ async function writeOutput(tree: string, out: string, format: OutputFormat, onPh
       const entries = hostEntries(tree, { xattrs: true });
       const source = privileged ? entries : withOwners(entries, await readDeferred(entryDir, tree));
       await pipeline(packEntries(source), createWriteStream(out, { flags: 'wx' }));
-      return (await stat(out)).size;
-    }
-    case 'erofs': {
-      await buildWithOwners(tree, entryDir, ['mkfs.erofs', '--quiet', out, tree]);
       return (await stat(out)).size;
     }
     case 'ext4': {

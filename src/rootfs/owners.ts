@@ -12,11 +12,12 @@ import { run } from '../util/process.js';
  * in `deferred.jsonl` beside the cached tree, applied where the image is
  * built:
  *
- * - erofs and ext4 images are built by mkfs.erofs and mke2fs, run under
- *   fakeroot with a state made from the records: those tools then see the
+ * - ext4 images are built by mke2fs, run under fakeroot with a state made
+ *   from the records: it then sees the
  *   recorded owners, modes and devices (and everything else owned by root,
  *   as the layers had it), and the recorded xattrs, set inside the same
- *   fakeroot session, which fakes them too;
+ *   fakeroot session, which fakes them too (erofs images need none of
+ *   this: they are written from the layers' headers, see erofs-build.ts);
  * - a tar gets them in its headers directly;
  * - a folder cannot hold them: they are written beside it.
  *

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
+import { createGunzip } from 'node:zlib';
 import { applyLayer, type ApplyOptions, type ApplyResult } from '../layers/apply.js';
 import { decompressZstd } from '../layers/decompress.js';
 import { inflateFile } from '../layers/inflate-thread.js';
@@ -50,6 +51,16 @@ export async function unpackLayer(options: UnpackLayerOptions): Promise<ApplyRes
   return readLayer({ store, layer, diffId }, (tar) => applyLayer({ ...applyOptions, tar }));
 }
 
+/** Compressed bytes up to which a layer is inflated on the calling thread's zlib (see readLayer). */
+const SMALL_LAYER = 4 * 1024 * 1024;
+
+function gunzip(blob: Readable): Readable {
+  const inflater = createGunzip();
+  blob.on('error', (error) => inflater.destroy(error));
+  inflater.once('close', () => blob.destroy());
+  return blob.pipe(inflater);
+}
+
 export interface StoredLayer {
   store: ContentStore;
   layer: Descriptor;
@@ -68,7 +79,9 @@ export async function readLayer<T>(source: StoredLayer, use: (tar: Readable) => 
   // inflate-thread.ts); zstd goes through the zstd program and is hashed here.
   let tar: Readable;
   let diffIdOf: () => string | undefined;
-  if (compression === 'gzip' || compression === 'none') {
+  // A small layer for a caller with time to spare is not worth a thread's start-up (tens of ms): zlib runs on the pool.
+  const inline = options.hashHere === true && source.layer.size <= SMALL_LAYER && compression !== 'zstd';
+  if ((compression === 'gzip' || compression === 'none') && !inline) {
     const inflated = inflateFile(source.store.blobPath(source.layer.digest), { gzip: compression === 'gzip', hashHere: options.hashHere ?? false });
     tar = inflated.stream;
     diffIdOf = inflated.diffId;
@@ -80,7 +93,8 @@ export async function readLayer<T>(source: StoredLayer, use: (tar: Readable) => 
         callback(null, chunk);
       },
     });
-    const plain = await decompressZstd(source.store.openBlob(source.layer.digest));
+    const blob = source.store.openBlob(source.layer.digest);
+    const plain = compression === 'zstd' ? await decompressZstd(blob) : compression === 'gzip' ? gunzip(blob) : blob;
     plain.on('error', (error) => hasher.destroy(error));
     // Fix: when applying stops early (a bad entry), applyLayer destroys only
     // `hasher`; `plain` was left paused mid-stream, so a `zstd -dc` child stayed

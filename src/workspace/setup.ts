@@ -19,7 +19,6 @@ export const HOST_PACKAGES: readonly { pkg: string; check: string }[] = [
   // qemu-img: restore points and clones put qcow2 overlays on workspace disks (only recommended by qemu-system-x86).
   { pkg: 'qemu-utils', check: '/usr/bin/qemu-img' },
   { pkg: 'busybox-static', check: '/bin/busybox' },
-  { pkg: 'erofs-utils', check: '/usr/bin/mkfs.erofs' },
   { pkg: 'e2fsprogs', check: '/sbin/mke2fs' },
   { pkg: 'kmod', check: '/sbin/depmod' },
   { pkg: 'gcc', check: '/usr/bin/cc' },

@@ -1,9 +1,10 @@
 /**
  * An unprivileged user's assembly still gives the image the layers ask
- * for: owners other than the user, device nodes and xattrs that need root
- * are recorded while the tree is built and applied where the image is
- * built (erofs and ext4 under fakeroot, tar headers directly, a file
- * beside a folder). `cs rootfs assemble` runs as a real other user
+ * for: owners other than the user, device nodes and xattrs that need root.
+ * An erofs image is written from the layers' headers (no privilege needed);
+ * for the other formats they are recorded while the tree is built and
+ * applied where the image is built (ext4 under fakeroot, tar headers
+ * directly, a file beside a folder). `cs rootfs assemble` runs as a real other user
  * (setpriv); the images are read back with fsck.erofs, debugfs and GNU tar.
  * The suite runs as root, which is what lets it switch users.
  */
