@@ -148,7 +148,8 @@ export function buildErofs(root: ErofsNode, dataBlocks: number): ErofsImage {
 
   const placed: Placed[] = order.map((node) => prepare(node, links.get(node) ?? 1, parent.get(node)));
   // Inodes at 32-byte slots; an inode with inline content starts a new block if its tail would cross one.
-  let offset = 0;
+  // Slot 0 stays empty: the root's inode number (its nid) would be 0, which readdir and stat treat as no inode.
+  let offset = SLOT;
   for (const p of placed) {
     const own = INODE_SIZE + p.xattrs.length + p.tailBytes;
     if (p.tailBytes > 0 && (offset % BLOCK_SIZE) + own > BLOCK_SIZE) offset = alignUp(offset, BLOCK_SIZE);

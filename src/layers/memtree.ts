@@ -124,6 +124,7 @@ export class MemTree {
       if (next === undefined) {
         if (!create) return undefined;
         checkName(part, components.join('/'));
+        checkDepth(stack.length + 1, components.join('/'));
         const made = newDir();
         current.children?.set(part, made);
         stack.push(made);
@@ -131,6 +132,7 @@ export class MemTree {
       }
       if (next.kind === 'dir') {
         stack.push(next);
+        checkDepth(stack.length, components.join('/'));
         continue;
       }
       if (next.kind === 'symlink') {
@@ -158,6 +160,10 @@ export class MemTree {
   ): Promise<{ opaque?: string[]; bytes?: number; whiteout?: boolean } | undefined> {
     const components = cleanComponents(header.name);
     const meta = entryMetadata(header);
+    // What a file system would refuse (chown, mknod), refused here: an image would silently keep a wrapped value.
+    for (const [what, id] of [['uid', meta.uid], ['gid', meta.gid]] as const) {
+      if (!Number.isInteger(id) || id < 0 || id > 0xffffffff) throw new LayerError(`entry ${header.name} has an invalid ${what} ${id}`, { code: 'LAYER_BAD_HEADER' });
+    }
     const mtime = Math.floor(meta.mtime);
     const stamp = { uid: meta.uid, gid: meta.gid, mtime: Math.max(0, mtime), mtimeNs: Math.round((meta.mtime - mtime) * 1e9), mode: header.mode & 0o7777 };
     if (components.length === 0) {
@@ -242,6 +248,10 @@ export class MemTree {
         return undefined;
       case 'character-device':
       case 'block-device':
+        // Linux device numbers: 12-bit major, 20-bit minor.
+        if (!Number.isInteger(header.devmajor) || !Number.isInteger(header.devminor) || (header.devmajor ?? 0) < 0 || (header.devmajor ?? 0) > 0xfff || (header.devminor ?? 0) < 0 || (header.devminor ?? 0) > 0xfffff) {
+          throw new LayerError(`device ${header.name} has numbers ${header.devmajor}:${header.devminor}, beyond what Linux has`, { code: 'LAYER_BAD_HEADER' });
+        }
         children.set(base, { kind: header.type === 'character-device' ? 'char' : 'block', ...stamp, major: header.devmajor ?? 0, minor: header.devminor ?? 0 });
         return undefined;
       default:
@@ -274,6 +284,17 @@ function hideLower(dir: TreeNode, marks: LayerMarks): void {
     }
     dir.children?.delete(name);
   }
+}
+
+/**
+ * Folders nest at most this deep: a real path 2048 folders deep is at least
+ * 4096 bytes long, which a folder build's file system refuses (PATH_MAX);
+ * symlinks could otherwise build trees deeper than any entry name.
+ */
+const MAX_DEPTH = 2048;
+
+function checkDepth(depth: number, entry: string): void {
+  if (depth > MAX_DEPTH) throw new LayerError(`entry ${entry.slice(0, 80)}…: folders nest deeper than ${MAX_DEPTH} levels`, { code: 'LAYER_ENAMETOOLONG' });
 }
 
 /** A name the tree can hold: what a folder on disk would refuse is refused here too. */

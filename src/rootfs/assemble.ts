@@ -283,9 +283,10 @@ async function assembleImage(options: AssembleOptions, units: readonly Unit[], k
   const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, 'rootfs-images')) : sharedCache;
   await sharedCache.prune();
   if (privateCache !== sharedCache) await privateCache.prune();
-  const target = shared ? `${out}.tmp-${process.pid}-${Date.now()}` : out;
-  if (replace) await rm(out, { recursive: true, force: true });
-  else if (shared) await mkdir(dirname(out), { recursive: true });
+  // Built under a temporary name beside `out` and renamed into place: a failed
+  // build leaves no half image, and an old `out` (--force) is replaced only by a finished one.
+  const target = `${out}.tmp-${process.pid}-${Date.now()}`;
+  await mkdir(dirname(out), { recursive: true });
   try {
     const built = await buildErofsImage({
       units,
@@ -296,8 +297,10 @@ async function assembleImage(options: AssembleOptions, units: readonly Unit[], k
       share: shared,
       phase,
     });
-    if (shared) await rename(target, out);
-    else if (units.some((u) => u.private)) await chmod(out, 0o600);
+    if (!shared && units.some((u) => u.private)) await chmod(target, 0o600);
+    // A folder cannot be renamed over; anything else at `out` can.
+    if (replace && (await lstat(out).catch(() => undefined))?.isDirectory()) await rm(out, { recursive: true, force: true });
+    await rename(target, out);
     return { out, format: 'erofs', chainId: keys[keys.length - 1] as string, layers: units.length, layersApplied: built.layersApplied, cachedLayers: built.cachedLayers, bytes: built.bytes };
   } catch (error) {
     await rm(target, { force: true });

@@ -1,5 +1,6 @@
 import { closeSync, createReadStream, createWriteStream, ftruncateSync, openSync, writeSync } from 'node:fs';
-import { copyFile, link, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { copyFile, link, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { BLOCK_SIZE, buildErofs, type ErofsKind } from '../layers/erofs.js';
@@ -59,19 +60,28 @@ const TREE_FORMAT = 1;
 /**
  * A cache entry's image is "full" (its `image` file holds the image from
  * block 0) or a delta over a full entry: `image` then holds only the blocks
- * from `from` on, the `parent` file names the full entry and `from`, and
- * `head` holds block 0 (the superblock) of a finished image. An entry
+ * from `from` on, the `parent` file names the full entry, its random `id`
+ * and `from`, and `head` holds block 0 (the superblock) of a finished
+ * image. An entry
  * saved at a boundary on the way holds contents only (up to its
  * `dataBlocks`); one saved at the end of a build is a finished image, marked
  * by a `finished` file.
- * The blocks a layer sequence gets are a function of the sequence alone, so
- * a parent rebuilt after eviction fits its deltas still.
+ * A delta is used only over the very full entry it was made against (same
+ * id), and each use of a delta counts as a use of that entry, so eviction
+ * does not take it while its deltas are in use.
  */
 interface EntryImage {
   dir: string;
   /** The image is a finished one (metadata and superblock), not only the contents up to a boundary. */
   finished: boolean;
-  parent?: { dir: string; from: number };
+  parent?: ParentRef;
+}
+
+/** A full entry a delta is made over: where it is, its random id (a rebuilt one is another), where the delta starts. */
+interface ParentRef {
+  dir: string;
+  id: string;
+  from: number;
 }
 
 function writeAt(path: string, bytes: Buffer, position: number): void {
@@ -95,16 +105,27 @@ async function linkOrCopy(from: string, to: string): Promise<void> {
 async function readEntry(cache: TreeCache, key: string): Promise<EntryImage | undefined> {
   if (!(await cache.has(key))) return undefined;
   const dir = cache.entryPath(key);
-  const finished = await stat(join(dir, 'finished')).then(() => true, () => false);
+  const finished = await exists(join(dir, 'finished'));
   const parentText = await readFile(join(dir, 'parent'), 'utf8').catch(() => undefined);
   if (parentText === undefined) return { dir, finished };
-  const [parentDir, fromText] = parentText.split('\n');
+  const [parentDir = '', id = '', fromText] = parentText.split('\n');
   const from = Number(fromText);
-  // A delta whose full entry was evicted is no use.
-  const parentSize = await stat(join(parentDir ?? '', 'image')).then((s) => s.size, () => -1);
-  const complete = await stat(join(parentDir ?? '', 'complete')).then(() => true, () => false);
-  if (!parentDir || !Number.isInteger(from) || !complete || parentSize < from * BLOCK_SIZE) return undefined;
-  return { dir, finished, parent: { dir: parentDir, from } };
+  // A delta is no use when its full entry was evicted (or rebuilt: another id), or when it lacks its superblock.
+  const parentId = await readFile(join(parentDir, 'id'), 'utf8').catch(() => undefined);
+  const parentSize = await stat(join(parentDir, 'image')).then((s) => s.size, () => -1);
+  if (!Number.isInteger(from) || parentId === undefined || parentId !== id || !(await exists(join(parentDir, 'complete'))) || (await exists(join(parentDir, 'parent')))) return undefined;
+  if (parentSize < from * BLOCK_SIZE || (finished && !(await exists(join(dir, 'head'))))) return undefined;
+  // Its deltas are uses of the full entry: it must not age out from under them.
+  const now = new Date();
+  await utimes(join(parentDir, 'complete'), now, now).catch(() => undefined);
+  return { dir, finished, parent: { dir: parentDir, id, from } };
+}
+
+function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Write an entry's image into `target` (replacing it); `blocks` cuts it to that many. */
@@ -116,8 +137,7 @@ async function materialize(entry: EntryImage, target: string, blocks?: number): 
     await truncate(target, entry.parent.from * BLOCK_SIZE);
     await pipeline(createReadStream(join(entry.dir, 'image')), createWriteStream(target, { flags: 'r+', start: entry.parent.from * BLOCK_SIZE }));
     // Block 0 (the superblock) of a finished image is the delta's own.
-    const head = await readFile(join(entry.dir, 'head')).catch(() => undefined);
-    if (head) writeAt(target, head, 0);
+    if (entry.finished) writeAt(target, await readFile(join(entry.dir, 'head')), 0);
   }
   if (blocks !== undefined) await truncate(target, blocks * BLOCK_SIZE);
 }
@@ -127,38 +147,72 @@ async function materialize(entry: EntryImage, target: string, blocks?: number): 
  * there is one (only the blocks `target` has past it are copied), else a
  * full entry (a hardlink when `target` may share its inode, else a copy).
  */
-async function saveEntry(options: { cache: TreeCache; key: string; target: string; tree: MemTree; dataBlocks: number; parent?: { dir: string; from: number } | undefined; link: boolean; blocks?: number }): Promise<void> {
+async function saveEntry(options: { cache: TreeCache; key: string; target: string; tree: MemTree; dataBlocks: number; parent?: ParentRef | undefined; link: boolean; blocks?: number }): Promise<ParentRef | undefined> {
   const { cache, key, target } = options;
-  if (await cache.has(key)) return;
+  if (await cache.has(key)) {
+    // Already cached (by an earlier build): a full one can be the parent of this build's deltas.
+    const dir = cache.entryPath(key);
+    const id = await readFile(join(dir, 'id'), 'utf8').catch(() => undefined);
+    return id !== undefined && options.blocks !== undefined && !(await exists(join(dir, 'parent'))) ? { dir, id, from: options.blocks } : undefined;
+  }
   const work = await cache.workDir();
   try {
     const image = join(work, 'image');
+    let id: string | undefined;
     if (options.parent) {
-      const end = options.blocks === undefined ? undefined : options.blocks * BLOCK_SIZE - 1;
-      await pipeline(createReadStream(target, { start: options.parent.from * BLOCK_SIZE, ...(end === undefined ? {} : { end }) }), createWriteStream(image, { flags: 'wx' }));
-      if (end === undefined) await pipeline(createReadStream(target, { start: 0, end: BLOCK_SIZE - 1 }), createWriteStream(join(work, 'head'), { flags: 'wx' }));
-      await writeFile(join(work, 'parent'), `${options.parent.dir}\n${options.parent.from}`);
-    } else if (options.link) {
-      await linkOrCopy(target, image);
+      const from = options.parent.from * BLOCK_SIZE;
+      const end = options.blocks === undefined ? (await stat(target)).size : options.blocks * BLOCK_SIZE;
+      // A boundary that added no content blocks (folders, symlinks, whiteouts only) has an empty delta.
+      if (end > from) await pipeline(createReadStream(target, { start: from, end: end - 1 }), createWriteStream(image, { flags: 'wx' }));
+      else await writeFile(image, '', { flag: 'wx' });
+      if (options.blocks === undefined) await pipeline(createReadStream(target, { start: 0, end: BLOCK_SIZE - 1 }), createWriteStream(join(work, 'head'), { flags: 'wx' }));
+      await writeFile(join(work, 'parent'), `${options.parent.dir}\n${options.parent.id}\n${options.parent.from}`);
     } else {
-      await copyFile(target, image);
-      if (options.blocks !== undefined) await truncate(image, options.blocks * BLOCK_SIZE);
+      if (options.link) await linkOrCopy(target, image);
+      else {
+        await copyFile(target, image);
+        if (options.blocks !== undefined) await truncate(image, options.blocks * BLOCK_SIZE);
+      }
+      id = randomBytes(16).toString('hex');
+      await writeFile(join(work, 'id'), id);
     }
     await writeFile(join(work, 'tree.json'), saveTree(options.tree.root, options.dataBlocks));
     if (options.blocks === undefined) await writeFile(join(work, 'finished'), '');
     await cache.commit(key, work);
+    // A full entry made by someone else at the same time won the commit: it has its own id, read back.
+    const committed = await readFile(join(cache.entryPath(key), 'id'), 'utf8').catch(() => undefined);
+    return id !== undefined && committed !== undefined && options.blocks !== undefined ? { dir: cache.entryPath(key), id: committed, from: options.blocks } : undefined;
   } catch (error) {
     await rm(work, { recursive: true, force: true });
     throw error;
   }
 }
 
+/** A cached entry went away between finding it and reading it (another process evicted it). */
+class EntryGone extends Error {}
+
+function fromEntry<T>(work: Promise<T>): Promise<T> {
+  return work.catch((error: unknown) => {
+    throw (error as { code?: string }).code === 'ENOENT' ? new EntryGone('a cache entry went away while it was read', { cause: error }) : error;
+  });
+}
+
 export async function buildErofsImage(options: BuildErofsOptions): Promise<BuildErofsResult> {
+  try {
+    return await build(options, true);
+  } catch (error) {
+    if (!(error instanceof EntryGone)) throw error;
+    await rm(options.out, { force: true });
+    return build(options, false);
+  }
+}
+
+async function build(options: BuildErofsOptions, useCache: boolean): Promise<BuildErofsResult> {
   const { units, keys, cacheAt, phase, out } = options;
   const last = units.length - 1;
   let cached = -1;
   let entry: EntryImage | undefined;
-  for (let i = last; i >= 0 && !entry; i--) {
+  for (let i = last; i >= 0 && !entry && useCache; i--) {
     if (!units[i]?.boundary) continue;
     entry = await readEntry(cacheAt(i), keys[i] as string);
     if (entry) cached = i;
@@ -167,14 +221,14 @@ export async function buildErofsImage(options: BuildErofsOptions): Promise<Build
   if (entry && cached === last) {
     await cacheAt(last).touch(finalKey);
     if (entry.finished) {
-      if (options.share && !entry.parent) await linkOrCopy(join(entry.dir, 'image'), out);
-      else await materialize(entry, out);
+      if (options.share && !entry.parent) await fromEntry(linkOrCopy(join(entry.dir, 'image'), out));
+      else await fromEntry(materialize(entry, out));
       return { layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
     }
     // Cached as a boundary on the way to a longer chain: contents only, the metadata is written now.
     phase('reuse cached layers');
-    const saved = loadTree(await readFile(join(entry.dir, 'tree.json'), 'utf8'));
-    await materialize(entry, out, saved.dataBlocks);
+    const saved = loadTree(await fromEntry(readFile(join(entry.dir, 'tree.json'), 'utf8')));
+    await fromEntry(materialize(entry, out, saved.dataBlocks));
     const fd = openSync(out, 'r+');
     try {
       phase('write erofs');
@@ -188,15 +242,16 @@ export async function buildErofsImage(options: BuildErofsOptions): Promise<Build
   // first snapshot boundary, and deltas over it after.
   let tree: MemTree;
   let dataBlocks: number;
-  let full: { dir: string; from: number } | undefined;
+  let full: ParentRef | undefined;
   if (entry) {
     phase('reuse cached layers');
-    const saved = loadTree(await readFile(join(entry.dir, 'tree.json'), 'utf8'));
+    const saved = loadTree(await fromEntry(readFile(join(entry.dir, 'tree.json'), 'utf8')));
     tree = new MemTree(saved.root);
     dataBlocks = saved.dataBlocks;
-    await materialize(entry, out, dataBlocks);
+    await fromEntry(materialize(entry, out, dataBlocks));
     await cacheAt(cached).touch(keys[cached] as string);
-    full = entry.parent ?? { dir: entry.dir, from: dataBlocks };
+    const id = entry.parent ? undefined : await readFile(join(entry.dir, 'id'), 'utf8').catch(() => undefined);
+    full = entry.parent ?? (id === undefined ? undefined : { dir: entry.dir, id, from: dataBlocks });
   } else {
     tree = new MemTree();
     // Block 0 holds the superblock; contents start at block 1.
@@ -215,9 +270,8 @@ export async function buildErofsImage(options: BuildErofsOptions): Promise<Build
       tree.emptyDirs(options.emptiesAfter(i));
       if (unit.boundary && i < last) {
         blocks.flush();
-        const key = keys[i] as string;
-        await saveEntry({ cache: cacheAt(i), key, target: out, tree, dataBlocks: blocks.blocks, parent: full, link: false, blocks: blocks.blocks });
-        full ??= { dir: cacheAt(i).entryPath(key), from: blocks.blocks };
+        const saved = await saveEntry({ cache: cacheAt(i), key: keys[i] as string, target: out, tree, dataBlocks: blocks.blocks, parent: full, link: false, blocks: blocks.blocks });
+        full ??= saved;
       }
     }
     phase('write erofs');
@@ -226,8 +280,6 @@ export async function buildErofsImage(options: BuildErofsOptions): Promise<Build
   } finally {
     closeSync(fd);
   }
-  // A full entry made by someone else at the same time may have a different
-  // inode but the same blocks: the delta still fits.
   await saveEntry({ cache: cacheAt(last), key: finalKey, target: out, tree, dataBlocks, parent: full, link: options.share });
   return { layersApplied: last - cached, cachedLayers: cached + 1, bytes };
 }

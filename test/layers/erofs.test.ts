@@ -15,14 +15,16 @@
  * folder's (oracle-support/oracle.ts). Runs as root (umoci makes devices and
  * sets owners); skipped otherwise.
  */
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { closeSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildErofs, type ErofsNode } from '../../src/layers/erofs.js';
 import { ContentStore } from '../../src/oci/store.js';
-import { erofsFromLayers } from '../../src/rootfs/erofs-build.js';
+import { MemTree } from '../../src/layers/memtree.js';
+import { BlockFile, erofsFromLayers, finishErofs } from '../../src/rootfs/erofs-build.js';
 import { readImageLayers } from '../../src/rootfs/unpack.js';
 import { LayerError } from '../../src/util/errors.js';
 import { ErofsImage } from '../helpers/erofs-read.js';
@@ -31,6 +33,7 @@ import { normalise, oracleDiff } from './oracle-support/oracle.js';
 import { FIXED_DIFFERENCES, REFUSED, REGRESSIONS, STACKS, withCompression, type Stack } from './oracle-support/stacks.js';
 import { snapshot } from './oracle-support/tree.js';
 import { umociUnpack } from './oracle-support/unpackers.js';
+import { blockDevice, charDevice, dir, file, layerTar, symlink, type EntrySpec } from './support/tar.js';
 
 const isRoot = process.getuid?.() === 0;
 let tmp: string;
@@ -97,11 +100,11 @@ describe('the EROFS writer', () => {
     });
     const built = buildErofs(root, 6);
     const image = join(tmp, 'writer.erofs');
-    const file = Buffer.alloc(built.bytes);
-    data.copy(file);
-    built.head.copy(file, 0, 0, 4096);
-    built.meta.copy(file, built.metaOffset);
-    await (await import('node:fs/promises')).writeFile(image, file);
+    const bytes = Buffer.alloc(built.bytes);
+    data.copy(bytes);
+    built.head.copy(bytes, 0, 0, 4096);
+    built.meta.copy(bytes, built.metaOffset);
+    await writeFile(image, bytes);
 
     const extracted = join(tmp, 'writer-extracted');
     await fsck(image, extracted);
@@ -146,6 +149,51 @@ describe('the EROFS writer', () => {
     expect(() => buildErofs(withXattr('system.weird'), 1)).toThrow(LayerError);
     expect(() => buildErofs(withXattr('user.big', 5000), 1)).toThrow(/more than an image holds/);
     expect(() => buildErofs(dir({ s: { kind: 'symlink', mode: 0o777, ...meta, target: 'x'.repeat(4096) } }), 1)).toThrow(LayerError);
+  });
+});
+
+describe('the in-memory applier behind images', () => {
+  const build = async (layer: EntrySpec[]): Promise<unknown> => {
+    const path = join(tmp, `refuse-${Math.random().toString(36).slice(2)}.erofs`);
+    await writeFile(path, Buffer.alloc(4096));
+    const fd = openSync(path, 'r+');
+    try {
+      const tree = new MemTree();
+      const blocks = new BlockFile(fd);
+      await tree.applyLayer({ tar: layerTar(layer), blocks });
+      finishErofs(fd, tree.root, blocks);
+      return undefined;
+    } catch (error) {
+      return error;
+    } finally {
+      closeSync(fd);
+    }
+  };
+
+  it('refuses device numbers and owners Linux has no room for, where an image would keep a wrapped value', async () => {
+    // A 12-bit major: 4097 would wrap to 1 (1:1 is /dev/mem).
+    expect(await build([charDevice('dev/x', 4097, 1)])).toBeInstanceOf(LayerError);
+    expect(await build([blockDevice('dev/y', 4096, 0)])).toBeInstanceOf(LayerError);
+    expect(await build([file('f', 'x', { pax: { uid: '4294967296' } })])).toBeUndefined(); // the PAX value is ignored as absurd, the ustar one stands
+    // (tar-stream writes at most six octal digits of a minor: 262143 is the largest this helper can say.)
+    expect(await build([charDevice('dev/ok', 4095, 262_143)])).toBeUndefined();
+  });
+
+  it('refuses folders nested deeper than a file system path can reach, built through symlinks', async () => {
+    // Each entry is short, but l -> a/a/.../a chained makes the real path grow past 4096 bytes.
+    const entries: EntrySpec[] = [dir('a')];
+    let path = 'a';
+    for (let i = 0; i < 2100; i++) {
+      entries.push(dir(`${path}/a`));
+      path = `${path}/a`;
+      if (path.length > 3000) {
+        entries.push(symlink(`s${i}`, path));
+        path = `s${i}`;
+      }
+    }
+    const error = await build(entries);
+    expect(error).toBeInstanceOf(LayerError);
+    expect((error as LayerError).code).toBe('LAYER_ENAMETOOLONG');
   });
 });
 
