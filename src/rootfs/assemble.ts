@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, readdirSync, createWriteStream } from 'node:fs';
-import { appendFile, chmod, lstat, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, chmod, lstat, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { hostEntries, packEntries, unescapeAttrPath } from '../layers/pack.js';
@@ -298,6 +298,8 @@ async function assembleImage(options: AssembleOptions, units: readonly Unit[], k
       phase,
     });
     if (!shared && units.some((u) => u.private)) await chmod(target, 0o600);
+    // A shared image is named by its chain and reused as it is once there: it must be on disk before it has that name.
+    if (shared) await syncFile(target);
     // A folder cannot be renamed over; anything else at `out` can.
     if (replace && (await lstat(out).catch(() => undefined))?.isDirectory()) await rm(out, { recursive: true, force: true });
     await rename(target, out);
@@ -305,6 +307,15 @@ async function assembleImage(options: AssembleOptions, units: readonly Unit[], k
   } catch (error) {
     await rm(target, { force: true });
     throw error;
+  }
+}
+
+async function syncFile(path: string): Promise<void> {
+  const handle = await open(path, 'r');
+  try {
+    await handle.datasync();
+  } finally {
+    await handle.close();
   }
 }
 

@@ -104,7 +104,14 @@ async function linkOrCopy(from: string, to: string): Promise<void> {
 
 async function readEntry(cache: TreeCache, key: string): Promise<EntryImage | undefined> {
   if (!(await cache.has(key))) return undefined;
-  const dir = cache.entryPath(key);
+  const found = await checkEntry(cache.entryPath(key));
+  // An entry that can never be used again goes, so that this build can cache the chain anew.
+  if (!found) await cache.remove(key);
+  return found;
+}
+
+async function checkEntry(dir: string): Promise<EntryImage | undefined> {
+  if (!(await intact(dir))) return undefined;
   const finished = await exists(join(dir, 'finished'));
   const parentText = await readFile(join(dir, 'parent'), 'utf8').catch(() => undefined);
   if (parentText === undefined) return { dir, finished };
@@ -114,11 +121,23 @@ async function readEntry(cache: TreeCache, key: string): Promise<EntryImage | un
   const parentId = await readFile(join(parentDir, 'id'), 'utf8').catch(() => undefined);
   const parentSize = await stat(join(parentDir, 'image')).then((s) => s.size, () => -1);
   if (!Number.isInteger(from) || parentId === undefined || parentId !== id || !(await exists(join(parentDir, 'complete'))) || (await exists(join(parentDir, 'parent')))) return undefined;
-  if (parentSize < from * BLOCK_SIZE || (finished && !(await exists(join(dir, 'head'))))) return undefined;
+  if (parentSize < from * BLOCK_SIZE || !(await intact(parentDir)) || (finished && !(await exists(join(dir, 'head'))))) return undefined;
   // Its deltas are uses of the full entry: it must not age out from under them.
   const now = new Date();
   await utimes(join(parentDir, 'complete'), now, now).catch(() => undefined);
   return { dir, finished, parent: { dir: parentDir, id, from } };
+}
+
+/**
+ * Whether an entry's image has the size recorded when it was made. Images
+ * are not fsync'd before their entry is committed (a build would wait for
+ * hundreds of MB to reach the disk); after a power loss, what ext4 leaves of
+ * a file written just before is a shorter file, which this catches.
+ */
+async function intact(dir: string): Promise<boolean> {
+  const recorded = await readFile(join(dir, 'size'), 'utf8').catch(() => undefined);
+  const actual = await stat(join(dir, 'image')).then((s) => s.size, () => -1);
+  return recorded !== undefined && Number(recorded) === actual;
 }
 
 function exists(path: string): Promise<boolean> {
@@ -176,6 +195,7 @@ async function saveEntry(options: { cache: TreeCache; key: string; target: strin
       id = randomBytes(16).toString('hex');
       await writeFile(join(work, 'id'), id);
     }
+    await writeFile(join(work, 'size'), String((await stat(image)).size));
     await writeFile(join(work, 'tree.json'), saveTree(options.tree.root, options.dataBlocks));
     if (options.blocks === undefined) await writeFile(join(work, 'finished'), '');
     await cache.commit(key, work);

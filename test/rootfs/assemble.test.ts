@@ -498,6 +498,24 @@ describe.concurrent('an EROFS chain with a snapshot that adds no file contents',
   });
 });
 
+describe.concurrent('a cached EROFS image cut short (a power loss before it reached the disk)', () => {
+  it('is not used: the chain is built again, whole', async ({ expect }) => {
+    const h = await newHome('erofs-torn');
+    const base = await buildImage(h.store, 'localhost/torn/base:v1', [[file('etc/os-release', 'base\n'), file('usr/big', 'y'.repeat(200_000))]]);
+    const home = await buildImage(h.store, 'localhost/torn/home:v1', [[file('home.txt', 'home\n')]]);
+    const first = await run(h, [[base, 'base'], [home, 'home']], h.out('one.erofs'), 'erofs');
+    const trees = join(h.csHome, 'rootfs-images', 'trees');
+    // Cut every cached image short, as ext4 leaves a file whose data had not been written back.
+    for (const name of readdirSync(trees)) {
+      const image = join(trees, name, 'image');
+      await writeFile(image, (await readFile(image)).subarray(0, 4096));
+    }
+    const again = await run(h, [[base, 'base'], [home, 'home']], h.out('again.erofs'), 'erofs');
+    expect(again).toMatchObject({ chainId: first.chainId, layersApplied: 2, cachedLayers: 0 });
+    expect((await readFile(h.out('again.erofs'))).equals(await readFile(h.out('one.erofs')))).toBe(true);
+  });
+});
+
 describe.concurrent('an ext4 image', () => {
   it('holds a tree of many small files', async ({ expect }) => {
     const h = await newHome('ext4');
