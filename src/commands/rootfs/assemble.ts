@@ -32,7 +32,7 @@ export default class RootfsAssemble extends CsCommand {
       resolve: (what, kind) => resolveForAssemble(what, kind),
       privateDir: () => ensurePersonalDir(),
     });
-    this.say(`Wrote ${result.format} to ${result.out}: ${result.layers} layers, ${result.layersApplied} applied, ${result.cachedLayers} from cache`);
+    this.say(`Wrote ${result.format} to ${result.out}: ${result.layers} ${result.layers === 1 ? 'layer' : 'layers'}, ${result.layersApplied} applied, ${result.cachedLayers} from cache`);
     return result;
   }
 }
