@@ -15,18 +15,17 @@
  * dest is the chrooted reading of the layer (`link -> /etc` then
  * `link/passwd` writes dest/etc/passwd).
  */
-import { closeSync, linkSync, lstatSync, lutimesSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { linkSync, lstatSync, lutimesSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { LayerLimits } from '../../src/layers/apply.js';
 import { LayerError } from '../../src/util/errors.js';
-import { MemTree } from '../../src/layers/memtree.js';
-import { BlockFile, finishErofs } from '../../src/rootfs/erofs-build.js';
 import { ErofsImage } from '../helpers/erofs-read.js';
 import { normalise } from './oracle-support/oracle.js';
 import { diffTrees, snapshot } from './oracle-support/tree.js';
-import { apply, kindOf, modeOf, toTar, tree, what, type Layer } from './support/inspect.js';
+import { buildInMemory } from './support/image.js';
+import { apply, kindOf, modeOf, tree, what, type Layer } from './support/inspect.js';
 import { blockDevice, charDevice, dir, fifo, file, hardlink, layerTar, rawRecord, rawTar, symlink, viaGenerator, whiteout } from './support/tar.js';
 import { createWorld, destroyWorld, outsideChanges, type World } from './support/world.js';
 
@@ -925,19 +924,7 @@ describe('the same layers built as an EROFS image give the same tree', () => {
     const again = c.layers(w);
     const imagePath = join(mkdtempSync(join(tmpdir(), 'cs-breakout-erofs-')), 'image');
     try {
-      writeFileSync(imagePath, Buffer.alloc(4096));
-      const fd = openSync(imagePath, 'r+');
-      const mem = new MemTree();
-      const blocks = new BlockFile(fd);
-      const image = await (async () => {
-        for (const lower of again.slice(0, -1)) await mem.applyLayer({ tar: toTar(lower), blocks });
-        await mem.applyLayer({ tar: toTar(again[again.length - 1] as Layer), blocks, ...(c.limits ? { limits: c.limits } : {}) });
-        finishErofs(fd, mem.root, blocks);
-      })().then(
-        () => undefined,
-        (error: unknown) => error,
-      );
-      closeSync(fd);
+      const image = await buildInMemory(again, imagePath, c.limits);
       if (folder !== undefined) {
         expect(image, `the folder build refused: ${String(folder)}`).toBeInstanceOf(LayerError);
         if (c.rejects?.code && (folder as LayerError).code === c.rejects.code) expect((image as LayerError).code).toBe(c.rejects.code);

@@ -15,7 +15,6 @@
  * folder's (oracle-support/oracle.ts). Runs as root (umoci makes devices and
  * sets owners); skipped otherwise.
  */
-import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,8 +22,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildErofs, type ErofsNode } from '../../src/layers/erofs.js';
 import { ContentStore } from '../../src/oci/store.js';
-import { MemTree } from '../../src/layers/memtree.js';
-import { BlockFile, erofsFromLayers, finishErofs } from '../../src/rootfs/erofs-build.js';
+import { erofsFromLayers } from '../../src/rootfs/erofs-build.js';
 import { readImageLayers } from '../../src/rootfs/unpack.js';
 import { LayerError } from '../../src/util/errors.js';
 import { ErofsImage } from '../helpers/erofs-read.js';
@@ -33,7 +31,8 @@ import { normalise, oracleDiff } from './oracle-support/oracle.js';
 import { FIXED_DIFFERENCES, REFUSED, REGRESSIONS, STACKS, withCompression, type Stack } from './oracle-support/stacks.js';
 import { snapshot } from './oracle-support/tree.js';
 import { umociUnpack } from './oracle-support/unpackers.js';
-import { blockDevice, charDevice, dir, file, layerTar, symlink, type EntrySpec } from './support/tar.js';
+import { buildInMemory } from './support/image.js';
+import { blockDevice, charDevice, dir, file, symlink, type EntrySpec } from './support/tar.js';
 
 const isRoot = process.getuid?.() === 0;
 let tmp: string;
@@ -153,22 +152,7 @@ describe('the EROFS writer', () => {
 });
 
 describe('the in-memory applier behind images', () => {
-  const build = async (layer: EntrySpec[]): Promise<unknown> => {
-    const path = join(tmp, `refuse-${Math.random().toString(36).slice(2)}.erofs`);
-    await writeFile(path, Buffer.alloc(4096));
-    const fd = openSync(path, 'r+');
-    try {
-      const tree = new MemTree();
-      const blocks = new BlockFile(fd);
-      await tree.applyLayer({ tar: layerTar(layer), blocks });
-      finishErofs(fd, tree.root, blocks);
-      return undefined;
-    } catch (error) {
-      return error;
-    } finally {
-      closeSync(fd);
-    }
-  };
+  const build = (layer: EntrySpec[]): Promise<unknown> => buildInMemory([layer], join(tmp, `refuse-${Math.random().toString(36).slice(2)}.erofs`));
 
   it('refuses device numbers and owners Linux has no room for, where an image would keep a wrapped value', async () => {
     // A 12-bit major: 4097 would wrap to 1 (1:1 is /dev/mem).

@@ -10,17 +10,16 @@
  * The stacks come from a seeded generator, so a failure names a seed that
  * reproduces it. Runs as root (the folder applier sets owners).
  */
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { MemTree } from '../../src/layers/memtree.js';
-import { BlockFile, finishErofs } from '../../src/rootfs/erofs-build.js';
 import { LayerError } from '../../src/util/errors.js';
 import { ErofsImage } from '../helpers/erofs-read.js';
 import { normalise } from './oracle-support/oracle.js';
 import { diffTrees, snapshot } from './oracle-support/tree.js';
-import { apply, toTar } from './support/inspect.js';
+import { buildInMemory } from './support/image.js';
+import { apply } from './support/inspect.js';
 import { dir, file, hardlink, symlink, whiteout, type EntrySpec } from './support/tar.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -91,22 +90,6 @@ async function viaFolder(layers: EntrySpec[][], root: string): Promise<unknown> 
   }
 }
 
-async function viaImage(layers: EntrySpec[][], image: string): Promise<unknown> {
-  writeFileSync(image, Buffer.alloc(4096));
-  const fd = openSync(image, 'r+');
-  try {
-    const tree = new MemTree();
-    const blocks = new BlockFile(fd);
-    for (const layer of layers) await tree.applyLayer({ tar: toTar(layer), blocks });
-    finishErofs(fd, tree.root, blocks);
-    return undefined;
-  } catch (error) {
-    return error;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 describe.runIf(isRoot)('random layer stacks: the image holds what the folder holds', () => {
   it(`agrees on ${STACKS} seeded stacks`, async () => {
     let refused = 0;
@@ -119,7 +102,7 @@ describe.runIf(isRoot)('random layer stacks: the image holds what the folder hol
         const image = join(work, 'image');
         mkdirSync(root);
         const folder = await viaFolder(layers, root);
-        const built = await viaImage(layers, image);
+        const built = await buildInMemory(layers, image);
         const context = `seed ${seed}: ${JSON.stringify(layers.map((l) => l.map((e) => `${e.type} ${e.name}${e.linkname ? ` -> ${e.linkname}` : ''}`)))}`;
         if (folder !== undefined || built !== undefined) {
           expect(folder, `${context}\nthe folder build: ${String(folder)}\nthe image build: ${String(built)}`).toBeInstanceOf(LayerError);
