@@ -79,7 +79,11 @@ describe('cs serve', () => {
 
   it('keys are hashed at rest, and every request is checked: missing, wrong, revoked, out of scope, someone else\'s', async () => {
     const stored = await readFile(join(env['CS_HOME'] as string, 'service', 'keys.json'), 'utf8');
-    expect(stored).not.toContain(keys['alice']?.split('_')[2]);
+    // Fix: the secret is base64url and may itself hold '_': split('_')[2] then cut it short (once to "9",
+    // which the stored file happened to contain). The secret is everything after the id.
+    const secret = keys['alice']?.slice('csk_'.length + 13) ?? '';
+    expect(secret).toHaveLength(43);
+    expect(stored).not.toContain(secret);
     const listed = await cs('apikey', 'list', '--json');
     expect(listed.stdout).not.toContain(keys['alice']);
     expect((await call(undefined, 'GET', '/v1/workspaces')).status).toBe(401);
