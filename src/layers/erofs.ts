@@ -36,7 +36,7 @@ const XATTR_HEADER = 12;
 const FLAT_PLAIN = 0;
 const FLAT_INLINE = 2;
 /** Inline xattrs of one inode: ext4 hosts allow one block; so does this. */
-export const MAX_XATTR_BYTES = 3072;
+const MAX_XATTR_BYTES = 3072;
 
 export type ErofsKind = 'dir' | 'file' | 'symlink' | 'fifo' | 'char' | 'block';
 
@@ -114,7 +114,6 @@ export interface ErofsImage {
   head: Buffer;
   /** Size of the whole image in bytes. */
   bytes: number;
-  inodes: number;
 }
 
 /**
@@ -207,7 +206,7 @@ export function buildErofs(root: ErofsNode, dataBlocks: number): ErofsImage {
   head.writeUInt32LE(start, sb + 40);
   // A volume id derived from the metadata: stable for the same tree, different for different ones.
   createHash('sha256').update(meta).digest().copy(head, sb + 48, 0, 16);
-  return { meta, metaOffset: start * BLOCK_SIZE, head, bytes: nextBlock * BLOCK_SIZE, inodes: placed.length };
+  return { meta, metaOffset: start * BLOCK_SIZE, head, bytes: nextBlock * BLOCK_SIZE };
 }
 
 /** A 64-bit little-endian field from a safe integer, without a BigInt per write (there are tens of thousands). */

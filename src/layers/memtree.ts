@@ -34,8 +34,8 @@ export interface BlockStore {
   writeSparse(body: AsyncIterable<Buffer>, sparse: Sparse, dataSize: number, entry: string): Promise<{ block: number; bytes: number }>;
 }
 
-export function newDir(mode = 0o755): TreeNode {
-  return { kind: 'dir', mode, uid: 0, gid: 0, mtime: 0, mtimeNs: 0, children: new Map() };
+function newDir(): TreeNode {
+  return { kind: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, mtimeNs: 0, children: new Map() };
 }
 
 export interface TreeApplyOptions {
@@ -124,7 +124,7 @@ export class MemTree {
       if (next === undefined) {
         if (!create) return undefined;
         checkName(part, components.join('/'));
-        checkDepth(stack.length + 1, components.join('/'));
+        checkDepth(stack.length + 1, components);
         const made = newDir();
         current.children?.set(part, made);
         stack.push(made);
@@ -132,7 +132,7 @@ export class MemTree {
       }
       if (next.kind === 'dir') {
         stack.push(next);
-        checkDepth(stack.length, components.join('/'));
+        checkDepth(stack.length, components);
         continue;
       }
       if (next.kind === 'symlink') {
@@ -293,8 +293,9 @@ function hideLower(dir: TreeNode, marks: LayerMarks): void {
  */
 const MAX_DEPTH = 2048;
 
-function checkDepth(depth: number, entry: string): void {
-  if (depth > MAX_DEPTH) throw new LayerError(`entry ${entry.slice(0, 80)}…: folders nest deeper than ${MAX_DEPTH} levels`, { code: 'LAYER_ENAMETOOLONG' });
+/** Called at every step of every path: the name for the message is only joined when it is needed. */
+function checkDepth(depth: number, components: readonly string[]): void {
+  if (depth > MAX_DEPTH) throw new LayerError(`entry ${components.join('/').slice(0, 80)}…: folders nest deeper than ${MAX_DEPTH} levels`, { code: 'LAYER_ENAMETOOLONG' });
 }
 
 /** A name the tree can hold: what a folder on disk would refuse is refused here too. */

@@ -274,8 +274,8 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
 
 /**
  * An EROFS image, built straight from the layers (erofs-build.ts), with its
- * own cache of trees beside the folder cache. A shared output (named by
- * chain id) is written under a temporary name and renamed into place.
+ * own cache of trees beside the folder cache, under a temporary name and
+ * renamed into place.
  */
 async function assembleImage(options: AssembleOptions, units: readonly Unit[], keys: readonly string[], out: string, replace: boolean, phase: (phase: string) => void): Promise<AssembleResult> {
   const shared = typeof options.out === 'function';

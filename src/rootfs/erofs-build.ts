@@ -62,11 +62,9 @@ const TREE_FORMAT = 1;
  * block 0) or a delta over a full entry: `image` then holds only the blocks
  * from `from` on, the `parent` file names the full entry, its random `id`
  * and `from`, and `head` holds block 0 (the superblock) of a finished
- * image. An entry
- * saved at a boundary on the way holds contents only (up to its
- * `dataBlocks`); one saved at the end of a build is a finished image, marked
- * by a `finished` file.
- * A delta is used only over the very full entry it was made against (same
+ * image. An entry saved at a boundary on the way holds contents only (up to
+ * its `dataBlocks`); one saved at the end of a build is a finished image,
+ * marked by a `finished` file. A delta is used only over the very full entry it was made against (same
  * id), and each use of a delta counts as a use of that entry, so eviction
  * does not take it while its deltas are in use.
  */
@@ -168,12 +166,8 @@ async function materialize(entry: EntryImage, target: string, blocks?: number): 
  */
 async function saveEntry(options: { cache: TreeCache; key: string; target: string; tree: MemTree; dataBlocks: number; parent?: ParentRef | undefined; link: boolean; blocks?: number }): Promise<ParentRef | undefined> {
   const { cache, key, target } = options;
-  if (await cache.has(key)) {
-    // Already cached (by an earlier build): a full one can be the parent of this build's deltas.
-    const dir = cache.entryPath(key);
-    const id = await readFile(join(dir, 'id'), 'utf8').catch(() => undefined);
-    return id !== undefined && options.blocks !== undefined && !(await exists(join(dir, 'parent'))) ? { dir, id, from: options.blocks } : undefined;
-  }
+  // Already cached (by an earlier build): a full one can be the parent of this build's deltas.
+  if (await cache.has(key)) return options.blocks === undefined ? undefined : fullEntry(cache.entryPath(key), options.blocks);
   const work = await cache.workDir();
   try {
     const image = join(work, 'image');
@@ -199,13 +193,18 @@ async function saveEntry(options: { cache: TreeCache; key: string; target: strin
     await writeFile(join(work, 'tree.json'), saveTree(options.tree.root, options.dataBlocks));
     if (options.blocks === undefined) await writeFile(join(work, 'finished'), '');
     await cache.commit(key, work);
-    // A full entry made by someone else at the same time won the commit: it has its own id, read back.
-    const committed = await readFile(join(cache.entryPath(key), 'id'), 'utf8').catch(() => undefined);
-    return id !== undefined && committed !== undefined && options.blocks !== undefined ? { dir: cache.entryPath(key), id: committed, from: options.blocks } : undefined;
+    // Read back: a full entry made by someone else at the same time may have won the commit, with its own id.
+    return id !== undefined && options.blocks !== undefined ? fullEntry(cache.entryPath(key), options.blocks) : undefined;
   } catch (error) {
     await rm(work, { recursive: true, force: true });
     throw error;
   }
+}
+
+/** The entry at `dir` as the parent of deltas starting at block `from`, when it is a full entry (it has an id). */
+async function fullEntry(dir: string, from: number): Promise<ParentRef | undefined> {
+  const id = await readFile(join(dir, 'id'), 'utf8').catch(() => undefined);
+  return id !== undefined && !(await exists(join(dir, 'parent'))) ? { dir, id, from } : undefined;
 }
 
 /** A cached entry went away between finding it and reading it (another process evicted it). */
@@ -238,24 +237,13 @@ async function build(options: BuildErofsOptions, useCache: boolean): Promise<Bui
     if (entry) cached = i;
   }
   const finalKey = keys[last] as string;
-  if (entry && cached === last) {
+  // A finished image of the whole chain is copied out. (A chain cached as a boundary on the way to a longer
+  // one holds contents only: the path below applies no layer to it and writes the metadata.)
+  if (entry?.finished && cached === last) {
     await cacheAt(last).touch(finalKey);
-    if (entry.finished) {
-      if (options.share && !entry.parent) await fromEntry(linkOrCopy(join(entry.dir, 'image'), out));
-      else await fromEntry(materialize(entry, out));
-      return { layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
-    }
-    // Cached as a boundary on the way to a longer chain: contents only, the metadata is written now.
-    phase('reuse cached layers');
-    const saved = loadTree(await fromEntry(readFile(join(entry.dir, 'tree.json'), 'utf8')));
-    await fromEntry(materialize(entry, out, saved.dataBlocks));
-    const fd = openSync(out, 'r+');
-    try {
-      phase('write erofs');
-      return { layersApplied: 0, cachedLayers: units.length, bytes: finishErofs(fd, saved.root, new BlockFile(fd, saved.dataBlocks * BLOCK_SIZE)) };
-    } finally {
-      closeSync(fd);
-    }
+    if (options.share && !entry.parent) await fromEntry(linkOrCopy(join(entry.dir, 'image'), out));
+    else await fromEntry(materialize(entry, out));
+    return { layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
   }
 
   // The image is built in place at `out`; the cache keeps a full copy of the
@@ -270,8 +258,7 @@ async function build(options: BuildErofsOptions, useCache: boolean): Promise<Bui
     dataBlocks = saved.dataBlocks;
     await fromEntry(materialize(entry, out, dataBlocks));
     await cacheAt(cached).touch(keys[cached] as string);
-    const id = entry.parent ? undefined : await readFile(join(entry.dir, 'id'), 'utf8').catch(() => undefined);
-    full = entry.parent ?? (id === undefined ? undefined : { dir: entry.dir, id, from: dataBlocks });
+    full = entry.parent ?? (await fullEntry(entry.dir, dataBlocks));
   } else {
     tree = new MemTree();
     // Block 0 holds the superblock; contents start at block 1.

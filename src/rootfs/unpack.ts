@@ -38,10 +38,7 @@ export async function readImageLayers(store: ContentStore, descriptor: Descripto
   return { manifest: parsed.manifest, diffIds };
 }
 
-export interface UnpackLayerOptions extends Omit<ApplyOptions, 'tar' | 'root'> {
-  store: ContentStore;
-  layer: Descriptor;
-  diffId: string;
+export interface UnpackLayerOptions extends Omit<ApplyOptions, 'tar' | 'root'>, StoredLayer {
   root: string;
 }
 
