@@ -10,7 +10,7 @@ import type { Env } from '../util/paths.js';
 import { openAgent, requestForward } from './control.js';
 import { DAEMON_LOG_DIR, GUEST_BUSYBOX, parsePasswd, workspaceEnv } from './guest-env.js';
 import { withCommandLease } from './busy.js';
-import { ensureRunning, portsInUse, resolveWorkspace } from './lifecycle.js';
+import { ensureRunning, portsInUse, resolveWorkspace, waitUntil } from './lifecycle.js';
 import { canListen, pickHostPort } from './ports.js';
 import { displayName, FILES, readRecord, writeRecord, type PortMapping, type WorkspaceRef } from './state.js';
 
@@ -102,9 +102,14 @@ async function runIn(dir: string, shown: string, user: string, env: Record<strin
   }
 }
 
-/** A stopped workspace is started for a command (saying so) and left running for the next one. */
+/**
+ * A stopped workspace is started for a command (saying so) and left running
+ * for the next one. One still starting (`sandbox create` without --wait) is
+ * waited for until its owner account exists: the default user.
+ */
 async function startForCommand(ws: WorkspaceRef, label: string, env: Env | undefined, onStart: ((line: string) => void) | undefined): Promise<void> {
-  await ensureRunning(ws, { label, ...(env ? { env } : {}), ...(onStart ? { notify: onStart, onPhase: (p: string) => onStart(`… ${p}`) } : {}) });
+  const started = await ensureRunning(ws, { label, ...(env ? { env } : {}), ...(onStart ? { notify: onStart, onPhase: (p: string) => onStart(`… ${p}`) } : {}) });
+  if (!started) await waitUntil(ws.dir, 'account', env ? { env } : {});
 }
 
 function drained(stream: Readable): Promise<void> {

@@ -8,6 +8,7 @@ import { isAlive, withLock } from '../util/lock.js';
 import { prepareDisk } from './disk.js';
 import type { Env } from '../util/paths.js';
 import {
+  ACCOUNT_STEP,
   FILES,
   listWorkspaces,
   readRecord,
@@ -119,8 +120,12 @@ export async function startSupervisor(dir: string, env?: Env): Promise<number | 
   }
 }
 
-/** Waits for a workspace to be booted (agent answering) or ready (start-up done). */
-export async function waitUntil(dir: string, goal: 'booted' | 'ready', options: LifecycleOptions & { waitTimeoutMs?: number } = {}): Promise<RunRecord> {
+/**
+ * Waits for a workspace to be booted (agent answering), to have its owner
+ * account (the start-up's first step: a command run as the owner before it
+ * would find no such user; a failed start-up ends this wait too), or to be ready (start-up done).
+ */
+export async function waitUntil(dir: string, goal: 'booted' | 'account' | 'ready', options: LifecycleOptions & { waitTimeoutMs?: number } = {}): Promise<RunRecord> {
   const phase = options.onPhase ?? (() => undefined);
   const deadline = Date.now() + (options.waitTimeoutMs ?? 15 * 60_000);
   const started = Date.now();
@@ -134,9 +139,14 @@ export async function waitUntil(dir: string, goal: 'booted' | 'ready', options: 
         phase(label);
         lastStep = label;
       }
-      if (runRecord.phase === 'failed') throw await failure(dir, runRecord);
+      // A failed start-up is the caller's to judge when it waits for the account: a command may be how one looks into it.
+      if (runRecord.phase === 'failed') {
+        if (goal === 'account') return runRecord;
+        throw await failure(dir, runRecord);
+      }
       if (runRecord.phase === 'ready') return runRecord;
       if (goal === 'booted' && runRecord.phase === 'starting') return runRecord;
+      if (goal === 'account' && runRecord.phase === 'starting' && runRecord.steps.some((s) => s.name === ACCOUNT_STEP && s.ok)) return runRecord;
       if (runRecord.exit || !supervisorAlive(runRecord)) throw await failure(dir, runRecord);
     } else if (Date.now() - started > 10_000) {
       throw new VmError(`the supervisor of ${dir} did not start`, { suggestions: [`see ${join(dir, FILES.supervisorLog)}`] });

@@ -141,6 +141,9 @@ export interface BootedSpec {
   spec: string;
 }
 
+/** The start-up step that creates the owner account; commands wait for it. */
+export const ACCOUNT_STEP = 'account';
+
 export type Phase = 'booting' | 'starting' | 'ready' | 'failed' | 'stopping' | 'stopped';
 
 export interface StepRecord {

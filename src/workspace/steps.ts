@@ -11,7 +11,7 @@ import { CsError, VmError } from '../util/errors.js';
 import { run } from '../util/process.js';
 import type { AgentClient } from '../vm/agent-client.js';
 import { DAEMON_LOG_DIR, expand, GUEST_AGENT, GUEST_BUSYBOX, parsePasswd, runDir, runEnv, workspaceEnv, type GuestIdentity } from './guest-env.js';
-import type { PortMapping, WorkspaceRecord } from './state.js';
+import { ACCOUNT_STEP, type PortMapping, type WorkspaceRecord } from './state.js';
 
 /**
  * A workspace's start-up, in Crafting's order: (snapshots are already the
@@ -104,7 +104,7 @@ $BB grep "^$U:" /etc/passwd | $BB cut -d: -f7
 `;
 
 export async function ensureOwner(ctx: StepContext): Promise<void> {
-  await ctx.step('account', () => guestRun(ctx, 'creating the owner account', { argv: [GUEST_BUSYBOX, 'sh', '-c', ENSURE_USER], env: ROOT_ENV }));
+  await ctx.step(ACCOUNT_STEP, () => guestRun(ctx, 'creating the owner account', { argv: [GUEST_BUSYBOX, 'sh', '-c', ENSURE_USER], env: ROOT_ENV }));
 }
 
 export interface Ids {

@@ -335,6 +335,9 @@ describe('workspaces that cannot start', () => {
     const file = await writeDefinition(work, 'twice', 'workspaces:\n  - name: dev\n    base_snapshot: oci://localhost/test/tiny:1\n    resources: { memory: 256Mi, disk: 1Gi }\n');
     const first = await runCs(['sandbox', 'create', '-f', file], { env: home.env, timeoutMs: 240_000 });
     expect(first.exitCode).toBe(0);
+    // Without --wait, create returns once the VM answers; a command run straight away waits for the owner account.
+    const whoami = await runCs(['exec', '-W', 'twice/dev', '--', 'id', '-un'], { env: home.env, timeoutMs: 120_000 });
+    expect(whoami.stdout, whoami.stderr).toBe('owner');
     const second = await runCs(['sandbox', 'create', '-f', file], { env: home.env, timeoutMs: 60_000 });
     expect(second.exitCode).toBe(3);
     expect(second.stderr).toContain('sandbox "twice" already exists');
