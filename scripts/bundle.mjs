@@ -10,7 +10,9 @@
 // (the MCP SDK, zod, ajv...) were evaluated on every start.
 //
 // bin/run.js takes `execute` from dist/bundle/run.js, an entry of the same
-// build, so the commands and the oclif that runs them are one copy. The
+// build, so the commands and the oclif that runs them are one copy. Before
+// that it asks dist/bundle/lean.js (commands/_lean.ts), which runs the
+// commands people repeat most without loading oclif at all. The
 // unbundled dist/ stays: the workspace supervisor and the tests import it.
 import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
@@ -44,7 +46,7 @@ const runEntry = join(root, 'dist', '.bundle-run.mjs');
 writeFileSync(runEntry, "export { execute } from '@oclif/core';\n");
 try {
   await build({
-    entryPoints: [...files.map((file) => ({ in: file, out: join('commands', relative(commandsDir, file).slice(0, -'.js'.length)) })), { in: runEntry, out: 'run' }],
+    entryPoints: [...files.map((file) => ({ in: file, out: join('commands', relative(commandsDir, file).slice(0, -'.js'.length)) })), { in: runEntry, out: 'run' }, { in: join(commandsDir, '_lean.js'), out: 'lean' }],
     outdir,
     bundle: true,
     splitting: true,

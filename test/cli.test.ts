@@ -486,6 +486,63 @@ describe('cs usage', () => {
   });
 });
 
+describe('the lean start of the commands people repeat', () => {
+  /**
+   * `cs exec`, `cs image pull` and `cs rootfs assemble` start without oclif
+   * when their command line is a plain one. A module-resolution hook lists
+   * what a run loaded: oclif and the command classes live behind
+   * dist/bundle/run.js and dist/bundle/commands/.
+   */
+  async function traced(args: readonly string[], env: Record<string, string> = {}): Promise<Run & { loaded: string[] }> {
+    const log = join(tmp, `loaded-${Math.random().toString(36).slice(2)}.txt`);
+    const hooks = await fixture('trace-hooks.mjs', `import { appendFileSync } from 'node:fs';\nexport async function resolve(specifier, context, next) {\n  const found = await next(specifier, context);\n  appendFileSync(process.env.TRACE_LOG, found.url + '\\n');\n  return found;\n}\n`);
+    const register = await fixture('trace-register.mjs', `import { register } from 'node:module';\nimport { pathToFileURL } from 'node:url';\nregister(pathToFileURL(${JSON.stringify(hooks)}));\n`);
+    const result = await execa(process.execPath, ['--import', register, BIN, ...args], { cwd: ROOT, reject: false, env: { ...ENV, CS_HOME: join(tmp, 'lean-home'), TRACE_LOG: log, ...env }, extendEnv: false, stdin: 'ignore', timeout: 30_000 });
+    const loaded = existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
+    return { exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr, loaded };
+  }
+  const oclifLoaded = (loaded: string[]) => loaded.some((url) => url.endsWith('/dist/bundle/run.js') || url.includes('/dist/bundle/commands/'));
+
+  it('runs them without loading oclif, and prints exactly what oclif prints', async () => {
+    const nowhere = 'localhost:1/nothing/here:1';
+    const pairs: [string[], string[]][] = [
+      // The same command line, once lean and once through oclif (a form the lean parser leaves to it).
+      [['image', 'pull', nowhere], ['image:pull', nowhere]],
+      [['image', 'pull', nowhere, '--json'], ['image:pull', nowhere, '--json']],
+      [['rootfs', 'assemble', '--base', nowhere, '--out', join(tmp, 'never')], ['rootfs:assemble', '--base', nowhere, '--out', join(tmp, 'never')]],
+      [['rootfs', 'assemble', '--base', nowhere, '--out', join(tmp, 'never'), '--json'], ['rootfs:assemble', '--base', nowhere, '--out', join(tmp, 'never'), '--json']],
+      [['exec', '-W', 'nope/dev', '-i', '-t', '--', 'true'], ['exec', '-W', 'nope/dev', '-it', '--', 'true']],
+      [['exec', '-W', 'nope/dev', '--json', '--', 'true'], ['exec', '-W', 'nope/dev', '--json', '-it', '--', 'true']],
+    ];
+    for (const [leanArgs, oclifArgs] of pairs) {
+      const [lean, full] = await Promise.all([traced(leanArgs), traced(oclifArgs)]);
+      expect(oclifLoaded(lean.loaded), `${leanArgs.join(' ')} loaded oclif`).toBe(false);
+      expect(lean.loaded.length, 'the trace saw the run').toBeGreaterThan(0);
+      expect(oclifLoaded(full.loaded), `${oclifArgs.join(' ')} did not go through oclif`).toBe(true);
+      expect(lean.exitCode, lean.stderr).not.toBe(0);
+      expect({ exitCode: lean.exitCode, stdout: lean.stdout, stderr: lean.stderr }, leanArgs.join(' ')).toEqual({ exitCode: full.exitCode, stdout: full.stdout, stderr: full.stderr });
+      expectNoStackTrace(lean);
+    }
+  });
+
+  it('leaves help, mistakes and JSON asked for through the environment to oclif', async () => {
+    const help = await traced(['exec', '--help']);
+    expect(help.exitCode).toBe(0);
+    expect(help.stdout).toMatch(/^USAGE\n\s+\$ cs exec /m);
+    expect(oclifLoaded(help.loaded)).toBe(true);
+
+    const missing = await traced(['rootfs', 'assemble', '--base', 'x']);
+    expect(missing.exitCode).toBe(2);
+    expect(missing.stderr).toMatch(/Missing required flag out/);
+    expect(oclifLoaded(missing.loaded)).toBe(true);
+
+    const viaEnv = await traced(['image', 'pull', 'localhost:1/nothing/here:1'], { CS_CONTENT_TYPE: 'json' });
+    expect(viaEnv.exitCode).toBe(4);
+    expect((parseJson(viaEnv.stdout)['error'] as Record<string, unknown>)['exitCode']).toBe(4);
+    expect(oclifLoaded(viaEnv.loaded)).toBe(true);
+  });
+});
+
 function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 }

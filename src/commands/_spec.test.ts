@@ -1,0 +1,152 @@
+import { Flags, Parser } from '@oclif/core';
+import { describe, expect, it } from 'vitest';
+import Exec from './exec.js';
+import ImagePull from './image/pull.js';
+import RootfsAssemble from './rootfs/assemble.js';
+import { leanCommand } from './_lean.js';
+import { parseCommandLine, type CommandSpec } from './_spec.js';
+import { spec as execSpec } from './_exec.js';
+import { spec as pullSpec } from './image/_pull.js';
+import { spec as assembleSpec } from './rootfs/_assemble.js';
+
+/**
+ * The lean parser (no oclif) must never disagree with oclif: wherever it
+ * answers, oclif parses the same line to the same flags, arguments and argv.
+ * Where it is unsure it gives the line to oclif, which is always right by
+ * definition; the plain lines people type must not be among those.
+ */
+
+interface OclifClass {
+  flags: Record<string, unknown>;
+  args?: Record<string, unknown>;
+  strict?: boolean;
+}
+
+const commands: { name: string; spec: CommandSpec; cls: OclifClass }[] = [
+  { name: 'exec', spec: execSpec, cls: Exec as unknown as OclifClass },
+  { name: 'image pull', spec: pullSpec, cls: ImagePull as unknown as OclifClass },
+  { name: 'rootfs assemble', spec: assembleSpec, cls: RootfsAssemble as unknown as OclifClass },
+];
+
+// What `cs exec` runs of its argv: oclif may keep the `--` of a non-strict command there, and exec drops it.
+function commandWords(argv: string[]): string[] {
+  return argv.filter((a, i) => !(i === 0 && a === '--'));
+}
+
+async function oclifParse(cls: OclifClass, argv: string[]): Promise<{ flags: Record<string, unknown>; args: Record<string, unknown>; argv: string[]; json: boolean } | Error> {
+  try {
+    const out = await Parser.parse(argv, { flags: { ...cls.flags, json: Flags.boolean() } as never, args: (cls.args ?? {}) as never, strict: cls.strict ?? true });
+    const { json, ...flags } = out.flags as Record<string, unknown>;
+    return { flags, args: out.args as Record<string, unknown>, argv: cls.strict === false ? commandWords(out.argv as string[]) : [], json: json === true };
+  } catch (error) {
+    return error as Error;
+  }
+}
+
+async function agree(command: (typeof commands)[number], argv: string[]): Promise<boolean> {
+  const lean = parseCommandLine(command.spec, argv);
+  if (!lean) return false;
+  const oclif = await oclifParse(command.cls, argv);
+  expect(oclif, `oclif refused what the lean parser took: ${command.name} ${JSON.stringify(argv)}`).not.toBeInstanceOf(Error);
+  const defined = (o: Record<string, unknown>) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined));
+  const want = oclif as Exclude<typeof oclif, Error>;
+  expect({ flags: defined(lean.flags), args: defined(lean.args), argv: commandWords(lean.argv), json: lean.json }, `${command.name} ${JSON.stringify(argv)}`).toEqual({
+    flags: defined(want.flags),
+    args: defined(want.args),
+    argv: want.argv,
+    json: want.json,
+  });
+  return true;
+}
+
+const plain: Record<string, string[][]> = {
+  exec: [
+    ['-W', 'demo/dev', '--', 'uname', '-a'],
+    ['--workspace', 'scratch', '--', 'make', 'test'],
+    ['--workspace=demo/dev', '--', 'sh', '-c', 'echo --json'],
+    ['-Wdemo/dev', '--', 'true'],
+    ['-W', 'demo/dev', '--user', 'root', '--', 'apt-get', 'install', '-y', 'make'],
+    ['-W', 'demo/dev', '-e', 'DEBUG=1', '-e', 'B=2', '-w', 'src/api', '--', 'make', 'test'],
+    ['-W', 'demo/dev', '-i', '-t', '--timeout', '30', '--', 'cat'],
+    ['--json', '-W', 'demo/dev', '--', 'id', '-un'],
+    ['-W', 'demo/dev', '-u', '1000', '--', '--', 'x'],
+  ],
+  'image pull': [
+    ['registry.example.com/team/base:2024.06'],
+    ['127.0.0.1:5000/debian:bookworm', '--platform', 'linux/arm64'],
+    ['--insecure', 'oci://localhost:5000/tools:1', '--json'],
+    ['--platform=linux/amd64', 'localhost/x:1'],
+  ],
+  'rootfs assemble': [
+    ['-f', 'examples/minimal.yaml', '-W', 'minimal/dev', '--format', 'erofs', '--out', '/tmp/dev.erofs'],
+    ['--base', 'localhost:5000/debian:bookworm', '--home', 'localhost:5000/team-home:v1', '--format', 'dir', '--out', '/tmp/root'],
+    ['--base', 'localhost/debian:bookworm', '--format=tar', '-o', 'root.tar', '--json', '--force'],
+    ['--base', 'localhost/debian:bookworm', '--personal', 'mine', '--out', 'x'],
+  ],
+};
+
+describe('the lean command-line parser', () => {
+  for (const command of commands) {
+    it(`answers the plain lines of ${command.name} exactly as oclif does`, async () => {
+      for (const argv of plain[command.name] ?? []) expect(await agree(command, argv), `${command.name} ${JSON.stringify(argv)} went to oclif`).toBe(true);
+    });
+  }
+
+  it('leaves to oclif what it is not sure of, and oclif refuses most of it', async () => {
+    const unsure: [string, string[]][] = [
+      ['exec', ['--help']],
+      ['exec', ['-h']],
+      ['exec', ['-W', 'a', 'uname']],
+      ['exec', ['--', 'uname']],
+      ['exec', ['-W', 'a', '-W', 'b', '--', 'x']],
+      ['exec', ['-W', '--', 'x']],
+      ['exec', ['-W', 'a', '-it', '--', 'x']],
+      ['exec', ['-W', 'a', '--timeout', 'soon', '--', 'x']],
+      ['exec', ['-W', 'a', '--no-tty', '--', 'x']],
+      ['exec', ['-W=a', '--', 'x']],
+      ['exec', ['-W', 'a', '--json', '--json', '--', 'x']],
+      ['image pull', []],
+      ['image pull', ['a', 'b']],
+      ['image pull', ['--', 'a']],
+      ['image pull', ['a', '--insecure=yes']],
+      ['image pull', ['a', '--platform']],
+      ['rootfs assemble', ['--base', 'x']],
+      ['rootfs assemble', ['--base', 'x', '--out', 'y', '--format', 'zip']],
+      ['rootfs assemble', ['--base', 'x', '--out', '']],
+      ['rootfs assemble', ['--base', 'x', '--out', '-o']],
+      ['rootfs assemble', ['--bsae', 'x', '--out', 'y']],
+    ];
+    let refused = 0;
+    for (const [name, argv] of unsure) {
+      const command = commands.find((c) => c.name === name) as (typeof commands)[number];
+      expect(parseCommandLine(command.spec, argv), `${name} ${JSON.stringify(argv)}`).toBeUndefined();
+      if ((await oclifParse(command.cls, argv)) instanceof Error) refused++;
+    }
+    expect(refused).toBeGreaterThanOrEqual(14);
+  });
+
+  it('never disagrees with oclif on random command lines', async () => {
+    const words = ['-W', 'a/b', '--workspace', '-u', 'root', '--user=1000', '-e', 'A=1', '--env', '-i', '-t', '--tty', '--timeout', '7', '--', 'x', '-', '--json', 'localhost/x:1', '--platform', 'linux/arm64', '--insecure', '--base', '--home', 'h', '--out', 'o', '-o', '--format', 'erofs', 'dir', '--force', '-f', 'f.yaml', '-Wa/b', '--personal'];
+    let seed = 7;
+    const next = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    let answered = 0;
+    for (let round = 0; round < 3000; round++) {
+      const command = commands[round % commands.length] as (typeof commands)[number];
+      const argv = Array.from({ length: 1 + next(8) }, () => words[next(words.length)] as string);
+      if (await agree(command, argv)) answered++;
+    }
+    // Enough lines were answered for the comparison to mean something.
+    expect(answered).toBeGreaterThan(100);
+  });
+
+  it('runs only the hot commands, and not when JSON is asked for through the environment', () => {
+    expect(leanCommand(['exec', '-W', 'a', '--', 'true'], {})?.hot.words).toEqual(['exec']);
+    expect(leanCommand(['image', 'pull', 'x'], {})?.hot.words).toEqual(['image', 'pull']);
+    expect(leanCommand(['image', 'push', 'x'], {})).toBeUndefined();
+    expect(leanCommand(['rootfs:assemble', '--base', 'x', '--out', 'y'], {})).toBeUndefined();
+    expect(leanCommand(['exec', '-W', 'a', '--', 'true'], { CS_CONTENT_TYPE: 'json' })).toBeUndefined();
+  });
+});
