@@ -1,4 +1,5 @@
 import type { ExecResult } from '../workspace/exec.js';
+import type { Hot } from './_lean.js';
 import type { CommandIo, CommandSpec, FlagValues } from './_spec.js';
 
 /** `cs exec`, described once for oclif and for the lean start (see _spec.ts). */
@@ -59,3 +60,6 @@ export async function run(flags: FlagValues<typeof spec>, argv: readonly string[
     if (tty) process.stdin.setRawMode(false);
   }
 }
+
+/** For the lean start (see _lean.ts). */
+export const hot: Hot = { words: ['exec'], spec, run: (p, io) => run(p.flags as FlagValues<typeof spec>, p.argv, io) };

@@ -5,9 +5,9 @@ import ImagePull from './image/pull.js';
 import RootfsAssemble from './rootfs/assemble.js';
 import { leanCommand } from './_lean.js';
 import { parseCommandLine, type CommandSpec } from './_spec.js';
-import { spec as execSpec } from './_exec.js';
-import { spec as pullSpec } from './image/_pull.js';
-import { spec as assembleSpec } from './rootfs/_assemble.js';
+import { hot as execHot, spec as execSpec } from './_exec.js';
+import { hot as pullHot, spec as pullSpec } from './image/_pull.js';
+import { hot as assembleHot, spec as assembleSpec } from './rootfs/_assemble.js';
 
 /**
  * The lean parser (no oclif) must never disagree with oclif: wherever it
@@ -142,11 +142,12 @@ describe('the lean command-line parser', () => {
     expect(answered).toBeGreaterThan(100);
   });
 
-  it('runs only the hot commands, and not when JSON is asked for through the environment', () => {
-    expect(leanCommand(['exec', '-W', 'a', '--', 'true'], {})?.hot.words).toEqual(['exec']);
-    expect(leanCommand(['image', 'pull', 'x'], {})?.hot.words).toEqual(['image', 'pull']);
-    expect(leanCommand(['image', 'push', 'x'], {})).toBeUndefined();
-    expect(leanCommand(['rootfs:assemble', '--base', 'x', '--out', 'y'], {})).toBeUndefined();
-    expect(leanCommand(['exec', '-W', 'a', '--', 'true'], { CS_CONTENT_TYPE: 'json' })).toBeUndefined();
+  it('takes only its own command, and not when JSON is asked for through the environment', () => {
+    expect(leanCommand(execHot, ['exec', '-W', 'a', '--', 'true'], {})?.argv).toEqual(['true']);
+    expect(leanCommand(pullHot, ['image', 'pull', 'x'], {})?.args).toEqual({ reference: 'x' });
+    expect(leanCommand(pullHot, ['image', 'push', 'x'], {})).toBeUndefined();
+    expect(leanCommand(execHot, ['image', 'pull', 'x'], {})).toBeUndefined();
+    expect(leanCommand(assembleHot, ['rootfs:assemble', '--base', 'x', '--out', 'y'], {})).toBeUndefined();
+    expect(leanCommand(execHot, ['exec', '-W', 'a', '--', 'true'], { CS_CONTENT_TYPE: 'json' })).toBeUndefined();
   });
 });

@@ -1,4 +1,5 @@
 import type { TransferResult } from '../../oci/image.js';
+import type { Hot } from '../_lean.js';
 import type { CommandIo, CommandSpec, FlagValues } from '../_spec.js';
 
 /** `cs image pull`, described once for oclif and for the lean start (see _spec.ts). */
@@ -37,3 +38,6 @@ export async function run(flags: FlagValues<typeof spec>, reference: string, io:
     progress.finish();
   }
 }
+
+/** For the lean start (see _lean.ts). */
+export const hot: Hot = { words: ['image', 'pull'], spec, run: async (p, io) => ({ result: await run(p.flags as FlagValues<typeof spec>, p.args['reference'] as string, io), exitCode: 0 }) };

@@ -1,4 +1,5 @@
 import type { AssembleResult } from '../../rootfs/assemble.js';
+import type { Hot } from '../_lean.js';
 import type { CommandIo, CommandSpec, FlagValues } from '../_spec.js';
 
 /** `cs rootfs assemble`, described once for oclif and for the lean start (see _spec.ts). */
@@ -37,3 +38,6 @@ export async function run(flags: FlagValues<typeof spec>, io: CommandIo): Promis
   io.say(`Wrote ${result.format} to ${result.out}: ${result.layers} ${result.layers === 1 ? 'layer' : 'layers'}, ${result.layersApplied} applied, ${result.cachedLayers} from cache`);
   return result;
 }
+
+/** For the lean start (see _lean.ts). */
+export const hot: Hot = { words: ['rootfs', 'assemble'], spec, run: async (p, io) => ({ result: await run(p.flags as FlagValues<typeof spec>, io), exitCode: 0 }) };
