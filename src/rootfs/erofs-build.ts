@@ -145,8 +145,8 @@ function exists(path: string): Promise<boolean> {
   );
 }
 
-/** Write an entry's image into `target` (replacing it); `blocks` cuts it to that many. */
-async function materialize(entry: EntryImage, target: string, blocks?: number): Promise<void> {
+/** Write an entry's image into `target` (replacing it). */
+async function materialize(entry: EntryImage, target: string): Promise<void> {
   if (!entry.parent) {
     await copyFile(join(entry.dir, 'image'), target);
   } else {
@@ -156,7 +156,6 @@ async function materialize(entry: EntryImage, target: string, blocks?: number): 
     // Block 0 (the superblock) of a finished image is the delta's own.
     if (entry.finished) writeAt(target, await readFile(join(entry.dir, 'head')), 0);
   }
-  if (blocks !== undefined) await truncate(target, blocks * BLOCK_SIZE);
 }
 
 /**
@@ -253,10 +252,18 @@ async function build(options: BuildErofsOptions, useCache: boolean): Promise<Bui
   let full: ParentRef | undefined;
   if (entry) {
     phase('reuse cached layers');
-    const saved = loadTree(await fromEntry(readFile(join(entry.dir, 'tree.json'), 'utf8')));
+    // The kernel copies the image (a thread of the pool waits on it) while this thread reads the tree.
+    const copied = fromEntry(materialize(entry, out));
+    let saved: { root: TreeNode; dataBlocks: number };
+    try {
+      saved = loadTree(await fromEntry(readFile(join(entry.dir, 'tree.json'), 'utf8')));
+    } finally {
+      await copied.catch(() => undefined);
+    }
+    await copied;
     tree = new MemTree(saved.root);
     dataBlocks = saved.dataBlocks;
-    await fromEntry(materialize(entry, out, dataBlocks));
+    await truncate(out, dataBlocks * BLOCK_SIZE);
     await cacheAt(cached).touch(keys[cached] as string);
     full = entry.parent ?? (await fullEntry(entry.dir, dataBlocks));
   } else {
