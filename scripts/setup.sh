@@ -10,9 +10,10 @@ cd "$(dirname "$0")/.."
 # qemu-system-x86, qemu-utils (qemu-img for workspace disk overlays), busybox-static, kmod, gcc, libc6-dev: microVM workspaces (QEMU, the guest's
 # init, module indexing, the guest agent); lz4, xz-utils: unpacking the kernel for a PVH boot;
 # debootstrap: a Debian base image built locally; fakeroot: images built by an unprivileged user get their layers' owners, devices and xattrs;
-# time: GNU time, the peak memory of a whole `cs` run in benchmarks (`npm run bench -- assemble`).
+# time: GNU time, the peak memory of a whole `cs` run in benchmarks (`npm run bench -- assemble`);
+# xfsprogs: a loop-mounted XFS in tests, where images built on cached ones share their blocks (reflinks).
 packages=(git ca-certificates python3 openssl zstd attr erofs-utils e2fsprogs docker-registry skopeo umoci apache2-utils
-  qemu-system-x86 qemu-utils busybox-static kmod gcc libc6-dev lz4 xz-utils debootstrap fakeroot time)
+  qemu-system-x86 qemu-utils busybox-static kmod gcc libc6-dev lz4 xz-utils debootstrap fakeroot time xfsprogs)
 
 missing=()
 for p in "${packages[@]}"; do

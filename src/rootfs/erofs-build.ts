@@ -1,4 +1,4 @@
-import { closeSync, createReadStream, createWriteStream, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, constants, createReadStream, createWriteStream, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { copyFile, link, readFile, rm, stat, truncate, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -91,12 +91,22 @@ function writeAt(path: string, bytes: Buffer, position: number): void {
   }
 }
 
+/**
+ * A copy of an image file. Where the file system has reflinks (XFS, btrfs)
+ * it shares the blocks, copying none (asked for first with FICLONE; the
+ * copy_file_range that follows shares them there too); elsewhere (ext4) the
+ * kernel copies from page cache to page cache, and nothing passes through cs.
+ */
+function cloneOrCopy(from: string, to: string): Promise<void> {
+  return copyFile(from, to, constants.COPYFILE_FICLONE);
+}
+
 async function linkOrCopy(from: string, to: string): Promise<void> {
   try {
     await link(from, to);
   } catch (error) {
     if ((error as { code?: string }).code !== 'EXDEV') throw error;
-    await copyFile(from, to);
+    await cloneOrCopy(from, to);
   }
 }
 
@@ -148,9 +158,9 @@ function exists(path: string): Promise<boolean> {
 /** Write an entry's image into `target` (replacing it). */
 async function materialize(entry: EntryImage, target: string): Promise<void> {
   if (!entry.parent) {
-    await copyFile(join(entry.dir, 'image'), target);
+    await cloneOrCopy(join(entry.dir, 'image'), target);
   } else {
-    await copyFile(join(entry.parent.dir, 'image'), target);
+    await cloneOrCopy(join(entry.parent.dir, 'image'), target);
     await truncate(target, entry.parent.from * BLOCK_SIZE);
     await pipeline(createReadStream(join(entry.dir, 'image')), createWriteStream(target, { flags: 'r+', start: entry.parent.from * BLOCK_SIZE }));
     // Block 0 (the superblock) of a finished image is the delta's own.
@@ -182,7 +192,7 @@ async function saveEntry(options: { cache: TreeCache; key: string; target: strin
     } else {
       if (options.link) await linkOrCopy(target, image);
       else {
-        await copyFile(target, image);
+        await cloneOrCopy(target, image);
         if (options.blocks !== undefined) await truncate(image, options.blocks * BLOCK_SIZE);
       }
       id = randomBytes(16).toString('hex');
