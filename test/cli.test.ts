@@ -489,21 +489,43 @@ describe('cs usage', () => {
 describe('the lean start of the commands people repeat', () => {
   /**
    * `cs exec`, `cs image pull` and `cs rootfs assemble` start without oclif
-   * when their command line is a plain one. A module-resolution hook lists
-   * what a run loaded: oclif and the command classes live behind
-   * dist/bundle/run.js and dist/bundle/commands/.
+   * when their command line is a plain one. Two hooks list what a run
+   * loaded: ES modules (a resolve hook) and CommonJS ones (a wrapper of
+   * require's loader). oclif and the command classes live behind
+   * dist/bundle/run.js, dist/bundle/commands/ and @oclif/core.
    */
-  async function traced(args: readonly string[], env: Record<string, string> = {}): Promise<Run & { loaded: string[] }> {
+  async function traced(args: readonly string[], options: { env?: Record<string, string>; closeStdout?: boolean } = {}): Promise<Run & { loaded: string[] }> {
     const log = join(tmp, `loaded-${Math.random().toString(36).slice(2)}.txt`);
     const hooks = await fixture('trace-hooks.mjs', `import { appendFileSync } from 'node:fs';\nexport async function resolve(specifier, context, next) {\n  const found = await next(specifier, context);\n  appendFileSync(process.env.TRACE_LOG, found.url + '\\n');\n  return found;\n}\n`);
     const register = await fixture('trace-register.mjs', `import { register } from 'node:module';\nimport { pathToFileURL } from 'node:url';\nregister(pathToFileURL(${JSON.stringify(hooks)}));\n`);
-    const result = await execa(process.execPath, ['--import', register, BIN, ...args], { cwd: ROOT, reject: false, env: { ...ENV, CS_HOME: join(tmp, 'lean-home'), TRACE_LOG: log, ...env }, extendEnv: false, stdin: 'ignore', timeout: 30_000 });
+    const requires = await fixture('trace-require.cjs', `const Module = require('node:module');\nconst { appendFileSync } = require('node:fs');\nconst load = Module._load;\nModule._load = function (request, parent, isMain) {\n  appendFileSync(process.env.TRACE_LOG, 'require ' + request + '\\n');\n  return load.apply(this, arguments);\n};\n`);
+    const child = execa(process.execPath, ['--require', requires, '--import', register, BIN, ...args], { cwd: ROOT, reject: false, env: { ...ENV, CS_HOME: join(tmp, 'lean-home'), TRACE_LOG: log, ...options.env }, extendEnv: false, stdin: 'ignore', timeout: 30_000 });
+    // A reader that went away (`cs ... | head -c0`): cs's writes to stdout meet EPIPE.
+    if (options.closeStdout) child.stdout?.destroy();
+    const result = await child;
     const loaded = existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
-    return { exitCode: result.exitCode, stdout: result.stdout, stderr: result.stderr, loaded };
+    return { exitCode: result.exitCode, stdout: String(result.stdout ?? ''), stderr: String(result.stderr), loaded };
   }
-  const oclifLoaded = (loaded: string[]) => loaded.some((url) => url.endsWith('/dist/bundle/run.js') || url.includes('/dist/bundle/commands/'));
+  const oclifLoaded = (loaded: string[]) => loaded.some((url) => url.endsWith('/dist/bundle/run.js') || url.includes('/dist/bundle/commands/') || url.includes('@oclif/core'));
+  const leanLoaded = (loaded: string[]) => loaded.some((line) => /^require .*\/dist\/bundle\/lean-[a-z-]+\.cjs$/.test(line));
 
-  it('runs them without loading oclif, and prints exactly what oclif prints', async () => {
+  async function compare(leanArgs: string[], oclifArgs: string[], normalize: (text: string) => string = (t) => t): Promise<Run> {
+    // One after the other: the second must not find a cache the first is still filling.
+    const lean = await traced(leanArgs);
+    const full = await traced(oclifArgs);
+    expect(leanLoaded(lean.loaded), `${leanArgs.join(' ')} did not start lean`).toBe(true);
+    expect(oclifLoaded(lean.loaded), `${leanArgs.join(' ')} loaded oclif`).toBe(false);
+    expect(oclifLoaded(full.loaded), `${oclifArgs.join(' ')} did not go through oclif`).toBe(true);
+    expect({ exitCode: lean.exitCode, stdout: normalize(lean.stdout), stderr: normalize(lean.stderr) }, leanArgs.join(' ')).toEqual({
+      exitCode: full.exitCode,
+      stdout: normalize(full.stdout),
+      stderr: normalize(full.stderr),
+    });
+    expectNoStackTrace(lean);
+    return lean;
+  }
+
+  it('runs them without loading oclif, and fails exactly as oclif does', async () => {
     const nowhere = 'localhost:1/nothing/here:1';
     const pairs: [string[], string[]][] = [
       // The same command line, once lean and once through oclif (a form the lean parser leaves to it).
@@ -514,15 +536,31 @@ describe('the lean start of the commands people repeat', () => {
       [['exec', '-W', 'nope/dev', '-i', '-t', '--', 'true'], ['exec', '-W', 'nope/dev', '-it', '--', 'true']],
       [['exec', '-W', 'nope/dev', '--json', '--', 'true'], ['exec', '-W', 'nope/dev', '--json', '-it', '--', 'true']],
     ];
-    for (const [leanArgs, oclifArgs] of pairs) {
-      const [lean, full] = await Promise.all([traced(leanArgs), traced(oclifArgs)]);
-      expect(oclifLoaded(lean.loaded), `${leanArgs.join(' ')} loaded oclif`).toBe(false);
-      expect(lean.loaded.length, 'the trace saw the run').toBeGreaterThan(0);
-      expect(oclifLoaded(full.loaded), `${oclifArgs.join(' ')} did not go through oclif`).toBe(true);
-      expect(lean.exitCode, lean.stderr).not.toBe(0);
-      expect({ exitCode: lean.exitCode, stdout: lean.stdout, stderr: lean.stderr }, leanArgs.join(' ')).toEqual({ exitCode: full.exitCode, stdout: full.stdout, stderr: full.stderr });
-      expectNoStackTrace(lean);
+    for (const [leanArgs, oclifArgs] of pairs) expect((await compare(leanArgs, oclifArgs)).exitCode).not.toBe(0);
+  });
+
+  it('succeeds exactly as oclif does, for people and as JSON, and a reader that goes away is no error', async () => {
+    const tree = join(tmp, 'lean-tree');
+    await mkdir(join(tree, 'etc'), { recursive: true });
+    await writeFile(join(tree, 'etc', 'os-release'), 'lean\n');
+    const imported = await traced(['image', 'import', tree, 'localhost/lean/base:1']);
+    expect(imported.exitCode, imported.stderr).toBe(0);
+    const out = (name: string) => join(tmp, `lean-out-${name}`);
+    // Both runs below find the tree cached.
+    expect((await traced(['rootfs', 'assemble', '--base', 'localhost/lean/base:1', '--format', 'tar', '--out', out('first')])).exitCode).toBe(0);
+    const same = (text: string) => text.replaceAll(/lean-out-[a-z]+/g, 'lean-out-X');
+    for (const json of [false, true]) {
+      const extra = json ? ['--json'] : [];
+      const tag = json ? 'json' : 'text';
+      const lean = await compare(['rootfs', 'assemble', '--base', 'localhost/lean/base:1', '--format', 'tar', '--out', out(`a${tag}`), ...extra], ['rootfs:assemble', '--base', 'localhost/lean/base:1', '--format', 'tar', '--out', out(`b${tag}`), ...extra], same);
+      expect(lean.exitCode).toBe(0);
+      if (json) expect(parseJson(lean.stdout)['format']).toBe('tar');
+      else expect(lean.stderr).toMatch(/^Wrote tar to .*: 1 layer, /m);
     }
+    const cut = await traced(['rootfs', 'assemble', '--base', 'localhost/lean/base:1', '--format', 'tar', '--out', out('cut'), '--json'], { closeStdout: true });
+    expect(leanLoaded(cut.loaded)).toBe(true);
+    expect(cut.exitCode, cut.stderr).toBe(0);
+    expect(cut.stderr).toBe('');
   });
 
   it('leaves help, mistakes and JSON asked for through the environment to oclif', async () => {
@@ -536,7 +574,11 @@ describe('the lean start of the commands people repeat', () => {
     expect(missing.stderr).toMatch(/Missing required flag out/);
     expect(oclifLoaded(missing.loaded)).toBe(true);
 
-    const viaEnv = await traced(['image', 'pull', 'localhost:1/nothing/here:1'], { CS_CONTENT_TYPE: 'json' });
+    const flagAsValue = await traced(['rootfs', 'assemble', '--base', 'x', '--out=-o']);
+    expect(flagAsValue.exitCode).toBe(2);
+    expect(flagAsValue.stderr).toMatch(/--out expects a value/);
+
+    const viaEnv = await traced(['image', 'pull', 'localhost:1/nothing/here:1'], { env: { CS_CONTENT_TYPE: 'json' } });
     expect(viaEnv.exitCode).toBe(4);
     expect((parseJson(viaEnv.stdout)['error'] as Record<string, unknown>)['exitCode']).toBe(4);
     expect(oclifLoaded(viaEnv.loaded)).toBe(true);

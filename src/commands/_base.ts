@@ -67,6 +67,8 @@ export function oclifFlags(spec: CommandSpec): Interfaces.FlagInput {
       ...(f.char ? { char: f.char as Interfaces.AlphabetLowercase } : {}),
       ...(f.required ? { required: true } : {}),
     };
+    // What the lean parser (_spec.ts) handles, and no more: a description it would read differently fails here, at once.
+    if ((f.options || f.default !== undefined) && (f.type !== 'string' || f.multiple)) throw new Error(`flag --${name}: options and defaults are for single string flags`);
     if (f.type === 'boolean') flags[name] = Flags.boolean(common);
     else if (f.type === 'integer') flags[name] = Flags.integer(common);
     else if (f.multiple) flags[name] = Flags.string({ ...common, multiple: true });

@@ -27,10 +27,21 @@ export const spec = {
   },
 } as const satisfies CommandSpec;
 
+/**
+ * The command to run: every word after the first `--` as typed. oclif's
+ * parser is not asked: it orders the words it leaves by where each first
+ * appears on the line, so `-u root -- chown root /x` came out `root chown /x`.
+ * Without `--`, the words oclif left (`parsed`) are all there is.
+ */
+export function commandWords(words: readonly string[], parsed: readonly string[]): string[] {
+  const at = words.indexOf('--');
+  return at === -1 ? [...parsed] : words.slice(at + 1);
+}
+
 /** The command's result (printed with --json), and the exit code cs ends with: the command's own. */
 export async function run(flags: FlagValues<typeof spec>, argv: readonly string[], io: CommandIo): Promise<{ result: ExecResult | undefined; exitCode: number }> {
   const [{ UsageError }, { execInWorkspace }] = await Promise.all([import('../util/errors.js'), import('../workspace/exec.js')]);
-  const command = argv.filter((a, i) => !(i === 0 && a === '--'));
+  const command = [...argv];
   if (command.length === 0) throw new UsageError('give the command to run after --, e.g. `cs exec -W demo/dev -- uname -a`');
   const tty = flags.tty && process.stdin.isTTY && process.stdout.isTTY;
   const passStdin = tty || flags.interactive || !process.stdin.isTTY;

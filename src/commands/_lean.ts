@@ -1,3 +1,6 @@
+import { existsSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
 import { failureReport } from './_report.js';
 import { parseCommandLine, type CommandIo, type CommandSpec, type Parsed } from './_spec.js';
 
@@ -21,10 +24,19 @@ export interface Hot {
 
 /** The parsed command line when it is `hot`'s and a plain one, or undefined when oclif should have it. */
 export function leanCommand(hot: Hot, words: readonly string[], env: NodeJS.ProcessEnv = process.env): Parsed | undefined {
-  // oclif's way of asking for JSON output without the flag.
-  if (env['CS_CONTENT_TYPE'] !== undefined) return undefined;
+  // JSON asked for without the flag, and oclif's own debugging output: oclif's.
+  if (env['CS_CONTENT_TYPE'] !== undefined || env['DEBUG'] !== undefined) return undefined;
   if (!hot.words.every((w, i) => words[i] === w)) return undefined;
-  return parseCommandLine(hot.spec, words.slice(hot.words.length));
+  const parsed = parseCommandLine(hot.spec, words.slice(hot.words.length));
+  // A user's oclif theme colours JSON output; only oclif knows how.
+  if (parsed?.json && !/^(1|true)$/i.test(env['CS_DISABLE_THEME'] ?? '') && existsSync(themeFile(env))) return undefined;
+  return parsed;
+}
+
+/** Where oclif looks for a user's theme (its config folder for `cs`). */
+function themeFile(env: NodeJS.ProcessEnv): string {
+  const dir = env['CS_CONFIG_DIR'] ?? join(env['XDG_CONFIG_HOME'] || join(homedir(), '.config'), 'cs');
+  return join(dir, 'theme.json');
 }
 
 function printJson(value: unknown): void {
@@ -34,8 +46,11 @@ function printJson(value: unknown): void {
 /** Runs `words` (the command line after `cs`) if it is `hot`'s plain one; false if oclif should. */
 export async function runLean(hot: Hot, words: readonly string[]): Promise<boolean> {
   const parsed = leanCommand(hot, words);
-  // oclif colours JSON on a terminal; on a pipe both print the same bytes.
-  if (!parsed || (parsed.json && process.stdout.isTTY)) return false;
+  if (!parsed) return false;
+  // As oclif does: output cut short by its reader (`| head`) is not an error.
+  process.stdout.on('error', (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE') throw error;
+  });
   const io: CommandIo = { json: parsed.json, say: (line) => (parsed.json ? undefined : void process.stderr.write(`${line}\n`)) };
   let outcome: { result: unknown; exitCode: number };
   try {

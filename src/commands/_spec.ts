@@ -112,6 +112,8 @@ export function parseCommandLine(spec: CommandSpec, words: readonly string[]): P
       continue;
     }
     const flag = spec.flags[name] as FlagSpec;
+    // oclif refuses a value that could be a flag (`--out=-o`, `-W-i`); so does this parser, inline or not.
+    if (inline?.startsWith('-')) return undefined;
     let value: string | number | boolean;
     if (flag.type === 'boolean') {
       if (inline !== undefined) return undefined;

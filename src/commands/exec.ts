@@ -1,6 +1,6 @@
 import type { ExecResult } from '../workspace/exec.js';
 import { CsCommand, oclifFlags } from './_base.js';
-import { run, spec } from './_exec.js';
+import { commandWords, run, spec } from './_exec.js';
 
 export default class Exec extends CsCommand {
   static override summary = spec.summary;
@@ -11,7 +11,7 @@ export default class Exec extends CsCommand {
 
   async run(): Promise<ExecResult | undefined> {
     const { flags, argv } = await this.parseSpec(spec);
-    const { result, exitCode } = await run(flags, argv, this.io());
+    const { result, exitCode } = await run(flags, commandWords(this.argv, argv), this.io());
     if (exitCode !== 0) this.exit(exitCode);
     return result;
   }

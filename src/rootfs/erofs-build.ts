@@ -264,6 +264,8 @@ async function build(options: BuildErofsOptions, useCache: boolean): Promise<Bui
     phase('reuse cached layers');
     // The kernel copies the image (a thread of the pool waits on it) while this thread reads the tree.
     const copied = fromEntry(materialize(entry, out));
+    // Its failure is seen below, after the tree is read; until then it must not count as unhandled.
+    copied.catch(() => undefined);
     let saved: { root: TreeNode; dataBlocks: number };
     try {
       saved = loadTree(await fromEntry(readFile(join(entry.dir, 'tree.json'), 'utf8')));

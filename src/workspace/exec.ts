@@ -12,7 +12,7 @@ import { DAEMON_LOG_DIR, GUEST_BUSYBOX, parsePasswd, workspaceEnv } from './gues
 import { withCommandLease } from './busy.js';
 import { ensureRunning, portsInUse, resolveWorkspace, waitUntil } from './lifecycle.js';
 import { canListen, pickHostPort } from './ports.js';
-import { displayName, FILES, readRecord, writeRecord, type PortMapping, type WorkspaceRef } from './state.js';
+import { ACCOUNT_STEP, displayName, FILES, readRecord, readRun, writeRecord, type PortMapping, type WorkspaceRef } from './state.js';
 
 /** `cs exec`, `cs ssh`, `cs log` and `cs port-forward`: what people do with a running workspace. */
 
@@ -57,7 +57,7 @@ export async function execInWorkspace(options: ExecOptions): Promise<ExecResult>
   const shown = displayName(ws, record.standalone);
   // The lease comes first: a removal or restore must see a command that is still starting its workspace.
   return withCommandLease(ws.dir, options.argv.join(' '), async () => {
-    await startForCommand(ws, shown, options.envOverride, options.onStart);
+    await startForCommand(ws, shown, options.envOverride, options.onStart, user);
     return runIn(ws.dir, shown, user, env, options);
   });
 }
@@ -107,9 +107,15 @@ async function runIn(dir: string, shown: string, user: string, env: Record<strin
  * for the next one. One still starting (`sandbox create` without --wait) is
  * waited for until its owner account exists: the default user.
  */
-async function startForCommand(ws: WorkspaceRef, label: string, env: Env | undefined, onStart: ((line: string) => void) | undefined): Promise<void> {
+async function startForCommand(ws: WorkspaceRef, label: string, env: Env | undefined, onStart: ((line: string) => void) | undefined, user: string = WORKSPACE_USER): Promise<void> {
   const started = await ensureRunning(ws, { label, ...(env ? { env } : {}), ...(onStart ? { notify: onStart, onPhase: (p: string) => onStart(`… ${p}`) } : {}) });
-  if (!started) await waitUntil(ws.dir, 'account', env ? { env } : {});
+  // root is there from the first moment (and is how one looks into a start-up that hangs).
+  if (started || user === 'root' || user === '0') return;
+  const run = await readRun(ws.dir);
+  const waiting = run?.phase === 'booting' || (run?.phase === 'starting' && !run.steps.some((s) => s.name === ACCOUNT_STEP && s.ok));
+  if (!waiting) return;
+  onStart?.(`workspace ${label} is still starting; waiting for its owner account`);
+  await waitUntil(ws.dir, 'account', env ? { env } : {});
 }
 
 function drained(stream: Readable): Promise<void> {
@@ -132,7 +138,7 @@ async function guestAccount(client: AgentClient, user: string): Promise<{ home: 
 export async function loginShell(target: string, user: string = WORKSPACE_USER, env?: Env, onStart?: (line: string) => void): Promise<string> {
   const ws = await resolveWorkspace(target, env);
   const shown = displayName(ws, (await readRecord(ws.dir))?.standalone);
-  await startForCommand(ws, shown, env, onStart);
+  await startForCommand(ws, shown, env, onStart, user);
   const client = await openAgent(ws.dir, shown);
   try {
     return (await guestAccount(client, user))?.shell ?? '/bin/sh';

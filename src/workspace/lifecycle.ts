@@ -151,7 +151,7 @@ export async function waitUntil(dir: string, goal: 'booted' | 'account' | 'ready
     } else if (Date.now() - started > 10_000) {
       throw new VmError(`the supervisor of ${dir} did not start`, { suggestions: [`see ${join(dir, FILES.supervisorLog)}`] });
     }
-    if (Date.now() > deadline) throw new VmError(`gave up waiting for the workspace to be ${goal}`);
+    if (Date.now() > deadline) throw new VmError(`gave up waiting for the workspace ${goal === 'account' ? 'to have its owner account' : `to be ${goal}`}`);
     await new Promise((r) => setTimeout(r, 25));
   }
 }

@@ -338,6 +338,9 @@ describe('workspaces that cannot start', () => {
     // Without --wait, create returns once the VM answers; a command run straight away waits for the owner account.
     const whoami = await runCs(['exec', '-W', 'twice/dev', '--', 'id', '-un'], { env: home.env, timeoutMs: 120_000 });
     expect(whoami.stdout, whoami.stderr).toBe('owner');
+    // The words after `--` run as typed, also through oclif (-it is left to it): none moves because it is also a flag's value.
+    const echoed = await runCs(['exec', '-W', 'twice/dev', '-u', 'root', '-it', '--', 'echo', 'root', 'twice/dev'], { env: home.env, timeoutMs: 60_000 });
+    expect(echoed.stdout, echoed.stderr).toBe('root twice/dev');
     const second = await runCs(['sandbox', 'create', '-f', file], { env: home.env, timeoutMs: 60_000 });
     expect(second.exitCode).toBe(3);
     expect(second.stderr).toContain('sandbox "twice" already exists');
