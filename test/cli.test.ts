@@ -585,6 +585,27 @@ describe('the lean start of the commands people repeat', () => {
   });
 });
 
+describe('cs rootfs prune', () => {
+  it('keeps root images made within the hour, reports as JSON, and refuses to guess past a broken record', async () => {
+    const csHome = join(tmp, 'prune-home');
+    const env = { ...ENV, CS_HOME: csHome, HOME: join(tmp, 'prune-user') };
+    await mkdir(join(csHome, 'images'), { recursive: true });
+    await writeFile(join(csHome, 'images', 'fresh.erofs'), 'an image just made');
+    const run = (args: string[]) => execa(process.execPath, [BIN, ...args], { cwd: ROOT, reject: false, env, extendEnv: false, stdin: 'ignore', timeout: 30_000 });
+    const text = await run(['rootfs', 'prune']);
+    expect(text.exitCode, text.stderr).toBe(0);
+    expect(text.stderr).toBe('Removed 0 root images (0 B freed); 1 kept');
+    const json = await run(['rootfs', 'prune', '--json']);
+    expect(parseJson(String(json.stdout))).toEqual({ removed: [], freedBytes: 0, kept: 1 });
+    await mkdir(join(csHome, 'sandboxes', 'shop', 'dev'), { recursive: true });
+    await writeFile(join(csHome, 'sandboxes', 'shop', 'dev', 'workspace.json'), 'not json');
+    const broken = await run(['rootfs', 'prune']);
+    expect(broken.exitCode).toBe(3);
+    expect(broken.stderr).toMatch(/workspace\.json is not valid JSON, so which root images it uses is unknown; nothing was pruned/);
+    expect(existsSync(join(csHome, 'images', 'fresh.erofs'))).toBe(true);
+  });
+});
+
 function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
 }

@@ -22,6 +22,7 @@ import { discardFolder, portsInUse, showSandbox, startSupervisor, waitUntil, typ
 import { newDisk } from './disk.js';
 import { allocatePorts } from './ports.js';
 import { checkQuota, freshDiskBytes } from './usage.js';
+import { claimRootImage, imagesDir } from './root-images.js';
 import { FILES, sandboxesDir, writeRecord, type WorkspaceImage, type WorkspaceRecord } from './state.js';
 
 /**
@@ -59,9 +60,6 @@ async function imagesOf(snapshots: readonly ResolvedSnapshot[], env?: Env): Prom
   return out;
 }
 
-export function imagesDir(env?: Env): string {
-  return join(dataDir(env), 'images');
-}
 
 export interface CreateOptions extends LifecycleOptions {
   file: string;
@@ -136,6 +134,8 @@ export async function rootImage(
     ...(options.env ? { env: options.env } : {}),
     onPhase: (p) => options.onPhase?.(`${ws.name}: ${p}`),
   });
+  // Until the workspace's record names it, only this claim keeps a prune (another cs removing a workspace) off it.
+  await claimRootImage(image.out);
   return { lowers: [image.out], images: await imagesOf(snapshots, options.env), chainId: image.chainId };
 }
 

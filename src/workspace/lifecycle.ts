@@ -337,7 +337,14 @@ export async function removeSandbox(options: LifecycleOptions & { name: string }
     removed.push(ws.workspace);
   }
   await discardFolder(join(sandboxesDir(options.env), options.name.toLowerCase()), options.name.toLowerCase(), options.env);
+  await pruneUnusedRootImages(options);
   return { sandbox: options.name.toLowerCase(), removed };
+}
+
+/** Root images no workspace uses any more go when a workspace goes or moves to a new root; a failure to prune is said, not fatal. */
+export async function pruneUnusedRootImages(options: LifecycleOptions): Promise<void> {
+  const { pruneRootImages } = await import('./root-images.js');
+  await pruneRootImages(options.env ? { env: options.env } : {}).catch((error: Error) => options.onPhase?.(`root images were not pruned: ${error.message}`));
 }
 
 /**

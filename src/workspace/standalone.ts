@@ -15,6 +15,7 @@ import {
   discardFolder,
   killOrphanQemu,
   portsInUse,
+  pruneUnusedRootImages,
   removeSandbox,
   resolveWorkspace,
   retireWorkspace,
@@ -318,5 +319,6 @@ export async function removeWorkspace(options: LifecycleOptions & { target: stri
   }
   await retireWorkspace(ref, options);
   await discardFolder(ref.dir, `${ref.sandbox}-${ref.workspace}`, options.env);
+  await pruneUnusedRootImages(options);
   return { removed: shown };
 }

@@ -5,7 +5,7 @@ import { InputError } from '../util/errors.js';
 import { withLock } from '../util/lock.js';
 import type { Env } from '../util/paths.js';
 import { kernelFields, rootImage } from './create.js';
-import { launchWorkspace, stopSupervisor, waitUntil } from './lifecycle.js';
+import { launchWorkspace, pruneUnusedRootImages, stopSupervisor, waitUntil } from './lifecycle.js';
 import { syncPorts } from './live.js';
 import { createRestorePoint } from './restore-points.js';
 import { FILES, readRecord, readRun, supervisorAlive, writeRecord, type AppliedSource, type WorkspaceImage, type WorkspaceRecord, type WorkspaceRef } from './state.js';
@@ -164,5 +164,6 @@ export async function rebuildRoot(
     await launchWorkspace(ws, envOpt);
     await waitUntil(ws.dir, options.wait ? 'ready' : 'booted', envOpt);
   }
+  await pruneUnusedRootImages({ ...envOpt, ...(options.onPhase ? { onPhase: options.onPhase } : {}) });
   return restorePoint ? { restorePoint } : {};
 }
