@@ -586,23 +586,28 @@ describe('the lean start of the commands people repeat', () => {
 });
 
 describe('cs rootfs prune', () => {
-  it('keeps root images made within the hour, reports as JSON, and refuses to guess past a broken record', async () => {
+  it('removes root images nothing names, keeps those a workspace names, reports as JSON, and refuses to guess past a broken record', async () => {
     const csHome = join(tmp, 'prune-home');
-    const env = { ...ENV, CS_HOME: csHome, HOME: join(tmp, 'prune-user') };
-    await mkdir(join(csHome, 'images'), { recursive: true });
-    await writeFile(join(csHome, 'images', 'fresh.erofs'), 'an image just made');
+    const env = { ...ENV, CS_HOME: csHome, HOME: join(tmp, 'prune-user'), XDG_DATA_HOME: join(tmp, 'prune-user', 'data') };
+    const images = join(csHome, 'images');
+    await mkdir(images, { recursive: true });
+    await writeFile(join(images, 'old.erofs'), 'an image nothing uses');
+    await writeFile(join(images, 'used.erofs'), 'an image a workspace boots from');
+    const dev = join(csHome, 'sandboxes', 'shop', 'dev');
+    await mkdir(dev, { recursive: true });
+    await writeFile(join(dev, 'workspace.json'), JSON.stringify({ lowers: [join(images, 'used.erofs')] }));
     const run = (args: string[]) => execa(process.execPath, [BIN, ...args], { cwd: ROOT, reject: false, env, extendEnv: false, stdin: 'ignore', timeout: 30_000 });
     const text = await run(['rootfs', 'prune']);
     expect(text.exitCode, text.stderr).toBe(0);
-    expect(text.stderr).toBe('Removed 0 root images (0 B freed); 1 kept');
+    expect(text.stderr).toMatch(/^Removed 1 root image \(\d+(\.\d+)? (B|KiB) freed\); 1 kept$/);
+    expect(existsSync(join(images, 'old.erofs'))).toBe(false);
     const json = await run(['rootfs', 'prune', '--json']);
     expect(parseJson(String(json.stdout))).toEqual({ removed: [], freedBytes: 0, kept: 1 });
-    await mkdir(join(csHome, 'sandboxes', 'shop', 'dev'), { recursive: true });
-    await writeFile(join(csHome, 'sandboxes', 'shop', 'dev', 'workspace.json'), 'not json');
+    await writeFile(join(dev, 'workspace.json'), 'not json');
     const broken = await run(['rootfs', 'prune']);
     expect(broken.exitCode).toBe(3);
     expect(broken.stderr).toMatch(/workspace\.json is not valid JSON, so which root images it uses is unknown; nothing was pruned/);
-    expect(existsSync(join(csHome, 'images', 'fresh.erofs'))).toBe(true);
+    expect(existsSync(join(images, 'used.erofs'))).toBe(true);
   });
 });
 

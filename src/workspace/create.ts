@@ -22,7 +22,7 @@ import { discardFolder, portsInUse, showSandbox, startSupervisor, waitUntil, typ
 import { newDisk } from './disk.js';
 import { allocatePorts } from './ports.js';
 import { checkQuota, freshDiskBytes } from './usage.js';
-import { claimRootImage, imagesDir } from './root-images.js';
+import { claimRootImages, imagesDir } from './root-images.js';
 import { FILES, sandboxesDir, writeRecord, type WorkspaceImage, type WorkspaceRecord } from './state.js';
 
 /**
@@ -125,17 +125,20 @@ export async function rootImage(
   const personal = snapshots.some((s) => s.kind === 'personal');
   // A root with a personal snapshot in it is as private as the snapshot: it is kept in the user's own folder.
   const privateDir = personal ? await ensurePersonalDir(options.env) : undefined;
-  const image = await assemble({
-    snapshots,
-    out: (chain) => join(privateDir ? join(privateDir, 'images') : imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
-    ...(privateDir ? { privateDir } : {}),
-    format: 'erofs',
-    home: WORKSPACE_HOME,
-    ...(options.env ? { env: options.env } : {}),
-    onPhase: (p) => options.onPhase?.(`${ws.name}: ${p}`),
-  });
-  // Until the workspace's record names it, only this claim keeps a prune (another cs removing a workspace) off it.
-  await claimRootImage(image.out);
+  const build = () =>
+    assemble({
+      snapshots,
+      out: (chain) => join(privateDir ? join(privateDir, 'images') : imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
+      ...(privateDir ? { privateDir } : {}),
+      format: 'erofs',
+      home: WORKSPACE_HOME,
+      ...(options.env ? { env: options.env } : {}),
+      onPhase: (p) => options.onPhase?.(`${ws.name}: ${p}`),
+    });
+  // Until the workspace's record names it, only a claim keeps a prune (another cs removing a workspace) off it;
+  // an image a prune took between the build and the claim is built again.
+  let image = await build();
+  while (!(await claimRootImages([image.out]))) image = await build();
   return { lowers: [image.out], images: await imagesOf(snapshots, options.env), chainId: image.chainId };
 }
 

@@ -343,8 +343,14 @@ export async function removeSandbox(options: LifecycleOptions & { name: string }
 
 /** Root images no workspace uses any more go when a workspace goes or moves to a new root; a failure to prune is said, not fatal. */
 export async function pruneUnusedRootImages(options: LifecycleOptions): Promise<void> {
-  const { pruneRootImages } = await import('./root-images.js');
-  await pruneRootImages(options.env ? { env: options.env } : {}).catch((error: Error) => options.onPhase?.(`root images were not pruned: ${error.message}`));
+  try {
+    const { pruneRootImages } = await import('./root-images.js');
+    await pruneRootImages(options.env ? { env: options.env } : {});
+  } catch (error) {
+    const line = `root images were not pruned: ${(error as Error).message}`;
+    if (options.onPhase) options.onPhase(line);
+    else process.stderr.write(`cs: ${line}\n`);
+  }
 }
 
 /**

@@ -1,10 +1,12 @@
 import { existsSync } from 'node:fs';
-import { link, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, link, mkdir, mkdtemp, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { InputError } from '../util/errors.js';
-import { claimRootImage, GRACE_MS, imagesDir, pruneRootImages } from './root-images.js';
+import { claimRootImages, GRACE_MS, imagesDir, pruneRootImages } from './root-images.js';
 import { FILES } from './state.js';
 
 /** Records as cs writes them, with only the fields a prune reads. */
@@ -44,18 +46,22 @@ describe('pruning root images', () => {
     // The cache still links the image: removing it frees nothing until the cache lets go.
     await link(cached as string, join(home, 'cache-link'));
 
-    const result = await pruneRootImages({ env, now: later() });
+    const freed = (await stat(unused as string)).blocks * 512;
+    const result = await pruneRootImages({ env });
     expect(result.removed.sort()).toEqual([unused, cached].sort());
-    expect(result.freedBytes).toBe(8192);
+    expect(result.freedBytes).toBe(freed);
     expect(result.kept).toBe(5);
     for (const kept of [current, pointOnly, vmOnly, staged, viaLink]) expect(existsSync(kept as string)).toBe(true);
   });
 
-  it('keeps an image claimed within the grace period, and only then removes it', async () => {
+  it('keeps an image claimed by a workspace being made until the claim is older than the grace period', async () => {
     const path = await image('h.erofs');
-    await claimRootImage(path);
+    expect(await claimRootImages([path])).toBe(true);
     expect((await pruneRootImages({ env })).removed).toEqual([]);
     expect((await pruneRootImages({ env, now: later() })).removed).toEqual([path]);
+    // The stale claim went with it; a claim of an image a prune took says so (the caller builds it again).
+    expect(await readdir(join(images, '.claims'))).toEqual([]);
+    expect(await claimRootImages([path])).toBe(false);
   });
 
   it('removes what builds whose process died left, not what a live build is writing', async () => {
@@ -64,6 +70,7 @@ describe('pruning root images', () => {
     const other = await image('notes.txt');
     const result = await pruneRootImages({ env, now: later() });
     expect(result.removed).toEqual([dead]);
+    expect(existsSync(dead)).toBe(false);
     expect(existsSync(live)).toBe(true);
     expect(existsSync(other)).toBe(true);
   });
@@ -75,6 +82,19 @@ describe('pruning root images', () => {
     await writeFile(join(dir, FILES.record), '{"lowers": [');
     await expect(pruneRootImages({ env, now: later() })).rejects.toThrow(InputError);
     await expect(pruneRootImages({ env, now: later() })).rejects.toThrow(`${join(dir, FILES.record)} is not valid JSON`);
+    expect(existsSync(path)).toBe(true);
+  });
+
+  it('removes nothing when another user\'s sandbox cannot be looked into (run as that other user)', async () => {
+    // Sandboxes are private (0700): someone else's prune cannot see which images they use.
+    const path = await image('l.erofs');
+    await workspace(join(env.CS_HOME as string, 'sandboxes', 'theirs', 'dev'), [path]);
+    for (const dir of [home, env.CS_HOME as string, join(env.CS_HOME as string, 'sandboxes'), images]) await chmod(dir, 0o777);
+    await chmod(join(env.CS_HOME as string, 'sandboxes', 'theirs'), 0o700);
+    await chmod(path, 0o666);
+    const script = `const { pruneRootImages } = await import(${JSON.stringify(new URL('./root-images.ts', import.meta.url).href)}); await pruneRootImages({ env: ${JSON.stringify(env)} }).then(() => console.log('pruned'), (e) => console.log(e.message));`;
+    const child = await execa(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { uid: 65534, gid: 65534, reject: false, cwd: fileURLToPath(new URL('../..', import.meta.url)), env: { PATH: process.env['PATH'] ?? '', HOME: home } });
+    expect(child.stdout, child.stderr).toMatch(/cannot read \S*\/theirs\S* \(EACCES\), so which root images it uses is unknown; nothing was pruned/);
     expect(existsSync(path)).toBe(true);
   });
 });

@@ -25,6 +25,7 @@ import {
   type WorkspaceSummary,
 } from './lifecycle.js';
 import { allocatePorts } from './ports.js';
+import { claimRootImages } from './root-images.js';
 import { displayName, FILES, listWorkspaces, readRecord, readRun, sandboxesDir, supervisorAlive, writeRecord, type WorkspaceRecord, type WorkspaceRef } from './state.js';
 import { checkQuota, OVERLAY_BYTES, usageReport } from './usage.js';
 
@@ -212,6 +213,8 @@ export async function cloneWorkspace(options: StandaloneOptions & { from: string
     if (state !== disk) await writeRecord(source.dir, { ...record, disk: state });
     await sealed(source.dir, frozen);
 
+    // The clone boots from the source's root: claimed, so that a prune does not take it before the clone's record names it.
+    if (!(await claimRootImages(record.lowers))) throw new InputError(`the root image of ${shown} is gone; run \`cs apply\` on its definition to build it again`);
     const staging = join(sandboxesDir(options.env), `.new-${name}-${process.pid}-${Date.now()}`);
     const dir = join(staging, name);
     await mkdir(dir, { recursive: true, mode: 0o700 });
