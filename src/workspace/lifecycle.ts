@@ -295,6 +295,30 @@ export async function restartWorkspace(ws: WorkspaceRef, options: LifecycleOptio
   await startWorkspace(ws, options);
 }
 
+/**
+ * A root image that went away (deleted by hand, or by a prune that had no
+ * way to know of this workspace) is built again from the snapshots the
+ * record names, when they still give the same chain. If they give another
+ * (a tag moved on since), starting on it would put the disk's changes on a
+ * root they were not made on: that is `cs apply`'s work, with its restore
+ * point, and the start is refused.
+ */
+async function restoreRootImage(ws: WorkspaceRef, record: WorkspaceRecord, options: LifecycleOptions): Promise<WorkspaceRecord> {
+  const shown = `${ws.sandbox}/${ws.workspace}`;
+  options.onPhase?.(`the root image of ${shown} is missing; building it again`);
+  const [{ rootImage }, { rootSnapshots }] = await Promise.all([import('./create.js'), import('./update.js')]);
+  const envOpt = options.env ? { env: options.env } : {};
+  const root = await rootImage(record.spec, await rootSnapshots(record, record.spec, { base: false, home: false, ...envOpt }), { ...envOpt, ...(options.onPhase ? { onPhase: options.onPhase } : {}) });
+  if (root.chainId !== record.chainId) {
+    throw new VmError(`the root image of ${shown} is missing, and its snapshots now make another root (chain ${root.chainId.slice(7, 19)}, not ${record.chainId.slice(7, 19)})`, {
+      suggestions: ['run `cs apply` on its definition: it moves the workspace to the new root and keeps a restore point of the disk'],
+    });
+  }
+  const next = { ...record, ...root };
+  await writeRecord(ws.dir, next);
+  return next;
+}
+
 /** Marks a workspace wanted and starts its supervisor unless one runs; true when it started one. */
 export async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOptions): Promise<boolean> {
   return withLock(join(ws.dir, FILES.lock), { purpose: `starting ${ws.sandbox}/${ws.workspace}` }, async () => {
@@ -306,6 +330,7 @@ export async function launchWorkspace(ws: WorkspaceRef, options: LifecycleOption
       return false;
     }
     await killOrphanQemu(ws.dir, runRecord);
+    if (record.lowers.some((path) => !existsSync(path))) record = await restoreRootImage(ws, record, options);
     options.onPhase?.(`start ${ws.workspace}`);
     record = await prepareDisk(ws.dir, record, { boot: true, ...(options.onPhase ? { warn: options.onPhase } : {}) });
     await writeRecord(ws.dir, { ...record, desired: 'running' });

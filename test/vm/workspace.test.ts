@@ -4,6 +4,7 @@
  * store. Everything goes through the `cs` binary as a user would run it.
  */
 import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
@@ -190,10 +191,16 @@ describe('a workspace from a tiny image', () => {
     const suspend = await runCs(['sandbox', 'suspend', 'tiny', '--json'], { env: home.env, timeoutMs: 120_000 });
     expect(suspend.exitCode).toBe(0);
     expect((JSON.parse(suspend.stdout) as { workspaces: Summary[] }).workspaces[0]?.status).toBe('suspended');
+    // A root image that went away (deleted by hand here) is built again when the workspace starts.
+    const record = JSON.parse(await readFile(join(home.home, 'sandboxes', 'tiny', 'dev', 'workspace.json'), 'utf8')) as { lowers: string[] };
+    const image = record.lowers[0] as string;
+    await rm(image);
     // exec starts a suspended workspace for the command, and says so.
     const down = await runCs(['exec', '-W', 'tiny/dev', '--', 'true'], { env: home.env, timeoutMs: 240_000 });
     expect(down.exitCode, down.stderr).toBe(0);
     expect(down.stderr).toContain('cs: workspace tiny/dev is stopped; starting it');
+    expect(down.stderr).toContain('the root image of tiny/dev is missing; building it again');
+    expect(existsSync(image)).toBe(true);
     // resume of a running workspace changes nothing.
     const resume = await runCs(['sandbox', 'resume', 'tiny', '--wait', '--json'], { env: home.env, timeoutMs: 240_000 });
     expect(resume.exitCode).toBe(0);
