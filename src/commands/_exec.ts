@@ -41,8 +41,7 @@ export function commandWords(words: readonly string[], parsed: readonly string[]
 /** The command's result (printed with --json), and the exit code cs ends with: the command's own. */
 export async function run(flags: FlagValues<typeof spec>, argv: readonly string[], io: CommandIo): Promise<{ result: ExecResult | undefined; exitCode: number }> {
   const [{ UsageError }, { execInWorkspace }] = await Promise.all([import('../util/errors.js'), import('../workspace/exec.js')]);
-  const command = [...argv];
-  if (command.length === 0) throw new UsageError('give the command to run after --, e.g. `cs exec -W demo/dev -- uname -a`');
+  if (argv.length === 0) throw new UsageError('give the command to run after --, e.g. `cs exec -W demo/dev -- uname -a`');
   const tty = flags.tty && process.stdin.isTTY && process.stdout.isTTY;
   const passStdin = tty || flags.interactive || !process.stdin.isTTY;
   const workdir = flags.workdir && !flags.workdir.startsWith('/') ? `/home/owner/${flags.workdir}` : flags.workdir;
@@ -50,7 +49,7 @@ export async function run(flags: FlagValues<typeof spec>, argv: readonly string[
   try {
     const result = await execInWorkspace({
       target: flags.workspace,
-      argv: command,
+      argv: [...argv],
       ...(flags.user ? { user: flags.user } : {}),
       ...(workdir ? { cwd: workdir } : {}),
       ...(flags.env ? { env: flags.env } : {}),

@@ -112,15 +112,14 @@ export function parseCommandLine(spec: CommandSpec, words: readonly string[]): P
       continue;
     }
     const flag = spec.flags[name] as FlagSpec;
-    // oclif refuses a value that could be a flag (`--out=-o`, `-W-i`); so does this parser, inline or not.
-    if (inline?.startsWith('-')) return undefined;
     let value: string | number | boolean;
     if (flag.type === 'boolean') {
       if (inline !== undefined) return undefined;
       value = true;
     } else {
       const text = inline ?? words[++i];
-      if (text === undefined || text === '' || (inline === undefined && text.startsWith('-'))) return undefined;
+      // oclif refuses a value that could be a flag (`--out=-o`, `-W-i`, `--out -o`); so does this parser.
+      if (text === undefined || text === '' || text.startsWith('-')) return undefined;
       if (flag.options && !flag.options.includes(text)) return undefined;
       if (flag.type === 'integer') {
         if (!/^-?\d{1,15}$/.test(text)) return undefined;

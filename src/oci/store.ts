@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { InputError, RegistryError } from '../util/errors.js';
-import { syncDir, writeFileAtomic } from '../util/fs.js';
+import { exists, syncDir, writeFileAtomic } from '../util/fs.js';
 import { isAlive, withLock } from '../util/lock.js';
 import { digestOf, parseDigest, type Algorithm } from './digest.js';
 import { childrenOf, parseManifest, type Descriptor, type ImageIndex } from './manifest.js';
@@ -470,11 +470,3 @@ async function writeAt(fd: number, data: Uint8Array, position: number): Promise<
 }
 
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}

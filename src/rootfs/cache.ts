@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { exists } from '../util/fs.js';
 import { isAlive } from '../util/lock.js';
 import { run } from '../util/process.js';
 
@@ -37,7 +38,7 @@ export class TreeCache {
   }
 
   async has(chainId: string): Promise<boolean> {
-    return stat(join(this.entryPath(chainId), 'complete')).then(() => true, () => false);
+    return exists(join(this.entryPath(chainId), 'complete'));
   }
 
   /** A fresh entry to build in: its tree is `WORK/rootfs` (removed by prune if its builder dies). */

@@ -8,6 +8,7 @@ import { MemTree, type BlockStore, type TreeNode } from '../layers/memtree.js';
 import { cleanComponents } from '../layers/safe-path.js';
 import { writeSparse, type Sparse } from '../layers/sparse.js';
 import { LayerError } from '../util/errors.js';
+import { exists } from '../util/fs.js';
 import type { TreeCache } from './cache.js';
 import { readLayer, type StoredLayer } from './unpack.js';
 
@@ -148,13 +149,6 @@ async function intact(dir: string): Promise<boolean> {
   return recorded !== undefined && Number(recorded) === actual;
 }
 
-function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
-
 /** Write an entry's image into `target` (replacing it). */
 async function materialize(entry: EntryImage, target: string): Promise<void> {
   if (!entry.parent) {
@@ -262,17 +256,12 @@ async function build(options: BuildErofsOptions, useCache: boolean): Promise<Bui
   let full: ParentRef | undefined;
   if (entry) {
     phase('reuse cached layers');
-    // The kernel copies the image (a thread of the pool waits on it) while this thread reads the tree.
-    const copied = fromEntry(materialize(entry, out));
-    // Its failure is seen below, after the tree is read; until then it must not count as unhandled.
-    copied.catch(() => undefined);
-    let saved: { root: TreeNode; dataBlocks: number };
-    try {
-      saved = loadTree(await fromEntry(readFile(join(entry.dir, 'tree.json'), 'utf8')));
-    } finally {
-      await copied.catch(() => undefined);
-    }
-    await copied;
+    // The kernel copies the image (a thread of the pool waits on it) while this thread reads the tree;
+    // both end before either's failure is thrown.
+    const [copied, read] = await Promise.allSettled([fromEntry(materialize(entry, out)), fromEntry(readFile(join(entry.dir, 'tree.json'), 'utf8')).then(loadTree)]);
+    if (read.status === 'rejected') throw read.reason;
+    if (copied.status === 'rejected') throw copied.reason;
+    const saved = read.value;
     tree = new MemTree(saved.root);
     dataBlocks = saved.dataBlocks;
     await truncate(out, dataBlocks * BLOCK_SIZE);

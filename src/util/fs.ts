@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, rename, rm } from 'node:fs/promises';
+import { open, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /**
@@ -33,6 +33,14 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, o
     throw error;
   }
   await syncDir(dirname(path));
+}
+
+/** Whether something is at `path` (following symlinks); any error reads as no. */
+export function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Make a rename durable: fsync the directory that holds it. */

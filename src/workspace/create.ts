@@ -11,7 +11,7 @@ import { assemble } from '../rootfs/assemble.js';
 import { ensurePersonalDir } from '../snapshot/catalogue.js';
 import { resolvePersonal, resolveSnapshot, type ResolvedSnapshot } from '../snapshot/resolve.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
-import { dataDir, type Env } from '../util/paths.js';
+import type { Env } from '../util/paths.js';
 import { chooseAccelerator } from '../vm/accel.js';
 import type { Accelerator } from '../vm/qemu.js';
 import { ensureInitramfs } from '../vm/initramfs.js';
@@ -59,7 +59,6 @@ async function imagesOf(snapshots: readonly ResolvedSnapshot[], env?: Env): Prom
   }
   return out;
 }
-
 
 export interface CreateOptions extends LifecycleOptions {
   file: string;

@@ -12,7 +12,7 @@ import { DAEMON_LOG_DIR, GUEST_BUSYBOX, parsePasswd, workspaceEnv } from './gues
 import { withCommandLease } from './busy.js';
 import { ensureRunning, portsInUse, resolveWorkspace, waitUntil } from './lifecycle.js';
 import { canListen, pickHostPort } from './ports.js';
-import { ACCOUNT_STEP, displayName, FILES, readRecord, readRun, writeRecord, type PortMapping, type WorkspaceRef } from './state.js';
+import { displayName, FILES, hasOwnerAccount, readRecord, readRun, writeRecord, type PortMapping, type WorkspaceRef } from './state.js';
 
 /** `cs exec`, `cs ssh`, `cs log` and `cs port-forward`: what people do with a running workspace. */
 
@@ -112,7 +112,7 @@ async function startForCommand(ws: WorkspaceRef, label: string, env: Env | undef
   // root is there from the first moment (and is how one looks into a start-up that hangs).
   if (started || user === 'root' || user === '0') return;
   const run = await readRun(ws.dir);
-  const waiting = run?.phase === 'booting' || (run?.phase === 'starting' && !run.steps.some((s) => s.name === ACCOUNT_STEP && s.ok));
+  const waiting = run?.phase === 'booting' || (run?.phase === 'starting' && !hasOwnerAccount(run));
   if (!waiting) return;
   onStart?.(`workspace ${label} is still starting; waiting for its owner account`);
   await waitUntil(ws.dir, 'account', env ? { env } : {});

@@ -8,8 +8,8 @@ import { isAlive, withLock } from '../util/lock.js';
 import { prepareDisk } from './disk.js';
 import type { Env } from '../util/paths.js';
 import {
-  ACCOUNT_STEP,
   FILES,
+  hasOwnerAccount,
   listWorkspaces,
   readRecord,
   readRun,
@@ -146,7 +146,7 @@ export async function waitUntil(dir: string, goal: 'booted' | 'account' | 'ready
       }
       if (runRecord.phase === 'ready') return runRecord;
       if (goal === 'booted' && runRecord.phase === 'starting') return runRecord;
-      if (goal === 'account' && runRecord.phase === 'starting' && runRecord.steps.some((s) => s.name === ACCOUNT_STEP && s.ok)) return runRecord;
+      if (goal === 'account' && runRecord.phase === 'starting' && hasOwnerAccount(runRecord)) return runRecord;
       if (runRecord.exit || !supervisorAlive(runRecord)) throw await failure(dir, runRecord);
     } else if (Date.now() - started > 10_000) {
       throw new VmError(`the supervisor of ${dir} did not start`, { suggestions: [`see ${join(dir, FILES.supervisorLog)}`] });

@@ -76,10 +76,11 @@ export async function pruneRootImages(options: { env?: Env; now?: number; graceM
   // The private folder of this cs home only: the one beside other homes' data is shared by them.
   const dirs = [imagesDir(options.env), join(snapshotsDir(options.env), 'personal', String(process.getuid?.() ?? 0), 'images')];
   const result: PruneResult = { removed: [], freedBytes: 0, kept: 0 };
+  // Read once, before the locks: a record written later names an image its creation claimed first (seen under the lock).
+  const used = await imagesInUse(options.env);
   for (const dir of dirs) {
     if (!existsSync(dir)) continue;
     await withLock(join(dir, LOCK), { purpose: 'pruning root images', timeoutMs: 120_000 }, async () => {
-      const used = await imagesInUse(options.env);
       const claimed = await recentClaims(dir, now, grace);
       for (const name of await readdir(dir)) {
         const path = join(dir, name);

@@ -144,6 +144,11 @@ export interface BootedSpec {
 /** The start-up step that creates the owner account; commands wait for it. */
 export const ACCOUNT_STEP = 'account';
 
+/** Whether this boot's start-up has made the owner account. */
+export function hasOwnerAccount(run: RunRecord): boolean {
+  return run.steps.some((s) => s.name === ACCOUNT_STEP && s.ok);
+}
+
 export type Phase = 'booting' | 'starting' | 'ready' | 'failed' | 'stopping' | 'stopped';
 
 export interface StepRecord {
