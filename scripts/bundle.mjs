@@ -94,9 +94,12 @@ try {
       platform: 'node',
       format: 'cjs',
       target: 'node20',
-      // Packages that can be require()d stay packages (tar-stream must: layers/pax.ts patches it);
-      // execa is an ES module only, which Node 20 cannot require(), so it is bundled.
-      external: [...Object.keys(pjson.dependencies).filter((name) => name !== 'execa'), 'typescript', 'ts-node'],
+      // Packages that can be require()d stay packages (tar-stream must: layers/pax.ts patches it).
+      // execa is an ES module only, which Node 20 cannot require(); cs imports it only dynamically
+      // (util/process.ts), which a CommonJS file can do, so it stays a package too, except for
+      // `cs exec`, which always runs it and loads it faster bundled. Elsewhere it was a third of
+      // the file, parsed on every start.
+      external: [...Object.keys(pjson.dependencies).filter((name) => name !== 'execa' || hot.words[0] !== 'exec'), 'typescript', 'ts-node'],
       define: { 'import.meta.url': '__csImportMetaUrl' },
       banner: { js: "const __csImportMetaUrl = require('node:url').pathToFileURL(__filename).href;" },
       legalComments: 'none',

@@ -15,7 +15,8 @@ import { run } from '../util/process.js';
 import { TreeCache } from './cache.js';
 import { buildWithOwners, escapeAttrPath, readDeferred, withOwners, type Deferred } from './owners.js';
 import { chainIds } from './chain.js';
-import { buildErofsImage } from './erofs-build.js';
+import { buildErofsImage, linkOrCopy } from './erofs-build.js';
+import { buildErofsStack, NotStackable, StackEntryGone, type StackLevel } from './erofs-stack.js';
 import { readImageLayers, unpackLayer } from './unpack.js';
 
 /**
@@ -45,10 +46,17 @@ export interface AssembleOptions {
    * Where to write. A function gets the chain id: that is how shared images
    * are named by content (`images/CHAIN.erofs`); such an output is written
    * under a temporary name and renamed into place, and an existing one is
-   * reused as it is.
+   * reused as it is. With `stack`, it is called for each image of the stack
+   * (the chain id up to that snapshot), and a string is a folder to fill.
    */
-  out: string | ((chainId: string) => string);
+  out: string | ((chainId: string, level?: StackedImage) => string);
   format: OutputFormat;
+  /**
+   * erofs only: one image per snapshot, to be stacked by overlayfs, instead
+   * of one self-contained image (see erofs-stack.ts). Images are hardlinks
+   * of the cache's, so a warm build writes only the snapshots that changed.
+   */
+  stack?: boolean;
   /** Replace `out` if it exists. */
   force?: boolean;
   /**
@@ -64,8 +72,19 @@ export interface AssembleOptions {
   onPhase?: (phase: string) => void;
 }
 
+/** One image of a stack, as the `out` function is told of it. */
+export interface StackedImage {
+  /** 0 for the base snapshot's, then one per later snapshot. */
+  index: number;
+  kind: SnapshotKind;
+  /** Made from a private store (a personal snapshot's): keep it where only the user can read. */
+  private: boolean;
+}
+
 export interface AssembleResult {
   out: string;
+  /** With `stack`: the images, the top one first (overlayfs's order for lowerdir). */
+  lowers?: string[];
   format: OutputFormat;
   chainId: string;
   layers: number;
@@ -160,6 +179,10 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   const chain = chainIds(ids);
   const keys = keyAt.map((j) => chain[j] as string);
   const finalChain = keys[keys.length - 1] as string;
+  if (options.stack) {
+    if (options.format !== 'erofs') throw new InputError('only erofs images can be stacked (--stack goes with --format erofs)');
+    return assembleStack(options, units, keys, home, outInfo !== undefined, phase);
+  }
   const out = typeof options.out === 'string' ? options.out : options.out(finalChain);
   if (shared && existsSync(out)) {
     return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
@@ -308,6 +331,86 @@ async function assembleImage(options: AssembleOptions, units: readonly Unit[], k
     await rm(target, { force: true });
     throw error;
   }
+}
+
+/**
+ * A stack of EROFS images (erofs-stack.ts), hardlinked from the cache: into
+ * the folder `out` as `0-base.erofs`, `1-home.erofs`..., or each under the
+ * name the `out` function gives (reused when already there).
+ */
+async function assembleStack(options: AssembleOptions, units: readonly Unit[], keys: readonly string[], home: string, replace: boolean, phase: (phase: string) => void): Promise<AssembleResult> {
+  const sharedCache = new TreeCache(join(dataDir(options.env), 'rootfs-stack'));
+  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, 'rootfs-stack')) : sharedCache;
+  await sharedCache.prune();
+  if (privateCache !== sharedCache) await privateCache.prune();
+  const levels: StackLevel[] = [];
+  units.forEach((unit, i) => {
+    if (i === 0 || units[i - 1]?.boundary) levels.push({ first: i, last: i });
+    (levels[levels.length - 1] as StackLevel).last = i;
+  });
+  const described = levels.map((level, index): StackedImage => ({ index, kind: (units[level.first] as Unit).kind, private: (units[level.last] as Unit).private }));
+  const stackOptions = {
+    units,
+    keys,
+    levels,
+    cacheAt: (level: number) => ((described[level] as StackedImage).private ? privateCache : sharedCache),
+    emptiesAfter: (i: number) => (emptiesRuntime(units, i) ? RUNTIME_DIRS : []),
+    home: cleanComponents(home),
+    phase,
+  };
+  let built: Awaited<ReturnType<typeof buildErofsStack>>;
+  try {
+    built = await buildErofsStack(stackOptions).catch((error: unknown) => {
+      if (!(error instanceof StackEntryGone)) throw error;
+      return buildErofsStack(stackOptions, false);
+    });
+  } catch (error) {
+    if (error instanceof NotStackable) throw new InputError(`these snapshots cannot be given as a stack of images: ${error.message}; assemble them without --stack`, { cause: error });
+    throw error;
+  }
+  const chainId = keys[keys.length - 1] as string;
+  const result = { format: 'erofs' as const, chainId, layers: units.length, layersApplied: built.layersApplied, cachedLayers: built.cachedLayers };
+  const privately = units.some((u) => u.private);
+  if (typeof options.out === 'string') {
+    const folder = options.out;
+    const temp = `${folder}.tmp-${process.pid}-${Date.now()}`;
+    try {
+      await mkdir(temp, { mode: privately ? 0o700 : 0o755 });
+      const files = described.map((level) => join(folder, `${level.index}-${level.kind}.erofs`));
+      for (const [i, level] of built.levels.entries()) await linkOrCopy(level.image, join(temp, `${i}-${(described[i] as StackedImage).kind}.erofs`));
+      if (replace) await rm(folder, { recursive: true, force: true });
+      await rename(temp, folder);
+      return { out: folder, lowers: files.reverse(), ...result, bytes: await totalSize(files) };
+    } catch (error) {
+      await rm(temp, { recursive: true, force: true });
+      throw error;
+    }
+  }
+  const name = options.out;
+  const files: string[] = [];
+  for (const [i, level] of built.levels.entries()) {
+    const file = name(level.key, described[i]);
+    files.push(file);
+    if (existsSync(file)) continue;
+    await mkdir(dirname(file), { recursive: true });
+    const temp = `${file}.tmp-${process.pid}-${Date.now()}`;
+    try {
+      await linkOrCopy(level.image, temp);
+      // Named by its chain and reused as it is once there: it must be on disk before it has that name.
+      await syncFile(temp);
+      await rename(temp, file);
+    } catch (error) {
+      await rm(temp, { force: true });
+      throw error;
+    }
+  }
+  return { out: files[files.length - 1] as string, lowers: [...files].reverse(), ...result, bytes: await totalSize(files) };
+}
+
+async function totalSize(files: readonly string[]): Promise<number> {
+  let bytes = 0;
+  for (const file of files) bytes += (await stat(file)).size;
+  return bytes;
 }
 
 async function syncFile(path: string): Promise<void> {

@@ -98,11 +98,11 @@ function writeAt(path: string, bytes: Buffer, position: number): void {
  * copy_file_range that follows shares them there too); elsewhere (ext4) the
  * kernel copies from page cache to page cache, and nothing passes through cs.
  */
-function cloneOrCopy(from: string, to: string): Promise<void> {
+export function cloneOrCopy(from: string, to: string): Promise<void> {
   return copyFile(from, to, constants.COPYFILE_FICLONE);
 }
 
-async function linkOrCopy(from: string, to: string): Promise<void> {
+export async function linkOrCopy(from: string, to: string): Promise<void> {
   try {
     await link(from, to);
   } catch (error) {
@@ -330,7 +330,7 @@ export function finishErofs(fd: number, root: TreeNode, blocks: BlockFile): numb
   return built.bytes;
 }
 
-function writeAll(fd: number, buffer: Buffer, position: number): void {
+export function writeAll(fd: number, buffer: Buffer, position: number): void {
   let done = 0;
   while (done < buffer.length) done += writeSync(fd, buffer, done, buffer.length - done, position + done);
 }
@@ -416,9 +416,16 @@ interface SavedNode {
   l?: string;
   d?: [number, number];
   c?: [string, number][];
+  /** In a stack of images (erofs-stack.ts): which one holds the file's blocks. */
+  v?: number;
+  /** In a part of a tree (erofs-stack.ts): the file has names outside the part too. */
+  o?: 1;
 }
 
-function saveTree(root: TreeNode, dataBlocks: number): string {
+/** Where each file's blocks are in a stack of images: the image's index (the base's is 0). */
+export type Levels = Map<TreeNode, number>;
+
+export function saveTree(root: TreeNode, dataBlocks: number, levelOf?: (node: TreeNode) => number, outside?: ReadonlySet<TreeNode>): string {
   const index = new Map<TreeNode, number>([[root, 0]]);
   const order: TreeNode[] = [root];
   const nodes: SavedNode[] = [];
@@ -429,7 +436,9 @@ function saveTree(root: TreeNode, dataBlocks: number): string {
     if (node.kind === 'file') {
       saved.b = node.block ?? 0;
       saved.s = node.size ?? 0;
+      if (levelOf) saved.v = levelOf(node);
     }
+    if (outside?.has(node)) saved.o = 1;
     if (node.target !== undefined) saved.l = node.target;
     if (node.kind === 'char' || node.kind === 'block') saved.d = [node.major ?? 0, node.minor ?? 0];
     if (node.children) {
@@ -449,24 +458,30 @@ function saveTree(root: TreeNode, dataBlocks: number): string {
   return JSON.stringify({ format: TREE_FORMAT, dataBlocks, nodes });
 }
 
-function loadTree(text: string): { root: TreeNode; dataBlocks: number } {
+export function loadTree(text: string, levels?: Levels, outside?: Set<TreeNode>): { root: TreeNode; dataBlocks: number } {
   const parsed = JSON.parse(text) as { format?: number; dataBlocks: number; nodes: SavedNode[] };
   if (parsed.format !== TREE_FORMAT) throw new Error(`cached tree has format ${String(parsed.format)}, expected ${TREE_FORMAT}`);
-  const nodes: TreeNode[] = parsed.nodes.map((s) => ({
-    kind: s.k,
-    mode: s.m,
-    uid: s.u,
-    gid: s.g,
-    mtime: s.t,
-    mtimeNs: s.n,
-    ...(s.x ? { xattrs: new Map(s.x.map(([name, value]) => [name, Buffer.from(value, 'base64')])) } : {}),
-    ...(s.k === 'file' ? { block: s.b ?? 0, size: s.s ?? 0 } : {}),
-    ...(s.l !== undefined ? { target: s.l } : {}),
-    ...(s.d ? { major: s.d[0], minor: s.d[1] } : {}),
-    ...(s.c ? { children: new Map<string, TreeNode>() } : {}),
-  }));
+  const nodes: TreeNode[] = new Array<TreeNode>(parsed.nodes.length);
   parsed.nodes.forEach((s, i) => {
-    for (const [name, at] of s.c ?? []) (nodes[i] as TreeNode).children?.set(name, nodes[at] as TreeNode);
+    const node: TreeNode = { kind: s.k, mode: s.m, uid: s.u, gid: s.g, mtime: s.t, mtimeNs: s.n };
+    if (s.x) node.xattrs = new Map(s.x.map(([name, value]) => [name, Buffer.from(value, 'base64')]));
+    if (s.k === 'file') {
+      node.block = s.b ?? 0;
+      node.size = s.s ?? 0;
+      if (levels && s.v !== undefined) levels.set(node, s.v);
+    }
+    if (s.l !== undefined) node.target = s.l;
+    if (s.d) {
+      node.major = s.d[0];
+      node.minor = s.d[1];
+    }
+    if (s.c) node.children = new Map<string, TreeNode>();
+    if (s.o && outside) outside.add(node);
+    nodes[i] = node;
+  });
+  parsed.nodes.forEach((s, i) => {
+    const children = (nodes[i] as TreeNode).children;
+    if (children && s.c) for (const [name, at] of s.c) children.set(name, nodes[at] as TreeNode);
   });
   return { root: nodes[0] as TreeNode, dataBlocks: parsed.dataBlocks };
 }

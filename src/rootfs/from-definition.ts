@@ -17,6 +17,7 @@ export interface AssembleFlags {
   format: string;
   out: string;
   force?: boolean | undefined;
+  stack?: boolean | undefined;
   onPhase?: (phase: string) => void;
   /**
    * Resolves catalogue names (the snapshot room, which sits above this one,
@@ -68,6 +69,7 @@ export async function assembleFromFlags(flags: AssembleFlags): Promise<AssembleR
     out: flags.out,
     format: flags.format as OutputFormat,
     ...(flags.force ? { force: true } : {}),
+    ...(flags.stack ? { stack: true } : {}),
     ...(flags.onPhase ? { onPhase: flags.onPhase } : {}),
   });
 }

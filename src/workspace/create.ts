@@ -8,6 +8,7 @@ import { isResourceName, RESOURCE_NAME_RULE } from '../definition/names.js';
 import { loadConfig } from '../oci/config.js';
 import { openImageContext } from '../oci/image.js';
 import { assemble } from '../rootfs/assemble.js';
+import { NotStackable } from '../rootfs/erofs-stack.js';
 import { ensurePersonalDir } from '../snapshot/catalogue.js';
 import { resolvePersonal, resolveSnapshot, type ResolvedSnapshot } from '../snapshot/resolve.js';
 import { InputError, UsageError, VmError } from '../util/errors.js';
@@ -115,30 +116,46 @@ async function bootContext(env: Env | undefined, phase: (p: string) => void): Pr
   return { kernel, initramfs, accel: verdict.accel, config };
 }
 
-/** A workspace's read-only root: its snapshots assembled into one shared (or, with a personal snapshot, private) image. */
+/**
+ * A workspace's read-only root: its snapshots as a stack of images for
+ * overlayfs (erofs-stack.ts), the base's shared by every workspace on that
+ * base, each later snapshot's holding only what it changed; an image made
+ * from a personal snapshot is as private as the snapshot, in the user's own
+ * folder. A stack overlayfs could misread (a layer with overlayfs's own
+ * markers in it) falls back to one self-contained image.
+ */
 export async function rootImage(
   ws: Workspace,
   snapshots: readonly ResolvedSnapshot[],
   options: { env?: Env; onPhase?: (phase: string) => void },
 ): Promise<Pick<WorkspaceRecord, 'lowers' | 'images' | 'chainId'>> {
   const personal = snapshots.some((s) => s.kind === 'personal');
-  // A root with a personal snapshot in it is as private as the snapshot: it is kept in the user's own folder.
   const privateDir = personal ? await ensurePersonalDir(options.env) : undefined;
-  const build = () =>
-    assemble({
-      snapshots,
-      out: (chain) => join(privateDir ? join(privateDir, 'images') : imagesDir(options.env), `${chain.replace(/^sha256:/, '')}.erofs`),
-      ...(privateDir ? { privateDir } : {}),
-      format: 'erofs',
-      home: WORKSPACE_HOME,
-      ...(options.env ? { env: options.env } : {}),
-      onPhase: (p) => options.onPhase?.(`${ws.name}: ${p}`),
-    });
-  // Until the workspace's record names it, only a claim keeps a prune (another cs removing a workspace) off it;
+  const imageDir = (isPrivate: boolean): string => (isPrivate && privateDir ? join(privateDir, 'images') : imagesDir(options.env));
+  const common = {
+    snapshots,
+    ...(privateDir ? { privateDir } : {}),
+    format: 'erofs' as const,
+    home: WORKSPACE_HOME,
+    ...(options.env ? { env: options.env } : {}),
+    onPhase: (p: string) => options.onPhase?.(`${ws.name}: ${p}`),
+  };
+  const build = async (): Promise<{ lowers: string[]; chainId: string }> => {
+    try {
+      const stack = await assemble({ ...common, stack: true, out: (chain, level) => join(imageDir(level?.private ?? personal), `${chain.replace(/^sha256:/, '')}${level && level.index > 0 ? '.overlay' : ''}.erofs`) });
+      return { lowers: stack.lowers ?? [stack.out], chainId: stack.chainId };
+    } catch (error) {
+      if (!(error instanceof InputError && error.cause instanceof NotStackable)) throw error;
+      options.onPhase?.(`${ws.name}: one self-contained image (${error.cause.message})`);
+      const image = await assemble({ ...common, out: (chain) => join(imageDir(personal), `${chain.replace(/^sha256:/, '')}.erofs`) });
+      return { lowers: [image.out], chainId: image.chainId };
+    }
+  };
+  // Until the workspace's record names them, only a claim keeps a prune (another cs removing a workspace) off them;
   // an image a prune took between the build and the claim is built again.
-  let image = await build();
-  while (!(await claimRootImages([image.out]))) image = await build();
-  return { lowers: [image.out], images: await imagesOf(snapshots, options.env), chainId: image.chainId };
+  let root = await build();
+  while (!(await claimRootImages(root.lowers))) root = await build();
+  return { lowers: root.lowers, images: await imagesOf(snapshots, options.env), chainId: root.chainId };
 }
 
 /** The definition's kernel, else the config's, else Debian's; with the initramfs that goes with it. */
