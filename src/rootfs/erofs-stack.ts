@@ -283,6 +283,13 @@ function partOf(tree: LevelTree, home: readonly string[]): LevelTree | undefined
   return { level: tree.level, mode: 'part', root, levels: tree.levels, outside };
 }
 
+function forEachFile(dir: TreeNode, visit: (node: TreeNode) => void): void {
+  for (const child of dir.children?.values() ?? []) {
+    if (child.kind === 'dir') forEachFile(child, visit);
+    else visit(child);
+  }
+}
+
 function countNames(dir: TreeNode, counts: Map<TreeNode, number>): void {
   for (const child of dir.children?.values() ?? []) {
     if (child.kind === 'dir') countNames(child, counts);
@@ -348,16 +355,20 @@ async function buildLevel(args: BuildStackOptions & { level: number; span: Stack
       tree.emptyDirs(args.emptiesAfter(i));
     }
     phase(below ? `write erofs (${units[span.first]?.kind ?? 'snapshot'} over the images below)` : 'write erofs');
-    // Which image holds each file's blocks: this one, unless the file came from one below.
-    const made: LevelTree = { level, mode: below?.mode ?? 'whole', root: tree.root, levels: below?.levels ?? new Map(), outside: below?.outside ?? new Set() };
     if (!below) {
       finishErofs(fd, tree.root, blocks);
-      return made;
+      return { level, mode: 'whole', root: tree.root, levels: new Map(), outside: new Set() };
     }
-    const top = overlayDifference(below.root, tree.root, below.levels, below.mode === 'part' ? below.outside : undefined);
+    // Which image holds each file's blocks: this one, unless the file came from one below.
+    const levels = new Map(below.levels);
+    forEachFile(below.root, (node) => {
+      if (!levels.has(node)) levels.set(node, below.level);
+    });
+    const made: LevelTree = { level, mode: below.mode, root: tree.root, levels, outside: below.outside };
+    const top = overlayDifference(below.root, tree.root, levels, below.mode === 'part' ? below.outside : undefined);
     // Files of the images below that this image must hold (see the header): their blocks, copied.
     for (const [from, copy] of top.copies) {
-      const source = args.fds[below.levels.get(from) ?? -1];
+      const source = args.fds[levels.get(from) ?? -1];
       if (source === undefined) throw new Error('a file of the tree below has no image');
       copy.block = await blocks.writeFile(readBlocks(source, from.block ?? 0, from.size ?? 0), from.size ?? 0, '(a file of the image below)');
     }
