@@ -180,7 +180,7 @@ const PERSONAL: Entry[] = [
 
 describe('stacks of images against the self-contained image (the kernel merges them)', () => {
   let h: TestHome;
-  const images: Record<string, BuiltImage> = {};
+  const images = {} as { base: BuiltImage; home: BuiltImage; personal: BuiltImage };
   it('base + home + personal: the same tree, and an image per snapshot', async () => {
     h = await newHome('stack');
     images.base = await buildImage(h.store, 'localhost/stack/base:v1', [BASE.slice(0, 6), BASE.slice(6)]);
