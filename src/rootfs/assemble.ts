@@ -119,6 +119,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   const phase = options.onPhase ?? (() => undefined);
   if (options.snapshots.length === 0) throw new InputError('nothing to assemble: give at least a base snapshot');
   if (options.snapshots[0]?.kind !== 'base') throw new InputError('the first snapshot must be a base snapshot');
+  if (options.stack && options.format !== 'erofs') throw new InputError('only erofs images can be stacked (--stack goes with --format erofs)');
   const home = (options.home ?? DEFAULT_HOME).replace(/^\/+|\/+$/g, '');
   // Fix: stat() follows symlinks, so an --out that was a dangling symlink
   // counted as absent (even with --force) and the write failed at the very end
@@ -179,10 +180,7 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
   const chain = chainIds(ids);
   const keys = keyAt.map((j) => chain[j] as string);
   const finalChain = keys[keys.length - 1] as string;
-  if (options.stack) {
-    if (options.format !== 'erofs') throw new InputError('only erofs images can be stacked (--stack goes with --format erofs)');
-    return assembleStack(options, units, keys, home, outInfo !== undefined, phase);
-  }
+  if (options.stack) return assembleStack(options, units, keys, home, outInfo !== undefined, phase);
   const out = typeof options.out === 'string' ? options.out : options.out(finalChain);
   if (shared && existsSync(out)) {
     return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
@@ -358,29 +356,37 @@ async function assembleStack(options: AssembleOptions, units: readonly Unit[], k
     home: cleanComponents(home),
     phase,
   };
-  let built: Awaited<ReturnType<typeof buildErofsStack>>;
-  try {
-    built = await buildErofsStack(stackOptions).catch((error: unknown) => {
-      if (!(error instanceof StackEntryGone)) throw error;
-      return buildErofsStack(stackOptions, false);
-    });
-  } catch (error) {
-    if (error instanceof NotStackable) throw new InputError(`these snapshots cannot be given as a stack of images: ${error.message}; assemble them without --stack`, { cause: error });
-    throw error;
+  // A cache entry taken by another process's eviction while this one read or linked it: once more, without the cache.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await placeStack(options, await buildErofsStack(stackOptions, attempt === 0), described, units, keys, replace);
+    } catch (error) {
+      if (error instanceof StackEntryGone && attempt === 0) continue;
+      if (error instanceof NotStackable) throw new InputError(`these snapshots cannot be given as a stack of images: ${error.message}; assemble them without --stack`, { cause: error });
+      throw error;
+    }
   }
+}
+
+/** The built stack at `out`: hardlinks of the cache's images. */
+async function placeStack(options: AssembleOptions, built: Awaited<ReturnType<typeof buildErofsStack>>, described: readonly StackedImage[], units: readonly Unit[], keys: readonly string[], replace: boolean): Promise<AssembleResult> {
   const chainId = keys[keys.length - 1] as string;
   const result = { format: 'erofs' as const, chainId, layers: units.length, layersApplied: built.layersApplied, cachedLayers: built.cachedLayers };
-  const privately = units.some((u) => u.private);
+  const link = (from: string, to: string): Promise<void> =>
+    linkOrCopy(from, to).catch((error: { code?: string }) => {
+      throw error.code === 'ENOENT' && !existsSync(from) ? new StackEntryGone(`a cached image went away before it was linked (${from})`) : error;
+    });
   if (typeof options.out === 'string') {
     const folder = options.out;
     const temp = `${folder}.tmp-${process.pid}-${Date.now()}`;
     try {
-      await mkdir(temp, { mode: privately ? 0o700 : 0o755 });
-      const files = described.map((level) => join(folder, `${level.index}-${level.kind}.erofs`));
-      for (const [i, level] of built.levels.entries()) await linkOrCopy(level.image, join(temp, `${i}-${(described[i] as StackedImage).kind}.erofs`));
+      await mkdir(temp, { mode: units.some((u) => u.private) ? 0o700 : 0o755 });
+      const names = described.map((level) => `${level.index}-${level.kind}.erofs`);
+      for (const [i, level] of built.levels.entries()) await link(level.image, join(temp, names[i] as string));
       if (replace) await rm(folder, { recursive: true, force: true });
       await rename(temp, folder);
-      return { out: folder, lowers: files.reverse(), ...result, bytes: await totalSize(files) };
+      const files = names.map((name) => join(folder, name));
+      return { out: folder, lowers: [...files].reverse(), ...result, bytes: await totalSize(files) };
     } catch (error) {
       await rm(temp, { recursive: true, force: true });
       throw error;
@@ -395,7 +401,7 @@ async function assembleStack(options: AssembleOptions, units: readonly Unit[], k
     await mkdir(dirname(file), { recursive: true });
     const temp = `${file}.tmp-${process.pid}-${Date.now()}`;
     try {
-      await linkOrCopy(level.image, temp);
+      await link(level.image, temp);
       // Named by its chain and reused as it is once there: it must be on disk before it has that name.
       await syncFile(temp);
       await rename(temp, file);

@@ -24,6 +24,7 @@ import { assemble, type AssembleResult } from '../../src/rootfs/assemble.js';
 import { rootImage } from '../../src/workspace/create.js';
 import type { Workspace } from '../../src/definition/model.js';
 import { InputError } from '../../src/util/errors.js';
+import { cs, ensureBuilt } from './support/cli.js';
 import { makeHome, type TestHome } from './support/home.js';
 import { buildImage, dir, file, hardlink, opaque, symlink, whiteout, type BuiltImage, type Entry } from './support/layers.js';
 
@@ -350,5 +351,33 @@ describe('what cannot be stacked', () => {
     const second = await rootImage({ name: 'dev2' } as Workspace, [{ reference: base.tag, kind: 'base' }, { reference: other.tag, kind: 'home' }], { env: h.env });
     expect(second.lowers[1]).toBe(root.lowers[1]);
     expect(second.lowers[0]).not.toBe(root.lowers[0]);
+  });
+});
+
+describe('cs rootfs assemble --stack', () => {
+  it('writes the folder of images, says their order, refuses a format that cannot be stacked, replaces only with --force', async () => {
+    await ensureBuilt();
+    const h = await newHome('stack-cli');
+    const base = await buildImage(h.store, 'localhost/stack/cli-base:v1', [BASE]);
+    const homeImage = await buildImage(h.store, 'localhost/stack/cli-home:v1', [HOME]);
+    const out = h.out('cli-stack');
+    const args = ['rootfs', 'assemble', '--base', base.tag, '--home', homeImage.tag, '--format', 'erofs', '--stack', '--out', out];
+    const human = await cs(args, h.env);
+    expect(human.exitCode, human.stderr).toBe(0);
+    expect(human.stderr).toContain(`Wrote 2 erofs images to ${out} (1-home.erofs, 0-base.erofs: overlayfs's lowerdir order, top first): 2 layers, 2 applied, 0 from cache`);
+    expect((await readdir(out)).sort()).toEqual(['0-base.erofs', '1-home.erofs']);
+    const again = await cs([...args, '--json'], h.env);
+    expect(again.exitCode).toBe(3);
+    expect(again.stdout + again.stderr).toContain('already exists; use --force');
+    const forced = await cs([...args, '--json', '--force'], h.env);
+    expect(forced.exitCode, forced.stderr).toBe(0);
+    expect(JSON.parse(forced.stdout)).toMatchObject({ out, lowers: [join(out, '1-home.erofs'), join(out, '0-base.erofs')], layersApplied: 0, cachedLayers: 2 });
+    const { stack, whole } = await compare(h, [[base, 'base'], [homeImage, 'home']]);
+    expect(await mounted(join(h.root, 'm-cli'), [join(out, '1-home.erofs'), join(out, '0-base.erofs')], view)).toEqual(stack);
+    expect(stack).toEqual(whole);
+
+    const wrong = await cs(['rootfs', 'assemble', '--base', base.tag, '--format', 'dir', '--stack', '--out', h.out('cli-dir')], h.env);
+    expect(wrong.exitCode).toBe(3);
+    expect(wrong.stderr).toContain('only erofs images can be stacked');
   });
 });

@@ -231,7 +231,7 @@ describe('base snapshots of workspaces', () => {
     expect(missing.stderr).toContain('an included path does not exist under copy/dev:/home/owner: "nope"');
   });
 
-  it('a new workspace gets base, home and the creator\'s default personal snapshot, in that order, the root kept private', async () => {
+  it('a new workspace gets base, home and the creator\'s default personal snapshot, in that order, the personal image kept private', async () => {
     const hostHome = join(work, 'host-home');
     await mkdir(join(hostHome, '.snapshot.personal'), { recursive: true });
     await writeFile(join(hostHome, '.bash_extra'), 'alias ll="ls -l"  # mine\n');
@@ -249,7 +249,10 @@ describe('base snapshots of workspaces', () => {
     const record = JSON.parse(await readFile(join(env['CS_HOME'] as string, 'sandboxes', 'third', 'dev', 'workspace.json'), 'utf8')) as { lowers: string[]; images: { kind: string; snapshot?: string }[] };
     expect(record.images.map((i) => `${i.kind}:${i.snapshot ?? '-'}`)).toEqual(['base:-', 'home:ws-home', 'personal:me']);
     const privateDir = join(env['CS_HOME'] as string, 'snapshots', 'personal', String(process.getuid?.() ?? 0));
-    expect(record.lowers.every((l) => l.startsWith(`${privateDir}/images/`))).toBe(true);
+    // A stack: the personal snapshot's image (on top) is as private as the snapshot; the base's and the home's are shared.
+    expect(record.lowers).toHaveLength(3);
+    expect(record.lowers[0]?.startsWith(`${privateDir}/images/`)).toBe(true);
+    expect(record.lowers.slice(1).every((l) => l.startsWith(`${join(env['CS_HOME'] as string, 'images')}/`))).toBe(true);
     // NONE leaves the personal snapshot out.
     const none = await runCs(['sandbox', 'create', 'fourth', '-f', file, '--personal', 'NONE', '--json'], { env: { ...env, HOME: hostHome }, timeoutMs: 300_000 });
     expect(none.exitCode, none.stderr).toBe(0);
