@@ -24,7 +24,7 @@ import { debianMinbase } from './debian.js';
 const RUNS = 5;
 
 async function run(args: string[], home: string): Promise<string> {
-  return sh('node', [join(root, 'bin/run.js'), ...args], { env: cliEnv({ CS_HOME: home }), extendEnv: false });
+  return sh('node', [join(root, 'bin/run.cjs'), ...args], { env: cliEnv({ CS_HOME: home }), extendEnv: false });
 }
 
 const BIG_LAYER = 1024 ** 3;
@@ -44,7 +44,7 @@ async function memory(work: string): Promise<void> {
   const peaks: Record<string, number> = {};
   for (const format of ['erofs', 'dir']) {
     const out = join(work, `big-out.${format}`);
-    const result = await execa('/usr/bin/time', ['-f', '%M', 'node', join(root, 'bin/run.js'), 'rootfs', 'assemble', '--base', 'localhost/bench/big:v1', '--format', format, '--out', out], {
+    const result = await execa('/usr/bin/time', ['-f', '%M', 'node', join(root, 'bin/run.cjs'), 'rootfs', 'assemble', '--base', 'localhost/bench/big:v1', '--format', format, '--out', out], {
       env: cliEnv({ CS_HOME: home }),
       extendEnv: false,
     });

@@ -53,7 +53,7 @@ export async function benchPull(): Promise<void> {
     const skopeoTimes: number[] = [];
     const warmTimes: number[] = [];
     let warmBytes = -1;
-    const pullCs = (home: string) => sh('node', [join(root, 'bin/run.js'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false });
+    const pullCs = (home: string) => sh('node', [join(root, 'bin/run.cjs'), 'image', 'pull', reference, '--json'], { env: cliEnv({ CS_HOME: home }), extendEnv: false });
     const copySkopeo = (out: string) => sh('skopeo', ['copy', '--quiet', '--src-tls-verify=false', `docker://${reference}`, `oci:${join(out, 'layout')}:v1`]);
     // Round 0 is a warm-up, not counted: the registry's first reads of its blobs
     // and the first start of each program would otherwise land on whichever runs first.

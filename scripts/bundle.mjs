@@ -9,7 +9,7 @@
 // whole command line was tried and was slower: every command's dependencies
 // (the MCP SDK, zod, ajv...) were evaluated on every start.
 //
-// bin/run.js takes `execute` from dist/bundle/run.js, an entry of the same
+// bin/run.cjs takes `execute` from dist/bundle/run.js, an entry of the same
 // build, so the commands and the oclif that runs them are one copy. Before
 // that it asks dist/bundle/lean-WORDS.cjs (commands/_lean.ts), which runs the
 // commands people repeat most without loading oclif at all. The

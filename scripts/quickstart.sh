@@ -4,7 +4,7 @@
 # boot the example sandbox, and run a command inside it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cs() { node bin/run.js "$@"; }
+cs() { node bin/run.cjs "$@"; }
 
 cs setup --base
 case "$(cs sandbox show demo --json 2>/dev/null | node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{try{console.log(JSON.parse(s).workspaces[0].status)}catch{console.log("absent")}})')" in

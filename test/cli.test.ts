@@ -1,5 +1,5 @@
 /**
- * End-to-end tests of the `cs` binary: each test starts `node bin/run.js`
+ * End-to-end tests of the `cs` binary: each test starts `node bin/run.cjs`
  * the way a user's shell would and checks only what a user sees (exit code,
  * stdout, stderr). Inputs that are not in examples/ are written to a fresh
  * temporary folder.
@@ -13,7 +13,7 @@ import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'run.js');
+const BIN = join(ROOT, 'bin', 'run.cjs');
 const VERSION = (JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 
 /**

@@ -9,7 +9,7 @@ import { parseCommandLine, type CommandIo, type CommandSpec, type Parsed } from 
  * loading oclif (about 0.1 s of every start) when their command line is a
  * plain one (see _spec.ts). Each such command exports a `hot` description;
  * scripts/bundle.mjs makes one small CommonJS file of each (with only the
- * code that command reaches), dist/bundle/lean-WORDS.cjs, and bin/run.js
+ * code that command reaches), dist/bundle/lean-WORDS.cjs, and bin/run.cjs
  * hands the command line to the one whose words start it. False means oclif
  * runs the command line as always (help, mistakes, every other command).
  */

@@ -95,8 +95,8 @@ export function decideHostRequest(args: readonly string[], target: string): Host
 
 function cliEntry(): string[] {
   const root = packageRoot();
-  const built = join(root, 'dist', 'bundle', 'run.js'); // what bin/run.js starts from
-  return existsSync(built) ? [join(root, 'bin', 'run.js')] : ['--import', 'tsx', join(root, 'bin', 'dev.js')];
+  const built = join(root, 'dist', 'bundle', 'run.js'); // what bin/run.cjs starts from
+  return existsSync(built) ? [join(root, 'bin', 'run.cjs')] : ['--import', 'tsx', join(root, 'bin', 'dev.js')];
 }
 
 /** Serve the guest's requests on the host end of the `cs.host` port until it closes. */

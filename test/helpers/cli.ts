@@ -1,5 +1,5 @@
 /**
- * Running the real `cs` binary (`node bin/run.js`) the way a user's shell
+ * Running the real `cs` binary (`node bin/run.cjs`) the way a user's shell
  * would. What vitest adds to the environment (NODE_ENV=test, VITEST*,
  * NODE_OPTIONS) is removed: with NODE_ENV=test oclif would load src/
  * through a TypeScript loader instead of dist/.
@@ -11,7 +11,7 @@ import { execa } from 'execa';
 import { expect } from 'vitest';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const BIN = join(ROOT, 'bin', 'run.js');
+export const BIN = join(ROOT, 'bin', 'run.cjs');
 
 export interface Run {
   exitCode: number | undefined;

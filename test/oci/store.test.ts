@@ -24,7 +24,7 @@ import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { makeImage, serveSlowly, sha256, startHostileRegistry, type HostileRegistry } from './hostile-support/server.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'bin', 'run.js');
+const BIN = join(ROOT, 'bin', 'run.cjs');
 const DIST_STORE = join(ROOT, 'dist', 'oci', 'store.js');
 
 beforeAll(async () => {

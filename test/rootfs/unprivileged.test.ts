@@ -41,7 +41,7 @@ describe.runIf(isRoot)('unprivileged assembly applies owners, devices and xattrs
 
   const cs = async (...args: string[]) => {
     const env = userEnv({ PATH: process.env['PATH'], HOME: home.root, CS_HOME: home.csHome, CS_CONFIG: join(home.root, 'none.yaml'), LANG: 'C.UTF-8' });
-    return execa('setpriv', ['--reuid', USER, '--regid', USER, '--init-groups', '--', process.execPath, join(ROOT, 'bin', 'run.js'), ...args], { env, extendEnv: false, reject: false, cwd: home.root, timeout: 120_000 });
+    return execa('setpriv', ['--reuid', USER, '--regid', USER, '--init-groups', '--', process.execPath, join(ROOT, 'bin', 'run.cjs'), ...args], { env, extendEnv: false, reject: false, cwd: home.root, timeout: 120_000 });
   };
 
   beforeAll(async () => {
@@ -92,7 +92,7 @@ describe.runIf(isRoot)('unprivileged assembly applies owners, devices and xattrs
     try {
       await buildImage(rootHome.store, 'localhost/unpriv/base:1', LAYERS);
       const rootOut = join(rootHome.root, 'root.erofs');
-      const built = await execa(process.execPath, [join(ROOT, 'bin', 'run.js'), 'rootfs', 'assemble', '--base', 'localhost/unpriv/base:1', '--format', 'erofs', '-o', rootOut], { env: userEnv(rootHome.env), extendEnv: false, reject: false });
+      const built = await execa(process.execPath, [join(ROOT, 'bin', 'run.cjs'), 'rootfs', 'assemble', '--base', 'localhost/unpriv/base:1', '--format', 'erofs', '-o', rootOut], { env: userEnv(rootHome.env), extendEnv: false, reject: false });
       expect(built.exitCode, built.stderr).toBe(0);
       const inode = async (image: string, path: string): Promise<string[]> =>
         (await execa('dump.erofs', [`--path=/${path}`, image])).stdout.split('\n').filter((l) => /Size:|Xattr size|Uid:/.test(l)).map((l) => l.replace(/On-disk size: \d+/, ''));

@@ -49,7 +49,7 @@ function ensureAccount(name: string): number {
 async function cs(who: User, args: readonly string[]): Promise<{ exitCode: number | undefined; stdout: string; stderr: string }> {
   const person = people[who];
   const env = userEnv({ PATH: process.env['PATH'], HOME: person.home, CS_HOME: csHome, CS_CONFIG: join(person.home, 'config.yaml'), LANG: 'C.UTF-8' });
-  const result = await execa('setpriv', ['--reuid', who, '--regid', who, '--init-groups', '--', 'sh', '-c', 'umask 002; exec "$@"', 'sh', process.execPath, join(pkg, 'bin', 'run.js'), ...args], {
+  const result = await execa('setpriv', ['--reuid', who, '--regid', who, '--init-groups', '--', 'sh', '-c', 'umask 002; exec "$@"', 'sh', process.execPath, join(pkg, 'bin', 'run.cjs'), ...args], {
     env,
     extendEnv: false,
     reject: false,

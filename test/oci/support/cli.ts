@@ -1,5 +1,5 @@
 /**
- * Running the real `cs` binary (`node bin/run.js`) as a user's shell would,
+ * Running the real `cs` binary (`node bin/run.cjs`) as a user's shell would,
  * with a test home's environment. As in test/cli.test.ts, what vitest adds
  * (NODE_ENV=test, VITEST*, NODE_OPTIONS) is removed: with NODE_ENV=test
  * oclif would load src/ through a TypeScript loader instead of dist/.
