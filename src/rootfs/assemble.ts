@@ -9,7 +9,7 @@ import { openImageContext, pullImage, userReference, type ImageContext } from '.
 import type { Descriptor } from '../oci/manifest.js';
 import type { ContentStore } from '../oci/store.js';
 import { formatReference } from '../oci/reference.js';
-import { InputError } from '../util/errors.js';
+import { CsError, ExitCode, InputError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { run } from '../util/process.js';
 import { TreeCache } from './cache.js';
@@ -354,14 +354,27 @@ async function assembleStack(options: AssembleOptions, units: readonly Unit[], k
     cacheAt: (level: number) => ((described[level] as StackedImage).private ? privateCache : sharedCache),
     emptiesAfter: (i: number) => (emptiesRuntime(units, i) ? RUNTIME_DIRS : []),
     home: cleanComponents(home),
+    isPrivate: (level: number) => (described[level] as StackedImage).private,
     phase,
   };
-  // A cache entry taken by another process's eviction while this one read or linked it: once more, without the cache.
+  // Images named by their chains that are all there already are used as they are (their cache entries may be long gone).
+  if (typeof options.out === 'function') {
+    const name = options.out;
+    const files = levels.map((level, i) => name(keys[level.last] as string, described[i]));
+    if (files.every((file) => existsSync(file))) {
+      return { out: files[files.length - 1] as string, lowers: [...files].reverse(), format: 'erofs', chainId: keys[keys.length - 1] as string, layers: units.length, layersApplied: 0, cachedLayers: units.length, bytes: await totalSize(files) };
+    }
+  }
+  // A cache entry taken by another process's eviction while this one read or linked it, or one cut short by a
+  // power loss: once more, without the cache (which replaces the entries).
   for (let attempt = 0; ; attempt++) {
     try {
       return await placeStack(options, await buildErofsStack(stackOptions, attempt === 0), described, units, keys, replace);
     } catch (error) {
       if (error instanceof StackEntryGone && attempt === 0) continue;
+      if (error instanceof StackEntryGone) {
+        throw new CsError(`the image cache (${sharedCache.root}) kept changing while this build read it: ${error.message}`, { code: 'CACHE_CHANGED', exitCode: ExitCode.external, suggestions: ['run the command again; if it keeps failing, remove that folder (it is only a cache)'] });
+      }
       if (error instanceof NotStackable) throw new InputError(`these snapshots cannot be given as a stack of images: ${error.message}; assemble them without --stack`, { cause: error });
       throw error;
     }

@@ -54,11 +54,25 @@ import { readLayer } from './unpack.js';
 /** A layer whose result overlayfs cannot be given as a stacked image (fallback: one self-contained image). */
 export class NotStackable extends Error {}
 
-/** A build on the part of a tree below found it needs the whole tree. */
-class NeedWholeTree extends Error {}
+/** A build on the part of a tree below found it needs the whole tree (`applied`: layers it applied before it found out). */
+class NeedWholeTree extends Error {
+  applied = 0;
+}
 
-/** A cached entry went away while it was read (another process evicted it); the build starts again without the cache. */
+/**
+ * A cached entry went away while it was read (another process evicted it),
+ * or cannot be read (cut short by a power loss): the build starts again
+ * without the cache, which replaces the entries.
+ */
 export class StackEntryGone extends Error {}
+
+function idOf(dir: string): string | undefined {
+  try {
+    return readFileSync(join(dir, 'ids'), 'utf8').split('\n')[0];
+  } catch {
+    return undefined;
+  }
+}
 
 const WHITEOUT: TreeNode = { kind: 'char', mode: 0, uid: 0, gid: 0, mtime: 0, mtimeNs: 0, major: 0, minor: 0 };
 const OPAQUE_XATTR = 'trusted.overlay.opaque';
@@ -86,6 +100,8 @@ export interface BuildStackOptions {
   emptiesAfter: (i: number) => readonly string[];
   /** Where the snapshots above the base land (the owner's home), as components: the part of the tree they can touch. */
   home: readonly string[];
+  /** Whether a level is made from a private store (its image is readable by the user alone). */
+  isPrivate?: (level: number) => boolean;
   phase: (phase: string) => void;
 }
 
@@ -154,7 +170,9 @@ export async function buildErofsStack(options: BuildStackOptions, useCache = tru
     return await buildIn('part', options, useCache);
   } catch (error) {
     if (!(error instanceof NeedWholeTree)) throw error;
-    return buildIn('whole', options, useCache);
+    // Levels the first pass made are in the cache now: they count as applied, not as cached.
+    const built = await buildIn('whole', options, true);
+    return { ...built, layersApplied: built.layersApplied + error.applied, cachedLayers: built.cachedLayers - error.applied };
   }
 }
 
@@ -183,7 +201,7 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
     for (let level = 0; level < levels.length; level++) {
       const cache = cacheAt(level);
       const key = keyOf(level);
-      const entry = entries[level];
+      const entry = useCache ? entries[level] : await readLevel(cache, key, home);
       if (!rebuild[level] && entry) {
         await cache.touch(key);
         out.push({ image: entry.image, key, built: false });
@@ -203,8 +221,8 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
         const id = randomBytes(16).toString('hex');
         await writeTrees(work, made, options.home);
         await writeFile(join(work, 'ids'), [id, ...images.ids.slice(0, level)].join('\n'));
-        // Read-only: outputs are hardlinks of it.
-        await chmod(image, 0o444);
+        // Read-only: outputs are hardlinks of it (and one from a private store stays the user's alone).
+        await chmod(image, options.isPrivate?.(level) ? 0o400 : 0o444);
         await writeFile(join(work, 'stamp'), stampOf(await stat(image)));
         await rm(join(work, 'rootfs'), { recursive: true, force: true });
         // Opened before the commit: if another build's entry wins, this tree still reads this image's blocks
@@ -221,7 +239,11 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
       if (!committed) throw new StackEntryGone(`the cache entry for ${key} went away as it was made`);
       entries[level] = committed;
       out.push({ image: committed.image, key, built: true });
-      if (!below && level < levels.length - 1) throw new NeedWholeTree('the way to the home is not a plain one');
+      if (!below && level < levels.length - 1) {
+        const need = new NeedWholeTree('the way to the home is not a plain one');
+        need.applied = layersApplied;
+        throw need;
+      }
     }
   } finally {
     images.close();
@@ -247,6 +269,8 @@ async function addPart(entry: LevelEntry, tree: LevelTree, home: readonly string
   const temp = join(entry.dir, `.${partFile(home)}.${process.pid}`);
   try {
     await writeFile(temp, saveTree(part.root, 0, levelOf(part), part.outside));
+    // Only into the entry the tree came from (not one made again since, whose blocks may lie elsewhere).
+    if (idOf(entry.dir) !== entry.id) throw new Error('the entry was made again');
     await rename(temp, join(entry.dir, partFile(home)));
   } catch {
     // Only a saving for later builds: an entry evicted meanwhile needs none.
@@ -322,15 +346,17 @@ class OpenImages {
       }
     });
     // Entries are folders renamed into place whole, with a random id: one that still has its id now is the one read.
-    for (const entry of entries) {
-      const id = readFileSync(join(entry.dir, 'ids'), 'utf8').split('\n')[0];
-      if (id !== entry.id) throw new StackEntryGone('a cache entry was made again while it was read');
-    }
-    if (top.below.join() !== entries.slice(0, -1).map((e) => e.id).join()) throw new Error('a cached tree was made over other images than the ones below it');
+    for (const entry of entries) if (idOf(entry.dir) !== entry.id) throw new StackEntryGone('a cache entry was made again while it was read');
+    if (top.below.join() !== entries.slice(0, -1).map((e) => e.id).join()) throw new StackEntryGone('a cached tree was made over other images than the ones below it');
     const levels: Levels = new Map();
     const outside = new Set<TreeNode>();
-    const { root } = loadTree(text, levels, outside);
-    return { level: entries.length - 1, mode, root, levels, outside };
+    try {
+      const { root } = loadTree(text, levels, outside);
+      return { level: entries.length - 1, mode, root, levels, outside };
+    } catch (error) {
+      // Cut short by a power loss (trees are not synced before their entry is committed): the entry goes, and is made again.
+      throw new StackEntryGone(`a cached tree cannot be read (${error instanceof Error ? error.message : String(error)})`, { cause: error });
+    }
   }
 
   close(): void {
@@ -369,7 +395,7 @@ async function buildLevel(args: BuildStackOptions & { level: number; span: Stack
     // Files of the images below that this image must hold (see the header): their blocks, copied.
     for (const [from, copy] of top.copies) {
       const source = args.fds[levels.get(from) ?? -1];
-      if (source === undefined) throw new Error('a file of the tree below has no image');
+      if (source === undefined) throw new StackEntryGone('a file of the tree below has no image');
       copy.block = await blocks.writeFile(readBlocks(source, from.block ?? 0, from.size ?? 0), from.size ?? 0, '(a file of the image below)');
     }
     finishErofs(fd, top.root, blocks);
@@ -384,7 +410,7 @@ async function* readBlocks(fd: number, block: number, size: number): AsyncGenera
   while (at < size) {
     const chunk = Buffer.allocUnsafe(Math.min(1 << 20, size - at));
     const got = readSync(fd, chunk, 0, chunk.length, block * BLOCK_SIZE + at);
-    if (got === 0) throw new Error('an image below is shorter than its tree says');
+    if (got === 0) throw new StackEntryGone('an image below is shorter than its tree says');
     at += got;
     yield chunk.subarray(0, got);
   }

@@ -14,8 +14,8 @@
  *
  * Runs as root (loop devices, overlayfs), as the whole suite does.
  */
-import { lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
-import { appendFile, chmod, mkdir, readdir, rm } from 'node:fs/promises';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { appendFile, chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -64,16 +64,19 @@ async function view(root: string): Promise<string[]> {
       if (type === 'dir') walk(path);
     }
   };
-  const top = lstatSync(root, { bigint: true });
-  lines.push(`/ ${(top.mode & 0o7777n).toString(8)} ${top.uid}:${top.gid} ${top.mtimeNs}`);
+  // (The root itself is the writable layer's, as in the guest.)
   walk('');
   // user.* xattrs as getfattr shows them (overlayfs hides its own trusted.overlay.* ones).
   const { stdout } = await execa('getfattr', ['-R', '-h', '-d', '-m', '^user\\.', '.'], { cwd: root, reject: false });
   return [...lines, ...String(stdout).split('\n').filter((line) => line !== '')].sort();
 }
 
-/** Mount `images` (top first) as the guest does and return what `read` makes of the merged root. */
-async function mounted<T>(work: string, images: readonly string[], read: (root: string) => Promise<T>): Promise<T> {
+/**
+ * Mount `images` (top first) as the guest does, under overlayfs even when
+ * there is one (`raw`: one image mounted as it is, to look inside it), and
+ * return what `read` makes of the merged root.
+ */
+async function mounted<T>(work: string, images: readonly string[], read: (root: string) => Promise<T>, options: { raw?: boolean } = {}): Promise<T> {
   const points: string[] = [];
   try {
     for (const [i, image] of images.entries()) {
@@ -82,10 +85,11 @@ async function mounted<T>(work: string, images: readonly string[], read: (root: 
       await execa('mount', ['-t', 'erofs', '-o', 'loop,ro', image, point]);
       points.push(point);
     }
-    if (images.length === 1) return await read(points[0] as string);
+    if (options.raw) return await read(points[0] as string);
+    // With an empty writable layer on top, as the guest's disk is (overlayfs wants one over a single lower).
     const merged = join(work, 'merged');
-    await mkdir(merged, { recursive: true });
-    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${points.join(':')},redirect_dir=off,index=off,metacopy=off`, merged]);
+    await Promise.all(['merged', 'upper', 'work'].map((d) => mkdir(join(work, d), { recursive: true })));
+    await execa('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${points.join(':')},upperdir=${join(work, 'upper')},workdir=${join(work, 'work')},redirect_dir=off,index=off,metacopy=off`, merged]);
     points.push(merged);
     return await read(merged);
   } finally {
@@ -215,13 +219,15 @@ describe('stacks of images against the self-contained image (the kernel merges t
     const listed = await mounted(join(h.root, 'm-inspect'), [top], async (root) => {
       const opaqueDir = await execa('getfattr', ['-h', '--only-values', '-n', 'trusted.overlay.opaque', join(root, 'home/owner/file-then-dir')]);
       const gone = ['gone.txt', 'gone-dir', 'opaque-dir/hidden', 'pair-b'].map((name) => lstatSync(join(root, 'home/owner', name))).map((info) => [info.isCharacterDevice(), info.rdev]);
-      return { names: readdirSync(join(root, 'home/owner')).sort(), opaque: String(opaqueDir.stdout), gone, etc: readdirSync(root).sort() };
-    });
-    // Only the home's folder, and in it only what the home changed (a file the base links twice, one name gone: both names).
+      return { names: readdirSync(join(root, 'home/owner')).sort(), opaque: String(opaqueDir.stdout), gone, etc: readdirSync(root).sort(), deep: readdirSync(join(root, 'home/owner/deep/er/still')) };
+    }, { raw: true });
+    // Only the home's folder, and in it only what the home changed: not keep.txt; the two names of a file whose
+    // other name went (pair-a), and of one the home linked to (target); folders on the way to a change.
     expect(listed.etc).toEqual(['home']);
-    expect(listed.names).not.toContain('keep.txt');
-    expect(listed.names).not.toContain('deep/er/still'.split('/')[1]);
-    expect(listed.names).toEqual(expect.arrayContaining(['new.txt', 'pair-a', 'linked-to-base', 'target', 'deep']));
+    expect(listed.names).toEqual(
+      ['.config', 'deep', 'dev-fifo-later', 'dir-then-file', 'file-then-dir', 'gone-dir', 'gone.txt', 'link-then-dir', 'linked-to-base', 'merged', 'meta', 'new.txt', 'null-ish', 'opaque-dir', 'pair-a', 'pair-b', 'replaced.txt', 'target'].sort(),
+    );
+    expect(listed.deep).toEqual(['leaf']);
     // A folder over what was a file below is opaque; what went is a whiteout (a character device 0:0).
     expect(listed.opaque).toBe('y');
     expect(listed.gone).toEqual([[true, 0], [true, 0], [true, 0], [true, 0]]);
@@ -245,6 +251,11 @@ describe('a home the base reaches through a symlink, and files the base links in
     const first = await compare(h, [[base, 'base'], [homeImage, 'home']]);
     expect(first.stack).toEqual(first.whole);
     expect(first.whole).toContainEqual(expect.stringMatching(/^var\/home\/owner\/new.txt file /));
+    // A cold build: both levels applied, though the first try (on the part) gave up after the base.
+    expect(first.result).toMatchObject({ layersApplied: 2, cachedLayers: 0 });
+    // The home's level read the whole tree below, and keeps the whole tree it made (a level built on a part keeps a part only).
+    const entry = (result: AssembleResult) => join(h.csHome, 'rootfs-stack', 'trees', result.chainId.replace('sha256:', ''));
+    expect(existsSync(join(entry(first.result), 'tree.json'))).toBe(true);
 
     const plainBase = await buildImage(h.store, 'localhost/stack/linked-base:v1', [
       [dir('home/owner'), file('etc/shared', 'names inside and outside the home\n'), hardlink('home/owner/shared', 'etc/shared'), file('home/owner/other', 'x\n')],
@@ -254,11 +265,14 @@ describe('a home the base reaches through a symlink, and files the base links in
     const second = await compare(h, [[plainBase, 'base'], [unlink, 'home']]);
     expect(second.stack).toEqual(second.whole);
     expect(second.whole).toContainEqual(expect.stringMatching(/^etc\/shared file .* links=1 /));
+    expect(existsSync(join(entry(second.result), 'tree.json'))).toBe(true);
     // A home that leaves that file alone reads only its part of the tree, and is right too.
     const untouched = await buildImage(h.store, 'localhost/stack/untouched-home:v1', [[file('other', 'y\n')]]);
     const third = await compare(h, [[plainBase, 'base'], [untouched, 'home']]);
     expect(third.stack).toEqual(third.whole);
     expect(third.whole).toContainEqual(expect.stringMatching(/^etc\/shared file .* links=2 /));
+    expect(existsSync(join(entry(third.result), 'tree.json'))).toBe(false);
+    expect((await readdir(entry(third.result))).some((name) => /^part-[0-9a-f]{16}\.json$/.test(name))).toBe(true);
   });
 });
 
@@ -299,7 +313,7 @@ describe('the cache of stacks', () => {
     expect(stack).toEqual(whole);
   });
 
-  it('a level below made again since (evicted) is not built on with a tree that names its old blocks', async () => {
+  it('a level whose image below was made again since (evicted) is built again before a level is built on its tree', async () => {
     const h = await newHome('stack-evict');
     const base = await buildImage(h.store, 'localhost/stack/evict-base:v1', [BASE]);
     const homeImage = await buildImage(h.store, 'localhost/stack/evict-home:v1', [HOME]);
@@ -317,12 +331,28 @@ describe('the cache of stacks', () => {
     expect(next).toMatchObject({ layersApplied: 2, cachedLayers: 1 });
     const { stack, whole } = await compare(h, chain);
     expect(stack).toEqual(whole);
-    expect((await readdir(trees)).length).toBeGreaterThan(0);
+  });
+
+  it('a cached tree cut short (a power loss) is noticed: the build starts again without the cache and replaces it', async () => {
+    const h = await newHome('stack-torn');
+    const base = await buildImage(h.store, 'localhost/stack/torn-base:v1', [BASE]);
+    const homeV = (n: number) => buildImage(h.store, `localhost/stack/torn-home:v${n}`, [[...HOME, file('version', `${n}\n`)]]);
+    const first = await build(h, [[base, 'base'], [await homeV(1), 'home']], h.out('torn-1'), true);
+    const baseEntry = join(h.csHome, 'rootfs-stack', 'trees', (await build(h, [[base, 'base']], h.out('torn-base'), true)).chainId.replace('sha256:', ''));
+    const part = (await readdir(baseEntry)).find((name) => name.startsWith('part-')) as string;
+    await writeFile(join(baseEntry, part), '{"format":1,"dataBl');
+    const chain: Chain = [[base, 'base'], [await homeV(2), 'home']];
+    const second = await build(h, chain, h.out('torn-2'), true);
+    expect(second).toMatchObject({ layersApplied: 2, cachedLayers: 0 });
+    expect(JSON.parse(await readFile(join(baseEntry, part), 'utf8'))).toMatchObject({ format: 1 });
+    expect(first.lowers?.[1]).toBeDefined();
+    const { stack, whole } = await compare(h, chain);
+    expect(stack).toEqual(whole);
   });
 });
 
 describe('what cannot be stacked', () => {
-  it('a home layer with a device 0:0 (overlayfs would read a whiteout): --stack refuses, a workspace gets one image', async () => {
+  it('layers with overlayfs markers: --stack refuses them, a workspace gets one image (and sees what the layers say)', async () => {
     const h = await newHome('stack-refuse');
     const base = await buildImage(h.store, 'localhost/stack/refuse-base:v1', [[dir('home/owner'), file('home/owner/x', 'base\n')]]);
     const bad = await buildImage(h.store, 'localhost/stack/refuse-home:v1', [[{ type: 'char', path: 'x', major: 0, minor: 0 }]]);
@@ -333,10 +363,14 @@ describe('what cannot be stacked', () => {
     const xattr = await buildImage(h.store, 'localhost/stack/refuse-xattr:v1', [[file('y', 'z\n', { pax: { 'SCHILY.xattr.trusted.overlay.opaque': 'y' } })]]);
     await expect(build(h, [[base, 'base'], [xattr, 'home']], h.out('refused-2'), true)).rejects.toThrow(/trusted\.overlay\.opaque/);
 
-    const root = await rootImage({ name: 'dev' } as Workspace, chain.map(([image, kind]) => ({ reference: image.tag, kind })), { env: h.env });
+    // A folder the home marks opaque by an xattr of its own: in a stack the base's files in it would be hidden.
+    const marked = await buildImage(h.store, 'localhost/stack/refuse-opaque:v1', [[dir('d', { pax: { 'SCHILY.xattr.trusted.overlay.opaque': 'y' } }), file('d/new', 'home\n')]]);
+    const markedBase = await buildImage(h.store, 'localhost/stack/refuse-opaque-base:v1', [[dir('home/owner/d'), file('home/owner/d/from-base', 'base\n')]]);
+    const root = await rootImage({ name: 'dev' } as Workspace, [{ reference: markedBase.tag, kind: 'base' }, { reference: marked.tag, kind: 'home' }], { env: h.env });
     expect(root.lowers).toHaveLength(1);
-    const seen = await mounted(join(h.root, 'm-refuse'), root.lowers, async (r) => lstatSync(join(r, 'home/owner/x')));
-    expect([seen.isCharacterDevice(), seen.rdev]).toEqual([true, 0]);
+    const seen = await mounted(join(h.root, 'm-refuse'), root.lowers, async (r) => readdirSync(join(r, 'home/owner/d')).sort());
+    expect(seen).toEqual(['from-base', 'new']);
+    await expect(build(h, [[markedBase, 'base'], [marked, 'home']], h.out('refused-3'), true)).rejects.toThrow(/home\/owner\/d has the extended attribute trusted\.overlay\.opaque/);
   });
 
   it('a workspace root is a stack: the base image is shared by name, the home over it', async () => {
@@ -351,6 +385,11 @@ describe('what cannot be stacked', () => {
     const second = await rootImage({ name: 'dev2' } as Workspace, [{ reference: base.tag, kind: 'base' }, { reference: other.tag, kind: 'home' }], { env: h.env });
     expect(second.lowers[1]).toBe(root.lowers[1]);
     expect(second.lowers[0]).not.toBe(root.lowers[0]);
+    // Images already there by name are used as they are, whatever the cache still holds (nothing, here).
+    await rm(join(h.csHome, 'rootfs-stack'), { recursive: true, force: true });
+    const again = await rootImage({ name: 'dev3' } as Workspace, [{ reference: base.tag, kind: 'base' }, { reference: homeImage.tag, kind: 'home' }], { env: h.env });
+    expect(again.lowers).toEqual(root.lowers);
+    expect(existsSync(join(h.csHome, 'rootfs-stack', 'trees'))).toBe(false);
   });
 });
 
