@@ -1,4 +1,4 @@
-import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
+import type { Agent as HttpAgent, IncomingMessage, request as httpRequest } from 'node:http';
 import { Readable } from 'node:stream';
 
 /**
@@ -48,16 +48,29 @@ const DRAIN_LIMIT = 64 * 1024;
 // One pool of kept-alive connections per process; idle sockets do not hold the process open,
 // and are closed after IDLE_POOLED_MS (as fetch did), before a server or proxy drops them under us.
 const IDLE_POOLED_MS = 4_000;
-const httpAgent = new HttpAgent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS });
-/** node:https (and TLS under it) is loaded on the first https request: a pull from a local registry never needs it. */
-let https: { agent: import('node:https').Agent; request: typeof import('node:https').request } | undefined;
+/**
+ * node:http and node:https (and TLS under it) are loaded on the first request
+ * of their kind: a pull from a local registry never needs TLS, and the
+ * commands that reach this module without going to a registry (a warm
+ * `cs rootfs assemble`) need neither.
+ */
+type Via = { agent: HttpAgent; request: typeof httpRequest };
+let http: Via | undefined;
+let https: Via | undefined;
 
-async function loadHttps(): Promise<NonNullable<typeof https>> {
-  if (!https) {
-    const mod = await import('node:https');
-    https ??= { agent: new mod.Agent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS }), request: mod.request };
+async function loadHttp(secure: boolean): Promise<Via> {
+  if (secure) {
+    if (!https) {
+      const mod = await import('node:https');
+      https ??= { agent: new mod.Agent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS }), request: mod.request };
+    }
+    return https;
   }
-  return https;
+  if (!http) {
+    const mod = await import('node:http');
+    http ??= { agent: new mod.Agent({ keepAlive: true, maxSockets: 16, timeout: IDLE_POOLED_MS }), request: mod.request };
+  }
+  return http;
 }
 
 export class HttpTimeoutError extends Error {
@@ -70,7 +83,7 @@ export function stalled(): HttpTimeoutError {
 }
 
 export async function send(url: URL, init: HttpRequest): Promise<HttpResponse> {
-  const via = url.protocol === 'https:' ? await loadHttps() : { agent: httpAgent, request: httpRequest };
+  const via = await loadHttp(url.protocol === 'https:');
   try {
     return await sendOnce(url, init, via);
   } catch (error) {
@@ -81,7 +94,7 @@ export async function send(url: URL, init: HttpRequest): Promise<HttpResponse> {
   }
 }
 
-function sendOnce(url: URL, init: HttpRequest, via: { agent: HttpAgent; request: typeof httpRequest }): Promise<HttpResponse> {
+function sendOnce(url: URL, init: HttpRequest, via: Via): Promise<HttpResponse> {
   return new Promise<HttpResponse>((resolve, reject) => {
     let settled = false;
     const fail = (error: Error): void => {
