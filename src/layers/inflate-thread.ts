@@ -17,6 +17,23 @@ import { LayerError } from '../util/errors.js';
 const WINDOW = 32;
 const CHUNK = 512 * 1024;
 
+/**
+ * The worker's source is CommonJS. A worker inherits the options of its
+ * parent, from its command line and from NODE_OPTIONS, and with
+ * `--input-type=module` (which people set to run ES module snippets with
+ * \`node -e\`) an evaluated source is an ES module, where require() does not
+ * exist: every layer failed to inflate. That one option is left out.
+ */
+function commonJsEval(): { execArgv: string[]; env: NodeJS.ProcessEnv } {
+  const execArgv: string[] = [];
+  for (let i = 0; i < process.execArgv.length; i++) {
+    const option = process.execArgv[i] as string;
+    if (option === '--input-type') i++;
+    else if (!option.startsWith('--input-type=')) execArgv.push(option);
+  }
+  return { execArgv, env: { ...process.env, NODE_OPTIONS: (process.env['NODE_OPTIONS'] ?? '').replace(/--input-type(?:=|\s+)\S+/g, '').trim() } };
+}
+
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createReadStream } = require('node:fs');
@@ -76,7 +93,7 @@ export function inflateFile(path: string, options: InflateOptions): InflatedLaye
       callback(error);
     },
   });
-  worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { path, window: WINDOW, chunk: CHUNK, gzip: options.gzip, hash: !hash } });
+  worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { path, window: WINDOW, chunk: CHUNK, gzip: options.gzip, hash: !hash }, ...commonJsEval() });
   worker.on('message', (message: { type: string; chunk?: Uint8Array; message?: string; code?: string; digest?: string }) => {
     if (message.type === 'data' && message.chunk) {
       const chunk = Buffer.from(message.chunk.buffer, message.chunk.byteOffset, message.chunk.byteLength);

@@ -16,7 +16,7 @@
  */
 import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { appendFile, chmod, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -24,7 +24,7 @@ import { assemble, type AssembleResult } from '../../src/rootfs/assemble.js';
 import { rootImage } from '../../src/workspace/create.js';
 import type { Workspace } from '../../src/definition/model.js';
 import { InputError } from '../../src/util/errors.js';
-import { cs, ensureBuilt } from './support/cli.js';
+import { BIN, cs, ensureBuilt, userEnv } from './support/cli.js';
 import { makeHome, type TestHome } from './support/home.js';
 import { buildImage, dir, file, hardlink, opaque, symlink, whiteout, type BuiltImage, type Entry } from './support/layers.js';
 
@@ -418,5 +418,20 @@ describe('cs rootfs assemble --stack', () => {
     const wrong = await cs(['rootfs', 'assemble', '--base', base.tag, '--format', 'dir', '--stack', '--out', h.out('cli-dir')], h.env);
     expect(wrong.exitCode).toBe(3);
     expect(wrong.stderr).toContain('only erofs images can be stacked');
+  });
+});
+
+describe('layers inflated on a worker thread', () => {
+  it('are read whatever NODE_OPTIONS says of the input type (a worker inherits it; its source is CommonJS)', async () => {
+    await ensureBuilt();
+    const h = await newHome('stack-input-type');
+    // Over 4 MiB compressed: such layers are inflated on a worker thread.
+    const base = await buildImage(h.store, 'localhost/stack/big-base:v1', [[dir('home/owner'), file('big', randomBytes(5 * 1024 * 1024))]]);
+    expect(base.layers[0]?.descriptor.size).toBeGreaterThan(4 * 1024 * 1024);
+    const env = { ...userEnv(h.env), NODE_OPTIONS: '--input-type=module' };
+    const out = h.out('input-type');
+    const built = await execa(process.execPath, [BIN, 'rootfs', 'assemble', '--base', base.tag, '--format', 'erofs', '--stack', '--out', out, '--json'], { env, extendEnv: false, reject: false });
+    expect(built.exitCode, built.stderr).toBe(0);
+    expect(JSON.parse(built.stdout)).toMatchObject({ layersApplied: 1 });
   });
 });
