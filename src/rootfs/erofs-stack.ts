@@ -44,10 +44,12 @@ import { readLayer } from './unpack.js';
  * has names outside the home (a hardlink made by the base).
  *
  * The cache (`rootfs-stack`) holds, per snapshot in the chain, the image, the
- * part of the tree up to it (`part.json`), and the whole tree (`tree.json`)
- * when it was read whole, each saying which image holds each file's blocks.
- * Images are made read-only and handed out by hardlink; each entry records
- * its image's size and modification time, and an entry whose image no
+ * part of the tree up to it for each home it was built for
+ * (`part-HASH.json`), and the whole tree (`tree.json`) when it was read
+ * whole, each saying which image holds each file's blocks; `ids` names the
+ * entry and the images below that those block numbers point into. Images
+ * are made read-only and handed out by hardlink; each entry records its
+ * image's size and modification time (`stamp`), and an entry whose image no
  * longer matches them (someone wrote to a hardlinked output) is rebuilt.
  */
 
