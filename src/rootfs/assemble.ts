@@ -12,7 +12,7 @@ import { formatReference } from '../oci/reference.js';
 import { CsError, ExitCode, InputError } from '../util/errors.js';
 import { dataDir, type Env } from '../util/paths.js';
 import { run } from '../util/process.js';
-import { TreeCache } from './cache.js';
+import { CACHE_FOLDERS, TreeCache } from './cache.js';
 import { buildWithOwners, escapeAttrPath, readDeferred, withOwners, type Deferred } from './owners.js';
 import { chainIds } from './chain.js';
 import { buildErofsImage, linkOrCopy } from './erofs-build.js';
@@ -186,8 +186,8 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
     return { out, format: options.format, chainId: finalChain, layers: units.length, layersApplied: 0, cachedLayers: units.length, bytes: (await stat(out)).size };
   }
   if (options.format === 'erofs') return assembleImage(options, units, keys, out, outInfo !== undefined, phase);
-  const sharedCache = new TreeCache(join(dataDir(options.env), 'rootfs'));
-  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, 'rootfs')) : sharedCache;
+  const sharedCache = new TreeCache(join(dataDir(options.env), CACHE_FOLDERS[0]));
+  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, CACHE_FOLDERS[0])) : sharedCache;
   await sharedCache.prune();
   if (privateCache !== sharedCache) await privateCache.prune();
   // The tree after unit i lives in the private cache from the first private unit on.
@@ -300,8 +300,8 @@ export async function assemble(options: AssembleOptions): Promise<AssembleResult
  */
 async function assembleImage(options: AssembleOptions, units: readonly Unit[], keys: readonly string[], out: string, replace: boolean, phase: (phase: string) => void): Promise<AssembleResult> {
   const shared = typeof options.out === 'function';
-  const sharedCache = new TreeCache(join(dataDir(options.env), 'rootfs-images'));
-  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, 'rootfs-images')) : sharedCache;
+  const sharedCache = new TreeCache(join(dataDir(options.env), CACHE_FOLDERS[1]));
+  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, CACHE_FOLDERS[1])) : sharedCache;
   await sharedCache.prune();
   if (privateCache !== sharedCache) await privateCache.prune();
   // Built under a temporary name beside `out` and renamed into place: a failed
@@ -337,8 +337,8 @@ async function assembleImage(options: AssembleOptions, units: readonly Unit[], k
  * name the `out` function gives (reused when already there).
  */
 async function assembleStack(options: AssembleOptions, units: readonly Unit[], keys: readonly string[], home: string, replace: boolean, phase: (phase: string) => void): Promise<AssembleResult> {
-  const sharedCache = new TreeCache(join(dataDir(options.env), 'rootfs-stack'));
-  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, 'rootfs-stack')) : sharedCache;
+  const sharedCache = new TreeCache(join(dataDir(options.env), CACHE_FOLDERS[2]));
+  const privateCache = options.privateDir ? new TreeCache(join(options.privateDir, CACHE_FOLDERS[2])) : sharedCache;
   await sharedCache.prune();
   if (privateCache !== sharedCache) await privateCache.prune();
   const levels: StackLevel[] = [];

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { copyFile, mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { copyFile, lstat, mkdir, readdir, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { exists } from '../util/fs.js';
 import { isAlive } from '../util/lock.js';
@@ -127,4 +128,41 @@ export class TreeCache {
 
 async function copyDeferred(from: string, to: string): Promise<void> {
   await copyFile(join(from, 'deferred.jsonl'), join(to, 'deferred.jsonl')).catch(() => undefined);
+}
+
+/** The folders (under the data folder, and under a user's private folder) that hold the assembly caches. */
+export const CACHE_FOLDERS = ['rootfs', 'rootfs-images', 'rootfs-stack'] as const;
+
+/**
+ * Empty the caches under each of `parents` (their CACHE_FOLDERS): every
+ * entry, and the leftovers of dead builds. Bytes freed count the files whose
+ * every link was in the caches (a workspace image hardlinked from an entry
+ * stays, and frees nothing).
+ */
+export async function emptyCaches(parents: readonly string[]): Promise<{ entries: number; freedBytes: number }> {
+  const roots = parents.flatMap((parent) => CACHE_FOLDERS.map((name) => join(parent, name)));
+  const inodes = new Map<string, { nlink: number; bytes: number; seen: number }>();
+  const walk = async (dir: string): Promise<void> => {
+    for (const name of await readdir(dir).catch(() => [] as string[])) {
+      const path = join(dir, name);
+      const info = await lstat(path).catch(() => undefined);
+      if (!info) continue;
+      if (info.isDirectory()) {
+        await walk(path);
+        continue;
+      }
+      const key = `${info.dev}:${info.ino}`;
+      const known = inodes.get(key) ?? { nlink: info.nlink, bytes: info.blocks * 512, seen: 0 };
+      known.seen++;
+      inodes.set(key, known);
+    }
+  };
+  for (const root of roots) await walk(join(root, 'trees'));
+  let entries = 0;
+  for (const root of roots) {
+    if (existsSync(root)) entries += (await new TreeCache(root).prune({ all: true })).removedTrees;
+  }
+  let freedBytes = 0;
+  for (const inode of inodes.values()) if (inode.seen >= inode.nlink) freedBytes += inode.bytes;
+  return { entries, freedBytes };
 }

@@ -435,3 +435,40 @@ describe('layers inflated on a worker thread', () => {
     expect(JSON.parse(built.stdout)).toMatchObject({ layersApplied: 1 });
   });
 });
+
+describe('cs rootfs prune --cache', () => {
+  it('empties the assembly caches, counts as freed only what nothing else links, and the next build is cold', async () => {
+    await ensureBuilt();
+    const h = await newHome('stack-prune');
+    const base = await buildImage(h.store, 'localhost/stack/prune-base:v1', [BASE]);
+    const homeImage = await buildImage(h.store, 'localhost/stack/prune-home:v1', [HOME]);
+    const out = h.out('prune-stack');
+    const args = ['rootfs', 'assemble', '--base', base.tag, '--home', homeImage.tag, '--format', 'erofs', '--stack', '--json'];
+    expect((await cs([...args, '--out', out], h.env)).exitCode).toBe(0);
+    const trees = join(h.csHome, 'rootfs-stack', 'trees');
+    expect(await readdir(trees)).toHaveLength(2);
+    // Without --cache the caches stay.
+    const plain = await cs(['rootfs', 'prune', '--json'], h.env);
+    expect(plain.exitCode, plain.stderr).toBe(0);
+    expect(JSON.parse(plain.stdout)).not.toHaveProperty('cache');
+    expect(await readdir(trees)).toHaveLength(2);
+    // What a prune frees: the cache's own files; the images are linked from the output too.
+    let onlyInCache = 0;
+    for (const entry of await readdir(trees)) {
+      for (const name of await readdir(join(trees, entry))) {
+        const info = statSync(join(trees, entry, name));
+        if (info.isFile() && info.nlink === 1) onlyInCache += info.blocks * 512;
+      }
+    }
+    const pruned = await cs(['rootfs', 'prune', '--cache', '--json'], h.env);
+    expect(pruned.exitCode, pruned.stderr).toBe(0);
+    expect(JSON.parse(pruned.stdout)).toMatchObject({ cache: { entries: 2, freedBytes: onlyInCache } });
+    expect(await readdir(trees)).toEqual([]);
+    const human = await cs(['rootfs', 'prune', '--cache'], h.env);
+    expect(human.stderr).toContain('Emptied the assembly caches: 0 entries (0 B freed)');
+    // The output's images are whole, and the next build starts cold.
+    expect(await mounted(join(h.root, 'm-prune'), [join(out, '1-home.erofs'), join(out, '0-base.erofs')], async (r) => readFileSync(join(r, 'home/owner/new.txt'), 'utf8'))).toBe('home\n');
+    const again = await cs([...args, '--out', h.out('prune-again')], h.env);
+    expect(JSON.parse(again.stdout)).toMatchObject({ layersApplied: 2, cachedLayers: 0 });
+  });
+});
