@@ -140,27 +140,33 @@ export const CACHE_FOLDERS = ['rootfs', 'rootfs-images', 'rootfs-stack'] as cons
  * stays, and frees nothing).
  */
 export async function emptyCaches(parents: readonly string[]): Promise<{ entries: number; freedBytes: number }> {
-  const roots = parents.flatMap((parent) => CACHE_FOLDERS.map((name) => join(parent, name)));
   const inodes = new Map<string, { nlink: number; bytes: number; seen: number }>();
-  const walk = async (dir: string): Promise<void> => {
+  const walk = async (dir: string, links: { key: string; nlink: number; bytes: number }[]): Promise<void> => {
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       const path = join(dir, name);
       const info = await lstat(path).catch(() => undefined);
-      if (!info) continue;
-      if (info.isDirectory()) {
-        await walk(path);
-        continue;
-      }
-      const key = `${info.dev}:${info.ino}`;
-      const known = inodes.get(key) ?? { nlink: info.nlink, bytes: info.blocks * 512, seen: 0 };
-      known.seen++;
-      inodes.set(key, known);
+      if (info?.isDirectory()) await walk(path, links);
+      else if (info) links.push({ key: `${info.dev}:${info.ino}`, nlink: info.nlink, bytes: info.blocks * 512 });
     }
   };
-  for (const root of roots) await walk(join(root, 'trees'));
   let entries = 0;
-  for (const root of roots) {
-    if (existsSync(root)) entries += (await new TreeCache(root).prune({ all: true })).removedTrees;
+  for (const root of parents.flatMap((parent) => CACHE_FOLDERS.map((name) => join(parent, name)))) {
+    if (!existsSync(root)) continue;
+    const cache = new TreeCache(root);
+    for (const { chainId } of await cache.list()) {
+      const links: { key: string; nlink: number; bytes: number }[] = [];
+      await walk(cache.entryPath(chainId), links);
+      await cache.remove(chainId);
+      // Not removed (someone else's entry in a shared cache): neither counted nor freed.
+      if (await cache.has(chainId)) continue;
+      entries++;
+      for (const link of links) {
+        const known = inodes.get(link.key) ?? { nlink: link.nlink, bytes: link.bytes, seen: 0 };
+        known.seen++;
+        inodes.set(link.key, known);
+      }
+    }
+    await cache.prune();
   }
   let freedBytes = 0;
   for (const inode of inodes.values()) if (inode.seen >= inode.nlink) freedBytes += inode.bytes;

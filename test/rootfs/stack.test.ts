@@ -21,6 +21,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, describe, expect, it } from 'vitest';
 import { assemble, type AssembleResult } from '../../src/rootfs/assemble.js';
+import { emptyCaches } from '../../src/rootfs/cache.js';
 import { rootImage } from '../../src/workspace/create.js';
 import type { Workspace } from '../../src/definition/model.js';
 import { InputError } from '../../src/util/errors.js';
@@ -470,5 +471,26 @@ describe('cs rootfs prune --cache', () => {
     expect(await mounted(join(h.root, 'm-prune'), [join(out, '1-home.erofs'), join(out, '0-base.erofs')], async (r) => readFileSync(join(r, 'home/owner/new.txt'), 'utf8'))).toBe('home\n');
     const again = await cs([...args, '--out', h.out('prune-again')], h.env);
     expect(JSON.parse(again.stdout)).toMatchObject({ layersApplied: 2, cachedLayers: 0 });
+  });
+});
+
+describe('emptying the caches', () => {
+  it('counts neither an entry it could not remove nor its bytes (someone else\'s, in a shared cache)', async () => {
+    const h = await newHome('stack-prune-kept');
+    const base = await buildImage(h.store, 'localhost/stack/kept-base:v1', [BASE]);
+    await build(h, [[base, 'base']], h.out('kept'), true);
+    const trees = join(h.csHome, 'rootfs-stack', 'trees');
+    const [entry] = await readdir(trees);
+    // An immutable folder cannot be renamed, even by root: as another user's entry could not be.
+    await execa('chattr', ['+i', join(trees, entry as string)]);
+    try {
+      expect(await emptyCaches([h.csHome])).toEqual({ entries: 0, freedBytes: 0 });
+      expect(await readdir(trees)).toEqual([entry]);
+    } finally {
+      await execa('chattr', ['-i', join(trees, entry as string)]);
+    }
+    const emptied = await emptyCaches([h.csHome]);
+    expect(emptied.entries).toBe(1);
+    expect(emptied.freedBytes).toBeGreaterThan(0);
   });
 });
