@@ -111,8 +111,6 @@ export interface BuiltLevel {
   /** The cached image of this level (read-only; link it, never write it). */
   image: string;
   key: string;
-  /** Whether it was built by this run. */
-  built: boolean;
 }
 
 /** A cached level: its image, its random id, the ids of the images below it that its trees name blocks of, which trees it has. */
@@ -179,8 +177,7 @@ export async function buildErofsStack(options: BuildStackOptions, useCache = tru
 }
 
 async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean): Promise<{ levels: BuiltLevel[]; layersApplied: number; cachedLayers: number }> {
-  const { units, keys, levels, cacheAt } = options;
-  const home = options.home;
+  const { units, keys, levels, cacheAt, home } = options;
   const keyOf = (level: number): string => keys[(levels[level] as StackLevel).last] as string;
   const entries: (LevelEntry | undefined)[] = [];
   for (let level = 0; level < levels.length; level++) entries.push(useCache ? await readLevel(cacheAt(level), keyOf(level), home) : undefined);
@@ -206,13 +203,13 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
       const entry = useCache ? entries[level] : await readLevel(cache, key, home);
       if (!rebuild[level] && entry) {
         await cache.touch(key);
-        out.push({ image: entry.image, key, built: false });
+        out.push({ image: entry.image, key });
         continue;
       }
       if (level > 0 && below?.level !== level - 1) {
-        below = await images.load(entries.slice(0, level) as LevelEntry[], mode, options.home);
+        below = await images.load(entries.slice(0, level) as LevelEntry[], mode, home);
         // A whole tree read for want of its part: the part is kept beside it for the next build.
-        if (mode === 'whole' && !entries[level - 1]?.part) await addPart(entries[level - 1] as LevelEntry, below, options.home);
+        if (mode === 'whole' && !entries[level - 1]?.part) await addPart(entries[level - 1] as LevelEntry, below, home);
       }
       const span = levels[level] as StackLevel;
       const work = await cache.workDir();
@@ -221,7 +218,9 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
         const made = await buildLevel({ ...options, level, span, image, below, fds: images.fds, mode });
         layersApplied += span.last - span.first + 1;
         const id = randomBytes(16).toString('hex');
-        await writeTrees(work, made, options.home);
+        // The part for the home, from a whole tree only once: saved with the entry, and built on next in this mode.
+        const part = made.mode === 'part' ? made : partOf(made, home);
+        await writeTrees(work, made, part, home);
         await writeFile(join(work, 'ids'), [id, ...images.ids.slice(0, level)].join('\n'));
         // Read-only: outputs are hardlinks of it (and one from a private store stays the user's alone).
         await chmod(image, options.isPrivate?.(level) ? 0o400 : 0o444);
@@ -230,7 +229,7 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
         // Opened before the commit: if another build's entry wins, this tree still reads this image's blocks
         // (and the next level, built on it, names this image's id, which no entry has: its trees are not reused).
         images.set(level, openSync(image, 'r'), id);
-        below = mode === 'part' && made.mode === 'whole' ? partOf(made, options.home) : made;
+        below = mode === 'part' ? part : made;
         if (entry) await cache.remove(key);
         await cache.commit(key, work);
       } catch (error) {
@@ -240,7 +239,7 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
       const committed = await readLevel(cache, key, home);
       if (!committed) throw new StackEntryGone(`the cache entry for ${key} went away as it was made`);
       entries[level] = committed;
-      out.push({ image: committed.image, key, built: true });
+      out.push({ image: committed.image, key });
       if (!below && level < levels.length - 1) {
         const need = new NeedWholeTree('the way to the home is not a plain one');
         need.applied = layersApplied;
@@ -254,9 +253,8 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
 }
 
 /** An entry's trees: the whole one when it was read whole, and the part for the home whenever there is one. */
-async function writeTrees(work: string, made: LevelTree, home: readonly string[]): Promise<void> {
+async function writeTrees(work: string, made: LevelTree, part: LevelTree | undefined, home: readonly string[]): Promise<void> {
   if (made.mode === 'whole') await writeFile(join(work, TREE), saveTree(made.root, 0, levelOf(made)));
-  const part = made.mode === 'part' ? made : partOf(made, home);
   if (part) await writeFile(join(work, partFile(home)), saveTree(part.root, 0, levelOf(part), part.outside));
 }
 
