@@ -16,13 +16,13 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { execa } from 'execa';
-import { afterAll, beforeAll, describe, it } from 'vitest';
+import { beforeAll, describe, it } from 'vitest';
 import { assemble, type AssembleOptions, type AssembleResult, type OutputFormat } from '../../src/rootfs/assemble.js';
 import { importDirectory } from '../../src/snapshot/import-dir.js';
 import { InputError, LayerError } from '../../src/util/errors.js';
 import { ErofsImage } from '../helpers/erofs-read.js';
 import { cs, ensureBuilt, startCs } from './support/cli.js';
-import { makeHome, type TestHome } from './support/home.js';
+import { homesOfThisFile, type TestHome } from './support/home.js';
 import {
   buildImage,
   dir,
@@ -39,15 +39,7 @@ import {
 } from './support/layers.js';
 import { debugfsCat, debugfsXattr, erofsTree, ext4Tree, extractTar, getXattr, readTree, treeLines, type Tree } from './support/tree.js';
 
-const homes: TestHome[] = [];
-async function newHome(label: string): Promise<TestHome> {
-  const home = await makeHome(label);
-  homes.push(home);
-  return home;
-}
-afterAll(async () => {
-  await Promise.all(homes.map((h) => h.cleanup()));
-});
+const newHome = homesOfThisFile();
 
 type Kind = 'base' | 'home' | 'personal';
 function run(h: TestHome, images: readonly [BuiltImage, Kind][], out: string, format: OutputFormat = 'dir', extra: Partial<AssembleOptions> = {}): Promise<AssembleResult> {

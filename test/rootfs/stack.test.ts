@@ -19,25 +19,17 @@ import { appendFile, chmod, mkdir, readdir, readFile, rm, writeFile } from 'node
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { execa } from 'execa';
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { assemble, type AssembleResult } from '../../src/rootfs/assemble.js';
 import { emptyCaches } from '../../src/rootfs/cache.js';
 import { rootImage } from '../../src/workspace/create.js';
 import type { Workspace } from '../../src/definition/model.js';
 import { InputError } from '../../src/util/errors.js';
 import { BIN, cs, ensureBuilt, userEnv } from './support/cli.js';
-import { makeHome, type TestHome } from './support/home.js';
+import { homesOfThisFile, type TestHome } from './support/home.js';
 import { buildImage, dir, file, hardlink, opaque, symlink, whiteout, type BuiltImage, type Entry } from './support/layers.js';
 
-const homes: TestHome[] = [];
-async function newHome(label: string): Promise<TestHome> {
-  const home = await makeHome(label);
-  homes.push(home);
-  return home;
-}
-afterAll(async () => {
-  await Promise.all(homes.map((h) => h.cleanup()));
-});
+const newHome = homesOfThisFile();
 
 type Kind = 'base' | 'home' | 'personal';
 type Chain = readonly [BuiltImage, Kind][];

@@ -9,6 +9,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterAll } from 'vitest';
 import { ContentStore } from '../../../src/oci/store.js';
 import { TreeCache } from '../../../src/rootfs/cache.js';
 import { storeDir } from '../../../src/util/paths.js';
@@ -54,5 +55,18 @@ export async function makeHome(label: string): Promise<TestHome> {
     treeEntries: () => list(join(cacheRoot, 'trees')),
     tmpEntries: () => list(join(cacheRoot, 'tmp')),
     cleanup: () => rm(root, { recursive: true, force: true }),
+  };
+}
+
+/** `makeHome` for one test file: every home it makes is removed after the file's tests. */
+export function homesOfThisFile(): (label: string) => Promise<TestHome> {
+  const homes: TestHome[] = [];
+  afterAll(async () => {
+    await Promise.all(homes.map((h) => h.cleanup()));
+  });
+  return async (label) => {
+    const home = await makeHome(label);
+    homes.push(home);
+    return home;
   };
 }
