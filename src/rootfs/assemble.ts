@@ -16,7 +16,7 @@ import { CACHE_FOLDERS, TreeCache } from './cache.js';
 import { buildWithOwners, escapeAttrPath, readDeferred, withOwners, type Deferred } from './owners.js';
 import { chainIds } from './chain.js';
 import { buildErofsImage, linkOrCopy } from './erofs-build.js';
-import { buildErofsStack, NotStackable, StackEntryGone, type StackLevel } from './erofs-stack.js';
+import { buildErofsStack, NotStackable, StackEntryGone, type BuiltStack, type StackLevel } from './erofs-stack.js';
 import { readImageLayers, unpackLayer } from './unpack.js';
 
 /**
@@ -357,19 +357,16 @@ async function assembleStack(options: AssembleOptions, units: readonly Unit[], k
     isPrivate: (level: number) => (described[level] as StackedImage).private,
     phase,
   };
-  // Images named by their chains that are all there already are used as they are (their cache entries may be long gone).
-  if (typeof options.out === 'function') {
-    const name = options.out;
-    const files = levels.map((level, i) => name(keys[level.last] as string, described[i]));
-    if (files.every((file) => existsSync(file))) {
-      return { out: files[files.length - 1] as string, lowers: [...files].reverse(), format: 'erofs', chainId: keys[keys.length - 1] as string, layers: units.length, layersApplied: 0, cachedLayers: units.length, bytes: await totalSize(files) };
-    }
-  }
+  // Images named by their chains (a function `out`) that are all there already are used as they are
+  // (their cache entries may be long gone).
+  const name = options.out;
+  const named = typeof name === 'function' ? levels.map((level, i) => name(keys[level.last] as string, described[i])) : undefined;
+  if (named?.every((file) => existsSync(file))) return stackResult(named, named[named.length - 1] as string, units, keys, { layersApplied: 0, cachedLayers: units.length });
   // A cache entry taken by another process's eviction while this one read or linked it, or one cut short by a
   // power loss: once more, without the cache (which replaces the entries).
   for (let attempt = 0; ; attempt++) {
     try {
-      return await placeStack(options, await buildErofsStack(stackOptions, attempt === 0), described, units, keys, replace);
+      return await placeStack(options, await buildErofsStack(stackOptions, attempt === 0), described, named, units, keys, replace);
     } catch (error) {
       if (error instanceof StackEntryGone && attempt === 0) continue;
       if (error instanceof StackEntryGone) {
@@ -381,40 +378,40 @@ async function assembleStack(options: AssembleOptions, units: readonly Unit[], k
   }
 }
 
-/** The built stack at `out`: hardlinks of the cache's images. */
-async function placeStack(options: AssembleOptions, built: Awaited<ReturnType<typeof buildErofsStack>>, described: readonly StackedImage[], units: readonly Unit[], keys: readonly string[], replace: boolean): Promise<AssembleResult> {
-  const chainId = keys[keys.length - 1] as string;
-  const result = { format: 'erofs' as const, chainId, layers: units.length, layersApplied: built.layersApplied, cachedLayers: built.cachedLayers };
+/** What an assembly of a stack returns: `files` base first, reported top first. */
+async function stackResult(files: readonly string[], out: string, units: readonly Unit[], keys: readonly string[], counts: { layersApplied: number; cachedLayers: number }): Promise<AssembleResult> {
+  return { out, lowers: [...files].reverse(), format: 'erofs', chainId: keys[keys.length - 1] as string, layers: units.length, ...counts, bytes: await totalSize(files) };
+}
+
+/** The built stack at `out` (a folder), or at `named` (the names a function `out` gave): hardlinks of the cache's images. */
+async function placeStack(options: AssembleOptions, built: BuiltStack, described: readonly StackedImage[], named: readonly string[] | undefined, units: readonly Unit[], keys: readonly string[], replace: boolean): Promise<AssembleResult> {
+  const counts = { layersApplied: built.layersApplied, cachedLayers: built.cachedLayers };
   const link = (from: string, to: string): Promise<void> =>
     linkOrCopy(from, to).catch((error: { code?: string }) => {
       throw error.code === 'ENOENT' && !existsSync(from) ? new StackEntryGone(`a cached image went away before it was linked (${from})`) : error;
     });
-  if (typeof options.out === 'string') {
-    const folder = options.out;
+  if (!named) {
+    const folder = options.out as string;
     const temp = `${folder}.tmp-${process.pid}-${Date.now()}`;
     try {
       await mkdir(temp, { mode: units.some((u) => u.private) ? 0o700 : 0o755 });
       const names = described.map((level) => `${level.index}-${level.kind}.erofs`);
-      for (const [i, level] of built.levels.entries()) await link(level.image, join(temp, names[i] as string));
+      for (const [i, image] of built.images.entries()) await link(image, join(temp, names[i] as string));
       if (replace) await rm(folder, { recursive: true, force: true });
       await rename(temp, folder);
-      const files = names.map((name) => join(folder, name));
-      return { out: folder, lowers: [...files].reverse(), ...result, bytes: await totalSize(files) };
+      return await stackResult(names.map((name) => join(folder, name)), folder, units, keys, counts);
     } catch (error) {
       await rm(temp, { recursive: true, force: true });
       throw error;
     }
   }
-  const name = options.out;
-  const files: string[] = [];
-  for (const [i, level] of built.levels.entries()) {
-    const file = name(level.key, described[i]);
-    files.push(file);
+  for (const [i, image] of built.images.entries()) {
+    const file = named[i] as string;
     if (existsSync(file)) continue;
     await mkdir(dirname(file), { recursive: true });
     const temp = `${file}.tmp-${process.pid}-${Date.now()}`;
     try {
-      await link(level.image, temp);
+      await link(image, temp);
       // Named by its chain and reused as it is once there: it must be on disk before it has that name.
       await syncFile(temp);
       await rename(temp, file);
@@ -423,7 +420,7 @@ async function placeStack(options: AssembleOptions, built: Awaited<ReturnType<ty
       throw error;
     }
   }
-  return { out: files[files.length - 1] as string, lowers: [...files].reverse(), ...result, bytes: await totalSize(files) };
+  return stackResult(named, named[named.length - 1] as string, units, keys, counts);
 }
 
 async function totalSize(files: readonly string[]): Promise<number> {

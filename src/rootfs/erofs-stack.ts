@@ -107,10 +107,11 @@ export interface BuildStackOptions {
   phase: (phase: string) => void;
 }
 
-export interface BuiltLevel {
-  /** The cached image of this level (read-only; link it, never write it). */
-  image: string;
-  key: string;
+/** The images of a stack, base first (the cache's: read-only; link them, never write them), and how many layers were applied. */
+export interface BuiltStack {
+  images: string[];
+  layersApplied: number;
+  cachedLayers: number;
 }
 
 /** A cached level: its image, its random id, the ids of the images below it that its trees name blocks of, which trees it has. */
@@ -165,7 +166,7 @@ interface LevelTree {
  * the entry's trees unusable to build on (its image is still good:
  * overlayfs reads the images below by path, never by block).
  */
-export async function buildErofsStack(options: BuildStackOptions, useCache = true): Promise<{ levels: BuiltLevel[]; layersApplied: number; cachedLayers: number }> {
+export async function buildErofsStack(options: BuildStackOptions, useCache = true): Promise<BuiltStack> {
   try {
     return await buildIn('part', options, useCache);
   } catch (error) {
@@ -176,7 +177,7 @@ export async function buildErofsStack(options: BuildStackOptions, useCache = tru
   }
 }
 
-async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean): Promise<{ levels: BuiltLevel[]; layersApplied: number; cachedLayers: number }> {
+async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean): Promise<BuiltStack> {
   const { units, keys, levels, cacheAt, home } = options;
   const keyOf = (level: number): string => keys[(levels[level] as StackLevel).last] as string;
   const entries: (LevelEntry | undefined)[] = [];
@@ -192,7 +193,7 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
     else if (mode === 'part' && !entry.part) throw new NeedWholeTree('the level below has no part for this home');
   }
 
-  const out: BuiltLevel[] = [];
+  const out: string[] = [];
   const images = new OpenImages();
   let below: LevelTree | undefined;
   let layersApplied = 0;
@@ -203,7 +204,7 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
       const entry = useCache ? entries[level] : await readLevel(cache, key, home);
       if (!rebuild[level] && entry) {
         await cache.touch(key);
-        out.push({ image: entry.image, key });
+        out.push(entry.image);
         continue;
       }
       if (level > 0 && below?.level !== level - 1) {
@@ -239,7 +240,7 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
       const committed = await readLevel(cache, key, home);
       if (!committed) throw new StackEntryGone(`the cache entry for ${key} went away as it was made`);
       entries[level] = committed;
-      out.push({ image: committed.image, key });
+      out.push(committed.image);
       if (!below && level < levels.length - 1) {
         const need = new NeedWholeTree('the way to the home is not a plain one');
         need.applied = layersApplied;
@@ -249,7 +250,7 @@ async function buildIn(mode: Mode, options: BuildStackOptions, useCache: boolean
   } finally {
     images.close();
   }
-  return { levels: out, layersApplied, cachedLayers: units.length - layersApplied };
+  return { images: out, layersApplied, cachedLayers: units.length - layersApplied };
 }
 
 /** An entry's trees: the whole one when it was read whole, and the part for the home whenever there is one. */
